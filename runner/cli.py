@@ -1,0 +1,107 @@
+"""The command line: parse options, call one function, return its exit code. Nothing else.
+
+`flowrun FLOW` is the main command (the same as `flowrun run FLOW`); `validate`, `plan` and
+`schema` are the dry ones. Every expected failure is a FlowrunError printed as its lines; an
+unexpected one is one line plus a saved traceback, never a traceback on the terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .errors import EXIT_BUG, EXIT_INTERRUPTED, FlowrunError
+
+
+class _DefaultToRun(click.Group):
+    """A group where an argument that is not a command name is a flow to run."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().resolve_command(ctx, args)
+
+
+def _handled(action: Callable[[], int]) -> int:
+    """Run a command body, turning every failure into its exit code (the one error handler)."""
+    try:
+        return action()
+    except FlowrunError as exc:
+        for line in exc.lines():
+            click.echo(line, err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("flowrun: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: one line for the person, the traceback for the report
+        with tempfile.NamedTemporaryFile(
+            "w", prefix="flowrun-crash-", suffix=".log", delete=False
+        ) as log:
+            traceback.print_exc(file=log)
+        click.echo(
+            f"flowrun: internal error ({type(exc).__name__}: {exc}); the details are in "
+            f"{log.name}, please attach it to a bug report",
+            err=True,
+        )
+        return EXIT_BUG
+
+
+@click.group(cls=_DefaultToRun, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="flowrun")
+def cli() -> None:
+    """Send WhatsApp media campaigns from YAML flows.
+
+    \b
+    flowrun FLOW               run a flow (same as: flowrun run FLOW)
+    flowrun validate FLOW...   check flows completely, send nothing
+    flowrun plan FLOW          show what a run would send
+    flowrun schema             print the JSON Schema of the flow format
+    """
+
+
+@cli.command()
+@click.argument("flow", type=click.Path(dir_okay=False))
+def run(flow: str) -> None:
+    """Send every message of FLOW."""
+    from .commands import run_flow
+
+    sys.exit(_handled(lambda: run_flow(flow)))
+
+
+@cli.command()
+@click.argument("flows", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate(flows: tuple[str, ...]) -> None:
+    """Check each FLOW completely: structure, files, and every template for every recipient."""
+    from .commands import validate_flows
+
+    sys.exit(_handled(lambda: validate_flows(flows)))
+
+
+@cli.command()
+@click.argument("flow", type=click.Path(dir_okay=False))
+@click.option("--recipients", "sample", default=2, show_default=True, help="Recipients to show.")
+@click.option("--jsonl", is_flag=True, help="Write every request body, one JSON per line.")
+def plan(flow: str, sample: int, jsonl: bool) -> None:
+    """Show what running FLOW would do, without sending anything (the dry run)."""
+    from .commands import plan_flow
+
+    sys.exit(_handled(lambda: plan_flow(flow, sample, jsonl)))
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of the flow format (for editors: schemas/flow.schema.json)."""
+    from .commands import print_schema
+
+    sys.exit(_handled(print_schema))
+
+
+def main(argv: Any = None) -> None:
+    cli.main(args=argv, prog_name="flowrun")

@@ -1,0 +1,303 @@
+"""The flow format as pydantic models: the one definition of what a flow may say.
+
+The models check structure (keys, types, which keys go together); template strings stay strings
+here and are compiled and rendered later (templates.py, plan.py), then the rendered values are
+checked again. Validating structure before rendering keeps every field a plain typed value
+instead of `str | dict | ...` unions (the trap tavern fell into). The JSON Schema in
+schemas/flow.schema.json is generated from these classes, so editors complete what this accepts.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+CAPTION_MAX = 1024  # Meta's image/video/document reference: "Maximum 1024 characters"
+TEXT_BODY_MAX = 4096  # text messages; longer bodies fail with error 1001 / 131008
+
+
+def is_template(text: str) -> bool:
+    """Whether a string needs rendering; constants are checked once, at load time."""
+    return "{{" in text or "{%" in text or "{#" in text
+
+
+def check_http_url(text: str) -> str:
+    """WhatsApp fetches links itself and accepts only http(s); checked again after rendering."""
+    if not re.match(r"https?://[^\s/?#]+", text):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise ValueError(f"'{shown}' is not an http(s) link")
+    return text
+
+
+def _static_url(text: str) -> str:
+    return text if is_template(text) else check_http_url(text)
+
+
+TemplateText = Annotated[
+    str, Field(description="Text; may be a Jinja2 template using recipient, vars and env.")
+]
+Url = Annotated[
+    str,
+    AfterValidator(_static_url),
+    Field(description="An http(s) URL; may be a Jinja2 template."),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Api(_Strict):
+    """Where messages go. The token is a secret: it comes from the environment, never the file."""
+
+    base_url: Url = Field(description="http(s) URL of the WhatsApp Business API.")
+    token: TemplateText = Field(
+        description="Bearer token, read from the environment: '{{ env.WA_TOKEN }}'."
+    )
+    timeout: float = Field(
+        30.0, gt=0, le=600, description="Seconds to wait for an answer to one request."
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _token_from_environment(cls, value: str) -> str:
+        if not is_template(value):
+            raise ValueError(
+                "the token is written in the file; flows live in git, tokens must not: "
+                'write token: "{{ env.WA_TOKEN }}" and set WA_TOKEN in the environment'
+            )
+        return value
+
+
+RATE_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*$"
+
+
+def _check_rate(text: str) -> str:
+    match = re.match(RATE_PATTERN, text)
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"rate '{text}' should look like 50/s or 300/min")
+    return text
+
+
+class Settings(_Strict):
+    """How fast and how hard to try; defaults suit the On-Premises API."""
+
+    concurrency: int = Field(16, ge=1, le=1000, description="Recipients served at once.")
+    rate: Annotated[str, AfterValidator(_check_rate)] | None = Field(
+        None,
+        json_schema_extra={"pattern": RATE_PATTERN},
+        description="Ceiling on messages sent, N/s or N/min, e.g. 50/s.",
+    )
+    retries: int = Field(5, ge=0, le=20, description="Retries of a message after a failure.")
+
+    @property
+    def rate_per_second(self) -> float | None:
+        if self.rate is None:
+            return None
+        match = re.match(RATE_PATTERN, self.rate)
+        assert match is not None  # checked by the validator
+        value = float(match.group(1))
+        return value if match.group(2) in ("s", "sec", "second") else value / 60
+
+
+class CsvRecipients(_Strict):
+    """Recipients from a CSV file with a header row and a `phone` column."""
+
+    csv: str = Field(description="Path of the CSV file, relative to the flow file.")
+    delimiter: Literal[",", ";", "\t", "|"] | None = Field(
+        None, description="Column separator; by default guessed from the header row."
+    )
+
+
+class InlineRecipient(BaseModel):
+    """One recipient written in the flow: a phone and any fields templates may use."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    phone: str | int = Field(description="Phone number with country code, e.g. +1 555 010 0001.")
+
+
+def _recipients_kind(value: Any) -> str | None:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "csv"
+    return None
+
+
+Recipients = Annotated[
+    Annotated[list[InlineRecipient], Tag("list")] | Annotated[CsvRecipients, Tag("csv")],
+    Discriminator(
+        _recipients_kind,
+        custom_error_type="recipients",
+        custom_error_message="recipients must be a list of people or {csv: FILE}",
+    ),
+]
+
+
+class Provider(_Strict):
+    """Media provider configured on the On-Premises API for downloading links."""
+
+    name: TemplateText
+
+
+class _Media(_Strict):
+    """A media object: exactly one source, as the API requires."""
+
+    id: TemplateText | None = Field(None, description="An already uploaded media id.")
+    link: Url | None = Field(None, description="An http(s) link WhatsApp downloads.")
+    file: TemplateText | None = Field(
+        None, description="A local file, relative to the flow; uploaded once, sent by id."
+    )
+    provider: Provider | None = Field(None, description="Only with link (On-Premises).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _Media:
+        given = [name for name in ("id", "link", "file") if getattr(self, name) is not None]
+        if len(given) != 1:
+            found = f"found {' and '.join(given)}" if given else "found none"
+            raise ValueError(f"give exactly one of id, link or file ({found})")
+        if self.provider is not None and self.link is None:
+            raise ValueError("provider goes only with link")
+        return self
+
+
+class ImageMedia(_Media):
+    caption: TemplateText | None = Field(None, description="Up to 1024 characters.")
+
+
+class VideoMedia(_Media):
+    caption: TemplateText | None = Field(None, description="Up to 1024 characters.")
+
+
+class DocumentMedia(_Media):
+    caption: TemplateText | None = Field(None, description="Up to 1024 characters.")
+    filename: TemplateText | None = Field(
+        None, description="Name shown to the recipient; without it WhatsApp shows 'Untitled'."
+    )
+
+
+class AudioMedia(_Media):
+    pass
+
+
+class StickerMedia(_Media):
+    pass
+
+
+class Text(_Strict):
+    body: TemplateText = Field(description="Up to 4096 characters.")
+    preview_url: bool = Field(False, description="Show a preview of the first link in body.")
+
+
+StepName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$")]
+
+
+class _Step(_Strict):
+    kind: ClassVar[str]
+    name: StepName | None = Field(
+        None, description="Unique name; the ledger knows the step by it (else by its position)."
+    )
+    when: str | None = Field(
+        None, description="A Jinja2 expression; the step is sent only when it is true."
+    )
+
+    @property
+    def content(self) -> _Media | Text:
+        value = getattr(self, self.kind)
+        assert isinstance(value, _Media | Text)
+        return value
+
+
+class ImageStep(_Step):
+    kind: ClassVar[str] = "image"
+    image: ImageMedia
+
+
+class VideoStep(_Step):
+    kind: ClassVar[str] = "video"
+    video: VideoMedia
+
+
+class DocumentStep(_Step):
+    kind: ClassVar[str] = "document"
+    document: DocumentMedia
+
+
+class AudioStep(_Step):
+    kind: ClassVar[str] = "audio"
+    audio: AudioMedia
+
+
+class StickerStep(_Step):
+    kind: ClassVar[str] = "sticker"
+    sticker: StickerMedia
+
+
+class TextStep(_Step):
+    kind: ClassVar[str] = "text"
+    text: Text
+
+
+STEP_TYPES: dict[str, type[_Step]] = {
+    cls.kind: cls for cls in (AudioStep, DocumentStep, ImageStep, StickerStep, TextStep, VideoStep)
+}
+
+
+def step_kind(value: Any) -> str | None:
+    """The one message type a step names, or None (zero or several: an error)."""
+    if isinstance(value, _Step):
+        return value.kind
+    if not isinstance(value, dict):
+        return None
+    kinds = [key for key in value if key in STEP_TYPES]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+Step = Annotated[
+    Annotated[AudioStep, Tag("audio")]
+    | Annotated[DocumentStep, Tag("document")]
+    | Annotated[ImageStep, Tag("image")]
+    | Annotated[StickerStep, Tag("sticker")]
+    | Annotated[TextStep, Tag("text")]
+    | Annotated[VideoStep, Tag("video")],
+    Discriminator(
+        step_kind,
+        custom_error_type="step_kind",
+        custom_error_message=(
+            "a step needs exactly one message type: audio, document, image, sticker, text or video"
+        ),
+    ),
+]
+
+
+class Flow(_Strict):
+    """A campaign: where to send, to whom, and the messages every recipient gets in order."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"title": "flowrun flow", "$id": "https://flowrun.dev/flow.schema.json"},
+    )
+
+    version: Literal[1] = Field(description="Version of the flow format; only 1 exists.")
+    name: str | None = Field(
+        None, min_length=1, description="Default: the file name without extension."
+    )
+    api: Api
+    settings: Settings = Settings()
+    vars: dict[str, Any] = Field(
+        default_factory=dict, description="Free values for templates, as vars.NAME."
+    )
+    recipients: Recipients
+    messages: list[Step] = Field(min_length=1, description="Steps every recipient gets, in order.")

@@ -1,0 +1,181 @@
+"""Recipients, streamed one at a time from the flow or a CSV file, with phones normalised.
+
+Streaming matters: a campaign of a million rows must cost the same memory as one of ten. The
+only state kept across rows is the set of phones seen (to send each person their messages once).
+
+CSV as people save it: UTF-8 with or without a BOM, `,` `;` tab or `|` as separator (guessed from
+the header row, or set with `delimiter:`), quoted fields with newlines, Windows line endings,
+blank trailing rows skipped. The `phone` column is found whatever its case.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import Location, Problem, Problems
+
+PHONE_MIN_DIGITS = 7
+PHONE_MAX_DIGITS = 15  # E.164
+_PUNCTUATION = str.maketrans("", "", " -().\u00a0/\t")
+CSV_DELIMITERS = (",", ";", "\t", "|")
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One person: the WhatsApp id (`phone`, digits only) and the fields templates may use."""
+
+    phone: str
+    fields: Mapping[str, Any]
+    where: Location
+
+
+def normalize_phone(raw: object) -> str:
+    """`+1 (555) 010-0001` → `15550100001`, the WhatsApp id form; ValueError says what is wrong."""
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise ValueError(f"phone must be a phone number, not {raw!r}")
+    text = str(raw).strip()
+    digits = text.translate(_PUNCTUATION)
+    if digits.startswith("+"):
+        digits = digits[1:]
+    elif digits.startswith("00"):
+        digits = digits[2:]  # the international prefix used across Europe
+    elif digits.startswith("0"):
+        raise ValueError(
+            f"phone '{text}' has no country code (it starts with 0); "
+            "write it as +<country code><number>, e.g. +44 7911 123456"
+        )
+    if not text or not (digits.isascii() and digits.isdigit()):
+        raise ValueError(f"'{text}' is not a phone number")
+    if not PHONE_MIN_DIGITS <= len(digits) <= PHONE_MAX_DIGITS:
+        raise ValueError(
+            f"phone '{text}' has {len(digits)} digits; with its country code a phone has "
+            f"{PHONE_MIN_DIGITS} to {PHONE_MAX_DIGITS}"
+        )
+    return digits
+
+
+class CsvError(ValueError):
+    """A CSV that cannot be read as recipients at all (no header, no phone column, ...)."""
+
+    def __init__(self, location: Location, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.location = location
+        self.hint = hint
+
+
+def read_csv(
+    path: Path, display: str, delimiter: str | None
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line, row) pairs of a CSV file, streamed; raises CsvError for a file-level problem."""
+    try:
+        handle = path.open(encoding="utf-8-sig", newline="")
+    except FileNotFoundError:
+        raise CsvError(Location(display, 1, 1), "CSV file not found") from None
+    except OSError as exc:
+        raise CsvError(Location(display, 1, 1), f"cannot read CSV file: {exc.strerror}") from None
+    with handle:
+        try:
+            header_line = handle.readline()
+            handle.seek(0)
+            sep = delimiter or _guess_delimiter(header_line)
+            reader = csv.reader(handle, delimiter=sep)
+            header = _header(next(reader, None), display)
+            yield from _rows(reader, header, display)
+        except UnicodeDecodeError:
+            line = reader.line_num + 1 if "reader" in locals() else 1
+            raise CsvError(
+                Location(display, line, 1), "not UTF-8 text", "save the CSV as UTF-8"
+            ) from None
+        except csv.Error as exc:
+            line = reader.line_num if "reader" in locals() else 1
+            raise CsvError(Location(display, line, 1), f"broken CSV: {exc}") from None
+
+
+def _guess_delimiter(header_line: str) -> str:
+    counts = {sep: header_line.count(sep) for sep in CSV_DELIMITERS}
+    best = max(counts, key=lambda sep: counts[sep])
+    return best if counts[best] else ","
+
+
+def _header(row: list[str] | None, display: str) -> list[str]:
+    where = Location(display, 1, 1)
+    if not row or not any(cell.strip() for cell in row):
+        raise CsvError(where, "CSV file is empty; it needs a header row with a 'phone' column")
+    names = [cell.strip() for cell in row]
+    for index, name in enumerate(names, start=1):
+        if not name:
+            raise CsvError(where, f"column {index} of the header row has no name")
+        if names.index(name) != index - 1:
+            raise CsvError(where, f"column '{name}' appears twice in the header row")
+    if not any(name.lower() == "phone" for name in names):
+        raise CsvError(
+            where,
+            f"CSV has no 'phone' column (columns: {', '.join(names)})",
+            "name the column with the phone numbers 'phone'",
+        )
+    return names
+
+
+def _rows(reader: Any, header: list[str], display: str) -> Iterator[tuple[int, dict[str, str]]]:
+    width = len(header)
+    line = reader.line_num + 1
+    for row in reader:
+        start, line = line, reader.line_num + 1
+        if not any(cell.strip() for cell in row):
+            continue  # blank rows, as spreadsheets leave at the end
+        if len(row) != width:
+            raise CsvError(
+                Location(display, start, 1),
+                f"row has {len(row)} values but the header has {width} columns",
+                "a value that contains the separator must be in double quotes",
+            )
+        yield start, dict(zip(header, row, strict=True))
+
+
+def _with_phone(fields: dict[str, Any]) -> dict[str, Any]:
+    """The row with `phone` under that exact name, whatever case the header used."""
+    if "phone" not in fields:
+        for key, value in fields.items():
+            if key.lower() == "phone":
+                fields["phone"] = value
+                break
+    return fields
+
+
+class RecipientStream:
+    """Recipients, each phone once. Iterating again starts a new pass over the source."""
+
+    def __init__(
+        self,
+        rows: Any,  # a callable giving (Location, fields) pairs, so each pass re-reads
+        problems: Problems,
+    ) -> None:
+        self._rows = rows
+        self._problems = problems
+
+    def __iter__(self) -> Iterator[Recipient]:
+        seen: set[int] = set()
+        for where, row in self._rows():
+            fields = _with_phone(row)
+            try:
+                phone = normalize_phone(fields.get("phone"))
+            except ValueError as exc:
+                self._problems.add(Problem(where, str(exc)))
+                continue
+            number = int(phone)
+            if number in seen:
+                self._problems.add(
+                    Problem(
+                        where,
+                        f"phone {phone} is listed again; it gets its messages once",
+                        severity="warning",
+                    )
+                )
+                continue
+            seen.add(number)
+            fields["phone"] = phone
+            yield Recipient(phone, fields, where)

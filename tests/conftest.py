@@ -1,0 +1,69 @@
+"""Shared helpers: write a flow (and its files) into a temporary folder, run flowrun on it."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from runner.cli import cli
+
+REPO = Path(__file__).resolve().parent.parent
+ASSETS = REPO / "flows" / "assets"
+
+HEADER = """\
+version: 1
+api:
+  base_url: https://wa.example.com
+  token: "{{ env.WA_TOKEN }}"
+"""
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if "warning:" not in line]
+
+
+@pytest.fixture
+def flowdir(tmp_path: Path) -> Path:
+    """A folder with the example assets, as a flow's own folder would have."""
+    shutil.copytree(ASSETS, tmp_path / "assets")
+    return tmp_path
+
+
+RunFlow = Callable[..., Result]
+
+
+@pytest.fixture
+def run_flowrun(flowdir: Path, monkeypatch: pytest.MonkeyPatch) -> RunFlow:
+    """Write `text` as flow.yaml (plus `files`) and run `flowrun COMMAND flow.yaml`."""
+    monkeypatch.chdir(flowdir)
+    monkeypatch.delenv("WA_TOKEN", raising=False)
+
+    def run(
+        text: str,
+        *args: str,
+        command: str = "validate",
+        files: dict[str, str] | None = None,
+        dedent: bool = True,
+    ) -> Result:
+        (flowdir / "flow.yaml").write_text(textwrap.dedent(text) if dedent else text, "utf-8")
+        for name, content in (files or {}).items():
+            (flowdir / name).write_text(content, "utf-8")
+        result = CliRunner().invoke(cli, [command, "flow.yaml", *args])
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return Result(result.exit_code, result.stdout, result.stderr)
+
+    return run
