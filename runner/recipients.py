@@ -86,13 +86,26 @@ def read_csv(
             header = _header(next(reader, None), display)
             yield from _rows(reader, header, display)
         except UnicodeDecodeError:
-            line = reader.line_num + 1 if "reader" in locals() else 1
             raise CsvError(
-                Location(display, line, 1), "not UTF-8 text", "save the CSV as UTF-8"
+                Location(display, _first_bad_line(path), 1),
+                "not UTF-8 text",
+                "save the CSV as UTF-8 (in Excel: Save As, CSV UTF-8)",
             ) from None
         except csv.Error as exc:
             line = reader.line_num if "reader" in locals() else 1
             raise CsvError(Location(display, line, 1), f"broken CSV: {exc}") from None
+
+
+def _first_bad_line(path: Path) -> int:
+    """The line of the first byte that is not UTF-8 (text decoding reads ahead in chunks, so
+    the reader's own line count is not where the bad byte is)."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 def _guess_delimiter(header_line: str) -> str:

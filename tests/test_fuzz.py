@@ -1,0 +1,98 @@
+"""Property: any input, however broken, gives a valid flow or located problems, never a crash."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runner.commands import check
+from runner.errors import FlowrunError
+from tests.conftest import REPO
+
+VALID = (REPO / "flows" / "onboarding.yaml").read_text("utf-8")
+LOCATED = re.compile(r"^[^\s:][^:]*:\d+:\d+: ")
+
+
+def outcome(tmp: Path, text: str) -> None:
+    """Load `text` as a flow beside the example assets; it must succeed or fail cleanly."""
+    flow = tmp / "flow.yaml"
+    flow.write_text(text, "utf-8")
+    started = time.monotonic()
+    try:
+        check(str(flow))
+    except FlowrunError as exc:
+        lines = exc.lines()
+        assert lines
+        assert LOCATED.match(lines[0]), lines[0]
+    assert time.monotonic() - started < 5
+
+
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def _copy_example(tmp_path: Path) -> Path:
+    for name in ("contacts.csv",):
+        (tmp_path / name).write_bytes((REPO / "flows" / name).read_bytes())
+    assets = tmp_path / "assets"
+    if not assets.exists():
+        shutil.copytree(REPO / "flows" / "assets", assets)
+    return tmp_path
+
+
+@FUZZ
+@given(st.text(max_size=400))
+def test_random_text(tmp_path: Path, text: str) -> None:
+    outcome(_copy_example(tmp_path), text)
+
+
+YAMLISH = st.sampled_from(
+    [
+        ":",
+        " ",
+        "\n",
+        "-",
+        "[",
+        "]",
+        "{",
+        "}",
+        "'",
+        '"',
+        "&a",
+        "*a",
+        "#",
+        "|",
+        "{{",
+        "}}",
+        "\t",
+        "messages",
+        "image",
+        "link",
+        "file",
+        "id",
+        "~",
+        "null",
+        "1",
+        "0x1",
+        "!!str",
+        "---",
+    ]
+)
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_example(tmp_path: Path, data: st.DataObject) -> None:
+    text = VALID
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(text)))
+        cut = data.draw(st.integers(0, 12))
+        insert = data.draw(st.lists(YAMLISH, max_size=3).map("".join))
+        text = text[:position] + insert + text[position + cut :]
+    outcome(_copy_example(tmp_path), text)

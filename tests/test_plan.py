@@ -1,0 +1,159 @@
+"""The dry run shows exactly what a run would POST, and the schema stays what the models say."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from runner.schema import flow_schema
+from tests.conftest import REPO
+
+
+def flowrun(
+    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real command in a subprocess: what people and CI run."""
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def test_onboarding_bodies() -> None:
+    result = flowrun("plan", "--jsonl", "flows/onboarding.yaml")
+    assert result.returncode == 0, result.stderr
+    bodies = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(bodies) == 33
+    alice = [b for b in bodies if b["to"] == "15550100001"]
+    assert alice == [
+        {
+            "recipient_type": "individual",
+            "to": "15550100001",
+            "type": "image",
+            "image": {
+                "link": "https://cdn.example.com/welcome/en.jpg",
+                "caption": "Hi Alice! Welcome aboard.",
+            },
+        },
+        {
+            "recipient_type": "individual",
+            "to": "15550100001",
+            "type": "video",
+            "video": {"id": "@upload:tour.mp4", "caption": "A one-minute tour of your account"},
+        },
+        {
+            "recipient_type": "individual",
+            "to": "15550100001",
+            "type": "document",
+            "document": {
+                "id": "f043afd0-f0ae-4b9c-ab3d-696fb4c8cd68",
+                "caption": "Our prices for Boston",
+                "filename": "Prices Boston.pdf",
+            },
+        },
+        {
+            "recipient_type": "individual",
+            "to": "15550100001",
+            "type": "document",
+            "document": {"id": "@upload:prices.pdf", "filename": "Price list.pdf"},
+        },
+        {
+            "recipient_type": "individual",
+            "to": "15550100001",
+            "type": "sticker",
+            "sticker": {"id": "@upload:wave.webp"},
+        },
+        {
+            "recipient_type": "individual",
+            "to": "15550100001",
+            "type": "audio",
+            "audio": {
+                "link": "https://cdn.example.com/audio/hello-en.ogg",
+                "provider": {"name": "cdn"},
+            },
+        },
+        {
+            "recipient_type": "individual",
+            "to": "15550100001",
+            "type": "text",
+            "text": {"body": "Questions? Just reply to this message, Alice."},
+        },
+    ]
+    russian = [b for b in bodies if b["to"] == "79123456789"]
+    assert [b["type"] for b in russian] == [
+        "image",
+        "video",
+        "document",
+        "document",
+        "sticker",
+        "audio",
+    ]  # the text step has `when: recipient.lang == 'en'`
+
+
+def test_plan_summary() -> None:
+    result = flowrun("plan", "flows/onboarding.yaml", "--recipients", "1")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "  recipients   5\n  messages     33 (2 skipped by when)\n" in out
+    assert "    questions        text             3 messages  when recipient.lang == 'en'" in out
+    assert "  uploads (3, each once, POST /v1/media):\n    assets/tour.mp4  video/mp4" in out
+    assert out.count("# 15550100001 step") == 7
+    assert "15550100002" not in out
+
+
+def test_every_example_flow_validates() -> None:
+    flows = sorted(str(p.relative_to(REPO)) for p in (REPO / "flows").glob("*.yaml"))
+    result = flowrun("validate", *flows)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok: ") == len(flows)
+
+
+def test_checked_in_schema_is_current() -> None:
+    checked_in = (REPO / "schemas" / "flow.schema.json").read_text("utf-8")
+    assert checked_in.strip() == flow_schema().strip(), (
+        "run: flowrun schema > schemas/flow.schema.json"
+    )
+
+
+def test_schema_knows_the_format() -> None:
+    schema = json.loads(flow_schema())
+    assert set(schema["required"]) == {"version", "api", "recipients", "messages"}
+    assert schema["additionalProperties"] is False
+    kinds = {
+        next(iter(ref["$ref"].split("/")[-1:]))
+        for ref in schema["properties"]["messages"]["items"]["oneOf"]
+    }
+    assert kinds == {
+        "AudioStep",
+        "DocumentStep",
+        "ImageStep",
+        "StickerStep",
+        "TextStep",
+        "VideoStep",
+    }
+
+
+def test_errors_are_lines_not_tracebacks(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("version: 1\nmessages: 3\n", "utf-8")
+    result = flowrun("validate", "bad.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[0].startswith("bad.yaml:")
+
+
+def test_usage_errors_exit_2() -> None:
+    assert flowrun("plan").returncode == 2
+    assert flowrun("validate").returncode == 2
+
+
+def test_run_says_what_it_cannot_do_yet(tmp_path: Path) -> None:
+    result = flowrun("flows/onboarding.yaml")
+    assert result.returncode == 2
+    assert "flowrun plan flows/onboarding.yaml" in result.stderr
