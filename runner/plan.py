@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from jinja2 import TemplateError, TemplateSyntaxError
@@ -106,7 +105,7 @@ class Plan:
     steps: tuple[StepPlan, ...]
     problems: Problems
     env: EnvVars
-    _files: dict[Path, LocalMedia | MediaError] = field(default_factory=dict)
+    _files: dict[str, LocalMedia | MediaError] = field(default_factory=dict)
 
     @property
     def flow(self) -> models.Flow:
@@ -186,7 +185,7 @@ class Plan:
         self, step: StepPlan, plan: FieldPlan, recipient: Recipient, context: Mapping[str, Any]
     ) -> LocalMedia:
         relative: str = self._guard(lambda: plan.render(context), plan.where, recipient)
-        key = self.loaded.base_dir / relative
+        key = relative  # a string key: no path arithmetic per recipient
         checked = self._files.get(key)
         if checked is None:
             try:
@@ -348,7 +347,7 @@ def _check_constant_files(plan: Plan) -> None:
         except MediaError as exc:
             checked = exc
             plan.problems.add(Problem(plan.loaded.locate(source.where), str(exc), exc.hint))
-        plan._files[plan.loaded.base_dir / relative] = checked
+        plan._files[relative] = checked
 
 
 @dataclass

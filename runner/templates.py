@@ -101,6 +101,13 @@ class _FlowEnvironment(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**"})
 
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        # Fast path for recipient and vars fields, read on every render: their values are data,
+        # and underscore names stay blocked as everywhere else in the sandbox.
+        if type(obj) is _Fields:
+            return not attr.startswith("_")
+        return super().is_safe_attribute(obj, attr, value)
+
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**" and isinstance(right, int) and abs(right) > 100:
             raise SecurityError("exponent too large")

@@ -118,6 +118,11 @@ def first_error(run_flowrun: RunFlow, text: str, **kwargs: object) -> str:
             " 'str' object is unsafe. (first for the recipient at flow.yaml:6:12)",
         ),
         (
+            '  - text: {body: "{{ recipient._data }}"}\n',
+            "flow.yaml:8:18: not allowed in a flow template: access to attribute '_data' of"
+            " '_Fields' object is unsafe. (first for the recipient at flow.yaml:6:12)",
+        ),
+        (
             '  - text: {body: "{{ lipsum.__globals__ }}"}\n',
             "flow.yaml:8:18: 'lipsum' is undefined (first for the recipient at flow.yaml:6:12)",
         ),
