@@ -7,6 +7,7 @@ unexpected one is one line plus a saved traceback, never a traceback on the term
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import traceback
@@ -15,7 +16,7 @@ from typing import Any
 
 import click
 
-from .errors import EXIT_BUG, EXIT_INTERRUPTED, FlowrunError
+from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, FlowrunError
 
 
 class _DefaultToRun(click.Group):
@@ -37,6 +38,11 @@ def _handled(action: Callable[[], int]) -> int:
         for line in exc.lines():
             click.echo(line, err=True)
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (`flowrun plan FLOW | head`): not an error worth a word.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         click.echo("flowrun: interrupted", err=True)
         return EXIT_INTERRUPTED

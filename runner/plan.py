@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jinja2 import TemplateError, TemplateSyntaxError
+from jinja2 import TemplateSyntaxError
 
 from . import models, onprem
 from .errors import FlowInvalid, Location, Problem, Problems, Severity
@@ -21,6 +21,7 @@ from .loader import LoadedFlow
 from .media import LocalMedia, MediaError, check_file
 from .recipients import CsvError, Recipient, RecipientStream, read_csv
 from .templates import (
+    RENDER_ERRORS,
     EnvVars,
     MissingEnv,
     Render,
@@ -164,7 +165,7 @@ class Plan:
     def _guard(self, action: Callable[[], Any], where: YamlPath, recipient: Recipient) -> Any:
         try:
             return action()
-        except TemplateError as exc:
+        except RENDER_ERRORS as exc:
             raise RenderFailure(self._problem(where, describe(exc), recipient)) from None
 
     def _problem(self, where: YamlPath, message: str, recipient: Recipient) -> Problem:
@@ -226,7 +227,7 @@ class Plan:
                 severity: Severity = "error" if for_run else "warning"
                 message = describe(exc) + ("" if for_run else "; a real run needs it")
                 self.problems.add(Problem(self.loaded.locate(where), message, severity=severity))
-            except TemplateError as exc:
+            except RENDER_ERRORS as exc:
                 self.problems.add(Problem(self.loaded.locate(where), describe(exc)))
         base_url = values.get("base_url")
         if base_url is not None:

@@ -170,8 +170,15 @@ def compile_condition(source: str) -> Callable[[Mapping[str, Any]], bool]:
     return test
 
 
-def describe(error: TemplateError) -> str:
+# What rendering a template may raise: Jinja's own errors, and the Python errors of the
+# operations a template performs on data (`{{ -vars.name }}`, `{{ 1 / 0 }}`, `{{ x[99] }}`).
+RENDER_ERRORS = (TemplateError, TypeError, ValueError, ArithmeticError, LookupError)
+
+
+def describe(error: Exception) -> str:
     """A one-line description of a template failure, for a `FILE:LINE:COL:` problem."""
+    if not isinstance(error, TemplateError):
+        return f"template error: {error}"
     if isinstance(error, UndefinedError):
         return str(error.message or "undefined value")
     if isinstance(error, SecurityError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -32,9 +33,11 @@ def outcome(tmp: Path, text: str) -> None:
     assert time.monotonic() - started < 5
 
 
-FUZZ = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+# HYPOTHESIS_PROFILE=long digs deeper than the quick default that CI runs.
+settings.register_profile("quick", max_examples=150)
+settings.register_profile("long", max_examples=3000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _copy_example(tmp_path: Path) -> Path:

@@ -158,6 +158,16 @@ def first_error(run_flowrun: RunFlow, text: str, **kwargs: object) -> str:
             "flow.yaml:8:22: '/etc/passwd' is outside the flow's folder",
         ),
         (
+            "  - text: {body: '{{ -recipient.phone }}'}\n",
+            "flow.yaml:8:18: template error: bad operand type for unary -: 'str' (first for the"
+            " recipient at flow.yaml:6:12)",
+        ),
+        (
+            "  - text: {body: '{{ 1 / 0 }}'}\n",
+            "flow.yaml:8:18: template error: division by zero (first for the recipient at"
+            " flow.yaml:6:12)",
+        ),
+        (
             "  - text: {body: ''}\n",
             "flow.yaml:8:18: body is empty after rendering (first for the recipient at"
             " flow.yaml:6:12)",

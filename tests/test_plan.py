@@ -148,6 +148,20 @@ def test_errors_are_lines_not_tracebacks(tmp_path: Path) -> None:
     assert result.stderr.splitlines()[0].startswith("bad.yaml:")
 
 
+def test_output_cut_short_by_a_pipe_is_quiet() -> None:
+    result = subprocess.run(
+        f"'{sys.executable}' -m runner plan --jsonl flows/onboarding.yaml | head -n 1",
+        shell=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.startswith('{"recipient_type": "individual"')
+    assert "error" not in result.stderr
+
+
 def test_usage_errors_exit_2() -> None:
     assert flowrun("plan").returncode == 2
     assert flowrun("validate").returncode == 2
