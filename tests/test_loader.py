@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import HEADER, RunFlow
@@ -184,7 +186,7 @@ def test_rules_hint_where_a_key_belongs(run_flowrun: RunFlow) -> None:
     assert result.err.splitlines()[1] == "  hint: 'filename' is only for document messages"
 
 
-def test_renamed_file_is_caught_by_its_bytes(run_flowrun: RunFlow, flowdir) -> None:  # type: ignore[no-untyped-def]
+def test_renamed_file_is_caught_by_its_bytes(run_flowrun: RunFlow, flowdir: Path) -> None:
     (flowdir / "assets" / "fake.jpg").write_bytes((flowdir / "assets" / "wave.webp").read_bytes())
     text = flow(PEOPLE + "messages:\n  - image: {file: assets/fake.jpg}\n")
     assert first_error(run_flowrun, text) == (
@@ -262,7 +264,7 @@ def test_alias_bomb_is_refused_quickly(run_flowrun: RunFlow) -> None:
     assert "aliases expand to more than 100,000 values" in error
 
 
-def test_non_utf8_file(run_flowrun: RunFlow, flowdir) -> None:  # type: ignore[no-untyped-def]
+def test_non_utf8_file(run_flowrun: RunFlow, flowdir: Path) -> None:
     run_flowrun("version: 1\n")
     (flowdir / "flow.yaml").write_bytes(b"version: 1\nname: caf\xe9\n")
     from click.testing import CliRunner
@@ -287,4 +289,40 @@ def test_leading_zero_numbers_stay_text(run_flowrun: RunFlow) -> None:
     text = flow("recipients:\n  - phone: 07911123456\n" + STEP)
     assert first_error(run_flowrun, text).startswith(
         "flow.yaml:6:12: phone '07911123456' has no country code (it starts with 0)"
+    )
+
+
+def test_media_size_limit(run_flowrun: RunFlow, flowdir: Path) -> None:
+    big = b"RIFF\x00\x00\x00\x00WEBPVP8 " + bytes(120 * 1024)
+    (flowdir / "assets" / "big.webp").write_bytes(big)
+    text = flow(PEOPLE + "messages:\n  - sticker: {file: assets/big.webp}\n")
+    assert first_error(run_flowrun, text) == (
+        "flow.yaml:8:21: 'assets/big.webp' is 120 KB; WhatsApp accepts sticker files up to 100 KB"
+    )
+
+
+def test_huge_single_line_is_refused_before_parsing(run_flowrun: RunFlow, flowdir: Path) -> None:
+    run_flowrun("version: 1\n")
+    (flowdir / "flow.yaml").write_bytes(b"version: 1\nname: " + b"x" * (50 * 1024 * 1024) + b"\n")
+    from click.testing import CliRunner
+
+    from runner.cli import cli
+
+    result = CliRunner().invoke(cli, ["validate", "flow.yaml"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[:2] == [
+        "flow.yaml:1:1: file is larger than 5 MB",
+        "  hint: keep long recipient lists in a CSV file (recipients: {csv: contacts.csv})",
+    ]
+
+
+def test_templated_file_checked_per_recipient(run_flowrun: RunFlow) -> None:
+    text = flow(
+        "recipients:\n  - {phone: '+15550100001', pic: welcome}\n"
+        "  - {phone: '+15550100002', pic: nope}\n"
+        "messages:\n  - image: {file: 'assets/{{ recipient.pic }}.jpg'}\n"
+    )
+    assert first_error(run_flowrun, text) == (
+        "flow.yaml:9:19: file 'assets/nope.jpg' not found (first for the recipient at"
+        " flow.yaml:7:13)"
     )

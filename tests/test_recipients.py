@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -97,7 +98,7 @@ def test_csv_problems(run_flowrun: RunFlow, csv_text: str, expected: str) -> Non
     assert result.err_lines[0].startswith(expected)
 
 
-def test_csv_not_utf8(run_flowrun: RunFlow, flowdir) -> None:  # type: ignore[no-untyped-def]
+def test_csv_not_utf8(run_flowrun: RunFlow, flowdir: Path) -> None:
     run_flowrun(CSV_FLOW, files={"people.csv": "phone\n"})
     (flowdir / "people.csv").write_bytes(b"phone,name\n+15550100001,Jos\xe9\n")
     result = run_flowrun(CSV_FLOW)
