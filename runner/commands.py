@@ -25,17 +25,8 @@ def check(
     for line in plan.problems.lines("warning"):
         click.echo(line, err=True)
     if plan.problems.has_errors():
-        raise _Reported(plan.problems.lines("error"))
+        raise FlowInvalid(plan.problems)
     return plan, result, target
-
-
-class _Reported(FlowrunError):
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("invalid flow")
-        self._lines = lines
-
-    def lines(self) -> list[str]:
-        return self._lines
 
 
 def validate_flows(flow_files: tuple[str, ...]) -> int:
@@ -43,7 +34,7 @@ def validate_flows(flow_files: tuple[str, ...]) -> int:
     for flow_file in flow_files:
         try:
             plan, result, _ = check(flow_file)
-        except (FlowInvalid, _Reported) as exc:
+        except FlowInvalid as exc:
             for line in exc.lines():
                 click.echo(line, err=True)
             code = EXIT_INVALID

@@ -121,7 +121,7 @@ class FlowInvalid(FlowrunError):
         self.problems = problems
 
     def lines(self) -> list[str]:
-        return self.problems.lines()
+        return self.problems.lines("error")  # warnings are printed as they are found
 
 
 def single_problem(location: Location, message: str, hint: str | None = None) -> FlowInvalid:
