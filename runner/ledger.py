@@ -1,0 +1,246 @@
+"""The result ledger: what happened to every message, and the memory that makes re-runs safe.
+
+One SQLite file beside the flow (WAL mode, batched transactions). The executor talks to it only
+through `Ledger`'s methods, so that another backend (PostgreSQL, for several runners sharing one
+campaign) is one more class, not a change to the executor.
+
+The guarantee it carries: a message is marked `sending` and committed *before* its request leaves.
+A run that dies after that point leaves `sending` rows, which the next run turns into `uncertain`
+(the API may or may not have the message) and never resends unless asked. No token, password or
+header is ever stored: rows hold ids, states and the API's error fields only.
+
+Tables (documented for people who query them, in README.md):
+- messages(flow, step, recipient, state, message_id, http_status, error_code, error_title,
+  error_details, attempts, first_attempt, last_attempt, body_hash)
+- uploads(api, sha256, media_id, uploaded_at)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from .errors import FlowrunError
+
+State = Literal["sending", "sent", "failed", "skipped", "uncertain"]
+DONE_STATES = ("sent", "skipped")  # never sent again
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    flow TEXT NOT NULL,
+    step TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('sending', 'sent', 'failed', 'skipped', 'uncertain')),
+    message_id TEXT,
+    http_status INTEGER,
+    error_code INTEGER,
+    error_title TEXT,
+    error_details TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_attempt TEXT,
+    last_attempt TEXT,
+    body_hash TEXT,
+    PRIMARY KEY (flow, step, recipient)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_state ON messages (flow, state);
+CREATE INDEX IF NOT EXISTS messages_message_id ON messages (message_id);
+CREATE TABLE IF NOT EXISTS uploads (
+    api TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    media_id TEXT NOT NULL,
+    uploaded_at TEXT NOT NULL,
+    PRIMARY KEY (api, sha256)
+);
+"""
+
+
+class LedgerError(FlowrunError):
+    """The ledger cannot be used: busy, unwritable, or not a flowrun ledger."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt at one message ended in."""
+
+    step: str
+    recipient: str
+    state: State
+    message_id: str | None = None
+    http_status: int | None = None
+    error_code: int | None = None
+    error_title: str | None = None
+    error_details: str | None = None
+    attempts: int = 1
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Ledger:
+    """A SQLite ledger for one flow, held by one run at a time."""
+
+    def __init__(self, path: Path, flow: str) -> None:
+        self.path = path
+        self.flow = flow
+        self._lock = _take_lock(path)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed `sending` mark must survive power loss too, or a sent message
+            # could later look unsent; group commits keep the number of fsyncs small.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._check_version()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise LedgerError(f"{path}: cannot use the ledger: {exc}") from None
+
+    def _check_version(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path}: ledger schema {row[0]} is not {SCHEMA_VERSION}; "
+                "use a flowrun of the version that wrote it, or a new --ledger"
+            )
+
+    def close(self) -> None:
+        if getattr(self, "_db", None) is not None:
+            self._db.close()
+        os.close(self._lock)
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def recover(self) -> int:
+        """Turn the `sending` rows a dead run left behind into `uncertain`; how many."""
+        cursor = self._db.execute(
+            "UPDATE messages SET state = 'uncertain' WHERE flow = ? AND state = 'sending'",
+            (self.flow,),
+        )
+        return cursor.rowcount
+
+    def states(self) -> dict[tuple[str, str], State]:
+        """(step, recipient) → state of every message this flow has a row for."""
+        rows = self._db.execute(
+            "SELECT step, recipient, state FROM messages WHERE flow = ?", (self.flow,)
+        )
+        return {(step, recipient): state for step, recipient, state in rows}
+
+    def state(self, step: str, recipient: str) -> State | None:
+        row = self._db.execute(
+            "SELECT state FROM messages WHERE flow = ? AND step = ? AND recipient = ?",
+            (self.flow, step, recipient),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def mark_sending(self, items: Iterable[tuple[str, str, str]]) -> None:
+        """Durably mark (step, recipient, body_hash) as leaving now, in one transaction: the
+        group commit that keeps a crash from ever hiding a sent message."""
+        stamp = now()
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO messages (flow, step, recipient, state, attempts, first_attempt,"
+                " last_attempt, body_hash) VALUES (?, ?, ?, 'sending', 0, ?, ?, ?)"
+                " ON CONFLICT (flow, step, recipient) DO UPDATE SET state = 'sending',"
+                " last_attempt = excluded.last_attempt, body_hash = excluded.body_hash",
+                [(self.flow, step, who, stamp, stamp, digest) for step, who, digest in items],
+            )
+
+    def record(self, outcomes: Iterable[Outcome]) -> None:
+        """Write the outcomes of finished messages, in one transaction."""
+        stamp = now()
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO messages (flow, step, recipient, state, message_id, http_status,"
+                " error_code, error_title, error_details, attempts, first_attempt, last_attempt)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (flow, step, recipient) DO UPDATE SET state = excluded.state,"
+                " message_id = excluded.message_id, http_status = excluded.http_status,"
+                " error_code = excluded.error_code, error_title = excluded.error_title,"
+                " error_details = excluded.error_details,"
+                " attempts = messages.attempts + excluded.attempts,"
+                " last_attempt = excluded.last_attempt",
+                [
+                    (
+                        self.flow,
+                        o.step,
+                        o.recipient,
+                        o.state,
+                        o.message_id,
+                        o.http_status,
+                        o.error_code,
+                        o.error_title,
+                        o.error_details,
+                        o.attempts,
+                        stamp,
+                        stamp,
+                    )
+                    for o in outcomes
+                ],
+            )
+
+    def media_id(self, api: str, sha256: str) -> str | None:
+        row = self._db.execute(
+            "SELECT media_id FROM uploads WHERE api = ? AND sha256 = ?", (api, sha256)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def remember_upload(self, api: str, sha256: str, media_id: str) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?)", (api, sha256, media_id, now())
+            )
+
+    def counts(self) -> dict[str, int]:
+        rows = self._db.execute(
+            "SELECT state, count(*) FROM messages WHERE flow = ? GROUP BY state", (self.flow,)
+        )
+        return dict(rows)
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, *_rest: object) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def _take_lock(path: Path) -> int:
+    """An exclusive lock beside the ledger, held while a run uses it: two runs of one
+    campaign at once would each think the other's `sending` rows were their own."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise LedgerError(f"{path}: cannot create the ledger here: {exc.strerror}") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise LedgerError(
+            f"{path}: another flowrun is using this ledger; wait for it to finish "
+            "(or stop it) before running again"
+        ) from None
+    return descriptor
+
