@@ -102,6 +102,24 @@ def plan(flow: str, sample: int, jsonl: bool) -> None:
 
 
 @cli.command()
+@click.option("--port", default=8480, show_default=True, help="Port on 127.0.0.1.")
+def sandbox(port: int) -> None:
+    """Serve a WhatsApp Business API (On-Premises shape) on 127.0.0.1 for trying flows.
+
+    Its token is 'sandbox-token' (login sandbox/sandbox); GET /sandbox/inbox shows what it got.
+    """
+    from .sandbox import TOKEN, serve
+
+    click.echo(f"sandbox API on http://127.0.0.1:{port} (token {TOKEN}); Ctrl-C stops it")
+
+    def serve_until_stopped() -> int:
+        serve(port)
+        return 0
+
+    sys.exit(_handled(serve_until_stopped))
+
+
+@cli.command()
 def schema() -> None:
     """Print the JSON Schema of the flow format (for editors: schemas/flow.schema.json)."""
     from .commands import print_schema

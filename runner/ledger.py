@@ -243,4 +243,3 @@ def _take_lock(path: Path) -> int:
             "(or stop it) before running again"
         ) from None
     return descriptor
-
