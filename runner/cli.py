@@ -74,11 +74,30 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("flow", type=click.Path(dir_okay=False))
-def run(flow: str) -> None:
-    """Send every message of FLOW."""
-    from .commands import run_flow
+@click.option(
+    "--ledger", "ledger_path", help="Ledger file (default: FLOW.ledger.sqlite beside it)."
+)
+@click.option("--concurrency", type=click.IntRange(1, 1000), help="Override settings.concurrency.")
+@click.option("--limit", type=click.IntRange(1), help="Only the first N recipients: a test send.")
+@click.option("--only", metavar="PHONE", help="Only this recipient.")
+@click.option("--retry-failed", is_flag=True, help="Send again what failed before.")
+@click.option(
+    "--retry-uncertain", is_flag=True, help="Send again what may or may not have arrived."
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be sent (= flowrun plan).")
+@click.option(
+    "--sandbox",
+    "use_sandbox",
+    is_flag=True,
+    help="Send to a built-in sandbox API on 127.0.0.1 instead of the flow's API.",
+)
+def run(flow: str, dry_run: bool, **options: Any) -> None:
+    """Send every message of FLOW that the ledger does not show as sent."""
+    from .commands import plan_flow, run_flow
 
-    sys.exit(_handled(lambda: run_flow(flow)))
+    if dry_run:
+        sys.exit(_handled(lambda: plan_flow(flow, 2, False)))
+    sys.exit(_handled(lambda: run_flow(flow, **options)))
 
 
 @cli.command()

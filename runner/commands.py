@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .errors import EXIT_INVALID, EXIT_OK, FlowInvalid, FlowrunError
 from .loader import load_flow
+
+if TYPE_CHECKING:
+    from .executor import RunOptions, Summary
+    from .ledger import Ledger
 from .plan import ApiTarget, Message, Plan, Skipped, Survey, compile_plan, survey
 
 
@@ -96,9 +101,117 @@ def print_schema() -> int:
     return EXIT_OK
 
 
-def run_flow(flow_file: str) -> int:
-    check(flow_file)
-    raise FlowrunError(
-        f"{flow_file}: valid, but this flowrun cannot send yet (the executor is not built); "
-        f"see what a run would send with: flowrun plan {flow_file}"
+def run_flow(
+    flow_file: str,
+    *,
+    ledger_path: str | None = None,
+    concurrency: int | None = None,
+    limit: int | None = None,
+    only: str | None = None,
+    retry_failed: bool = False,
+    retry_uncertain: bool = False,
+    use_sandbox: bool = False,
+) -> int:
+    """Validate the whole flow, then send what the ledger says is not sent yet."""
+    import asyncio
+    import contextlib
+
+    from .executor import RunOptions
+    from .ledger import Ledger
+    from .recipients import normalize_phone
+
+    plan, result, _ = check(flow_file)  # nothing leaves before every recipient rendered
+    options = RunOptions(
+        concurrency=concurrency or plan.flow.settings.concurrency,
+        limit=limit,
+        only=_phone_option(only, normalize_phone),
+        retry_failed=retry_failed,
+        retry_uncertain=retry_uncertain,
     )
+    with contextlib.ExitStack() as stack:
+        if use_sandbox:
+            from . import sandbox
+
+            base_url, _ = stack.enter_context(sandbox.running())
+            target = ApiTarget(base_url, sandbox.TOKEN)
+        else:
+            target = plan.api_target(for_run=True)
+            if plan.problems.has_errors():
+                raise FlowInvalid(plan.problems)
+        if target.base_url is None or target.token is None:
+            raise FlowInvalid(plan.problems)
+        path = Path(ledger_path) if ledger_path else _default_ledger(plan, use_sandbox)
+        ledger = stack.enter_context(Ledger(path, plan.loaded.name))
+        summary = asyncio.run(_execute(plan, target, ledger, options, result.messages))
+    _print_summary(flow_file, summary, path)
+    return summary.exit_code
+
+
+def _phone_option(only: str | None, normalize: Any) -> str | None:
+    if only is None:
+        return None
+    try:
+        return str(normalize(only))
+    except ValueError as exc:
+        raise FlowrunError(f"--only: {exc}") from None
+
+
+def _default_ledger(plan: Plan, sandbox: bool) -> Path:
+    """Beside the flow, named after it; sandbox runs keep their own, so that trying a flow on
+    the sandbox never marks a real customer's message as sent."""
+    suffix = ".sandbox.ledger.sqlite" if sandbox else ".ledger.sqlite"
+    return plan.loaded.path.with_name(plan.loaded.path.stem + suffix)
+
+
+async def _execute(
+    plan: Plan, target: ApiTarget, ledger: Ledger, options: RunOptions, total: int
+) -> Summary:
+    from .executor import Executor
+    from .progress import Progress
+    from .transport import Transport
+
+    assert target.base_url is not None
+    assert target.token is not None
+    progress = Progress(total)
+    transport = Transport(target.base_url, target.token, plan.flow.api.timeout, options.concurrency)
+    try:
+        async with transport:
+            executor = Executor(
+                plan,
+                transport=transport,
+                api=target.base_url,
+                ledger=ledger,
+                options=options,
+                progress=progress,
+            )
+            summary = await executor.run()
+    finally:
+        progress.close()
+    return summary
+
+
+def _print_summary(flow_file: str, summary: Summary, ledger_path: Path) -> None:
+    rate = summary.sent / summary.seconds if summary.seconds > 0 else 0.0
+    if summary.recovered:
+        click.echo(
+            f"{summary.recovered:,} message(s) of an interrupted run are uncertain (the API may"
+            " have them); --retry-uncertain sends them again",
+            err=True,
+        )
+    if summary.held:
+        click.echo(
+            f"{summary.held:,} recipient(s) wait behind a failed or uncertain message of an"
+            " earlier run; see flowrun report, then --retry-failed or --retry-uncertain",
+            err=True,
+        )
+    for reason, count in sorted(summary.failures.items(), key=lambda kv: -kv[1])[:10]:
+        click.echo(f"  failed {count:,}x: {reason}", err=True)
+    if not summary.sent and summary.already and not summary.failed:
+        click.echo(f"{flow_file}: nothing to send: {summary.already:,} message(s) were sent before")
+    click.echo(
+        f"{flow_file}: sent {summary.sent:,}, failed {summary.failed:,}, skipped"
+        f" {summary.skipped + summary.blocked:,}, uncertain {summary.uncertain:,}, uploads"
+        f" {summary.uploads}, {summary.seconds:.1f} s ({rate:,.0f} msg/s)"
+        + (" — interrupted" if summary.interrupted else "")
+    )
+    click.echo(f"ledger: {ledger_path}")

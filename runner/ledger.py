@@ -147,51 +147,73 @@ class Ledger:
         ).fetchone()
         return None if row is None else row[0]
 
-    def mark_sending(self, items: Iterable[tuple[str, str, str]]) -> None:
-        """Durably mark (step, recipient, body_hash) as leaving now, in one transaction: the
-        group commit that keeps a crash from ever hiding a sent message."""
-        stamp = now()
+    def recipient_states(self, recipient: str) -> dict[str, State]:
+        """step → state of one recipient's messages (one indexed query: memory stays flat)."""
+        rows = self._db.execute(
+            "SELECT step, state FROM messages WHERE flow = ? AND recipient = ?",
+            (self.flow, recipient),
+        )
+        return dict(rows)
+
+    def commit(self, outcomes: list[Outcome], marks: list[tuple[str, str, str]]) -> None:
+        """Finished outcomes and new `sending` marks in one durable transaction (the executor's
+        group commit)."""
+        if not outcomes and not marks:
+            return
         with self._transaction():
-            self._db.executemany(
-                "INSERT INTO messages (flow, step, recipient, state, attempts, first_attempt,"
-                " last_attempt, body_hash) VALUES (?, ?, ?, 'sending', 0, ?, ?, ?)"
-                " ON CONFLICT (flow, step, recipient) DO UPDATE SET state = 'sending',"
-                " last_attempt = excluded.last_attempt, body_hash = excluded.body_hash",
-                [(self.flow, step, who, stamp, stamp, digest) for step, who, digest in items],
-            )
+            self._write_outcomes(outcomes)
+            self._write_marks(marks)
+
+    def mark_sending(self, items: Iterable[tuple[str, str, str]]) -> None:
+        """Durably mark (step, recipient, body_hash) as leaving now, in one transaction."""
+        with self._transaction():
+            self._write_marks(items)
+
+    def _write_marks(self, items: Iterable[tuple[str, str, str]]) -> None:
+        stamp = now()
+        self._db.executemany(
+            "INSERT INTO messages (flow, step, recipient, state, attempts, first_attempt,"
+            " last_attempt, body_hash) VALUES (?, ?, ?, 'sending', 0, ?, ?, ?)"
+            " ON CONFLICT (flow, step, recipient) DO UPDATE SET state = 'sending',"
+            " last_attempt = excluded.last_attempt, body_hash = excluded.body_hash",
+            [(self.flow, step, who, stamp, stamp, digest) for step, who, digest in items],
+        )
 
     def record(self, outcomes: Iterable[Outcome]) -> None:
         """Write the outcomes of finished messages, in one transaction."""
-        stamp = now()
         with self._transaction():
-            self._db.executemany(
-                "INSERT INTO messages (flow, step, recipient, state, message_id, http_status,"
-                " error_code, error_title, error_details, attempts, first_attempt, last_attempt)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (flow, step, recipient) DO UPDATE SET state = excluded.state,"
-                " message_id = excluded.message_id, http_status = excluded.http_status,"
-                " error_code = excluded.error_code, error_title = excluded.error_title,"
-                " error_details = excluded.error_details,"
-                " attempts = messages.attempts + excluded.attempts,"
-                " last_attempt = excluded.last_attempt",
-                [
-                    (
-                        self.flow,
-                        o.step,
-                        o.recipient,
-                        o.state,
-                        o.message_id,
-                        o.http_status,
-                        o.error_code,
-                        o.error_title,
-                        o.error_details,
-                        o.attempts,
-                        stamp,
-                        stamp,
-                    )
-                    for o in outcomes
-                ],
-            )
+            self._write_outcomes(outcomes)
+
+    def _write_outcomes(self, outcomes: Iterable[Outcome]) -> None:
+        stamp = now()
+        self._db.executemany(
+            "INSERT INTO messages (flow, step, recipient, state, message_id, http_status,"
+            " error_code, error_title, error_details, attempts, first_attempt, last_attempt)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (flow, step, recipient) DO UPDATE SET state = excluded.state,"
+            " message_id = excluded.message_id, http_status = excluded.http_status,"
+            " error_code = excluded.error_code, error_title = excluded.error_title,"
+            " error_details = excluded.error_details,"
+            " attempts = messages.attempts + excluded.attempts,"
+            " last_attempt = excluded.last_attempt",
+            [
+                (
+                    self.flow,
+                    o.step,
+                    o.recipient,
+                    o.state,
+                    o.message_id,
+                    o.http_status,
+                    o.error_code,
+                    o.error_title,
+                    o.error_details,
+                    o.attempts,
+                    stamp,
+                    stamp,
+                )
+                for o in outcomes
+            ],
+        )
 
     def media_id(self, api: str, sha256: str) -> str | None:
         row = self._db.execute(

@@ -167,7 +167,8 @@ def test_usage_errors_exit_2() -> None:
     assert flowrun("validate").returncode == 2
 
 
-def test_run_says_what_it_cannot_do_yet(tmp_path: Path) -> None:
-    result = flowrun("flows/onboarding.yaml")
-    assert result.returncode == 2
-    assert "flowrun plan flows/onboarding.yaml" in result.stderr
+def test_dry_run_is_the_plan() -> None:
+    assert (
+        flowrun("flows/onboarding.yaml", "--dry-run").stdout
+        == flowrun("plan", "flows/onboarding.yaml").stdout
+    )

@@ -1,0 +1,430 @@
+"""The executor: sends every recipient's messages, at most once each, and records what happened.
+
+Recipients stream from the plan into a bounded queue; `concurrency` workers each serve one
+recipient at a time, its steps strictly in order (a failed step stops the later ones). Before a
+request leaves, its `sending` mark is committed together with the outcomes finished so far (one
+group commit for everyone waiting), so after a hard kill at most `concurrency` rows are left
+`sending`, and the next run reports them as `uncertain` instead of sending them again.
+
+What counts as done: `sent`. A step skipped by `when`, or blocked by a failed step, is looked at
+again on the next run (nothing was sent, so nothing can be sent twice). `failed` and `uncertain`
+are retried only with --retry-failed / --retry-uncertain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from . import onprem
+from .errors import FlowrunError
+from .ledger import Ledger, Outcome
+from .media import LocalMedia
+from .plan import Message, Plan, RenderFailure, Skipped
+from .progress import Progress
+from .recipients import Recipient
+from .transport import MaybeDelivered, NotDelivered, Transport
+
+BACKOFF_BASE = 0.5  # seconds; doubled per attempt, with full jitter
+BACKOFF_MAX = 30.0
+RETRY_AFTER_MAX = 300.0
+FAILURE_STREAK_LIMIT = 100  # this many failures in a row pause the campaign
+DRAIN_SECONDS = 30.0  # after Ctrl-C: how long messages in flight may take to finish
+
+
+class UploadFailed(Exception):
+    def __init__(self, failure: onprem.ApiFailure) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+class StopRun(FlowrunError):
+    """A reason to stop the whole run (bad token, a streak of failures): exit 1, one line."""
+
+    exit_code = 1
+
+
+@dataclass
+class RunOptions:
+    concurrency: int
+    limit: int | None = None
+    only: str | None = None
+    retry_failed: bool = False
+    retry_uncertain: bool = False
+
+
+@dataclass
+class Summary:
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    uncertain: int = 0
+    blocked: int = 0
+    already: int = 0  # sent by an earlier run
+    held: int = 0  # failed/uncertain from an earlier run, not retried
+    uploads: int = 0
+    recovered: int = 0  # `sending` rows of a dead run, now uncertain
+    interrupted: bool = False
+    seconds: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 1 if self.failed or self.uncertain or self.held else 0
+
+
+class _Commits:
+    """Group commit: marks and outcomes gathered from all workers, written in one transaction."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.marks: list[tuple[str, str, str]] = []
+        self.outcomes: list[Outcome] = []
+        self.waiters: list[asyncio.Future[None]] = []
+        self.flushing = False
+
+    async def mark(self, step: str, recipient: str, digest: str) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self.marks.append((step, recipient, digest))
+        self.waiters.append(future)
+        if not self.flushing:
+            self.flushing = True
+            asyncio.get_running_loop().call_soon(self.flush)
+        await future
+
+    def record(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+
+    def flush(self) -> None:
+        marks, self.marks = self.marks, []
+        outcomes, self.outcomes = self.outcomes, []
+        waiters, self.waiters = self.waiters, []
+        self.flushing = False
+        try:
+            self.ledger.commit(outcomes, marks)
+        except Exception as exc:
+            for waiter in waiters:
+                waiter.set_exception(exc)
+            raise
+        for waiter in waiters:
+            waiter.set_result(None)
+
+
+class Executor:
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        transport: Transport,
+        api: str,
+        ledger: Ledger,
+        options: RunOptions,
+        progress: Progress,
+    ) -> None:
+        self.plan = plan
+        self.transport = transport
+        self.api = api
+        self.ledger = ledger
+        self.options = options
+        self.progress = progress
+        self.summary = Summary()
+        self.commits = _Commits(ledger)
+        self.retries = plan.flow.settings.retries
+        self.rate = plan.flow.settings.rate_per_second
+        self._next_slot = 0.0
+        self._media: dict[str, asyncio.Task[str]] = {}
+        self._stopping = False
+        self._stop_error: StopRun | None = None
+        self._streak = 0
+
+    async def run(self) -> Summary:
+        started = time.monotonic()
+        self.summary.recovered = self.ledger.recover()
+        queue: asyncio.Queue[Recipient | None] = asyncio.Queue(self.options.concurrency * 2)
+        workers = [
+            asyncio.create_task(self._worker(queue)) for _ in range(self.options.concurrency)
+        ]
+        self._install_signals(workers)
+        try:
+            for recipient in self._recipients():
+                if self._stopping:
+                    break
+                await queue.put(recipient)
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+        finally:
+            self.commits.flush()
+            self._remove_signals()
+            self.summary.seconds = time.monotonic() - started
+        if self._stop_error is not None:
+            raise self._stop_error
+        return self.summary
+
+    def _recipients(self) -> Iterator[Recipient]:
+        count = 0
+        for recipient in self.plan.recipients():
+            if self.options.only is not None and recipient.phone != self.options.only:
+                continue
+            if self.options.limit is not None and count >= self.options.limit:
+                return
+            count += 1
+            yield recipient
+
+    def _install_signals(self, workers: list[asyncio.Task[None]]) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal)
+
+    def _remove_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    def _on_signal(self) -> None:
+        if self._stopping and self.summary.interrupted:
+            # A second Ctrl-C: stop at once. Messages in flight stay `sending` in the ledger
+            # and are reported uncertain by the next run.
+            self.progress.line("flowrun: stopped at once")
+            raise SystemExit(130)
+        self.summary.interrupted = True
+        self._stopping = True
+        self.progress.line(
+            "flowrun: stopping: no new messages; waiting for those in flight "
+            "(Ctrl-C again to stop at once)"
+        )
+
+    async def _worker(self, queue: asyncio.Queue[Recipient | None]) -> None:
+        while (recipient := await queue.get()) is not None:
+            if self._stopping:
+                continue
+            await self._serve(recipient)
+
+    async def _serve(self, recipient: Recipient) -> None:
+        states = self.ledger.recipient_states(recipient.phone)
+        try:
+            items = list(self.plan.messages(recipient))
+        except RenderFailure as failure:  # validated before the run; kept for safety
+            raise StopRun(failure.problem.format()) from None
+        for item in items:
+            if self._stopping:
+                return
+            state = states.get(item.step.key)
+            if state == "sent":
+                self.summary.already += 1
+                continue
+            if (state == "failed" and not self.options.retry_failed) or (
+                state == "uncertain" and not self.options.retry_uncertain
+            ):
+                self.summary.held += 1
+                return  # later steps wait until this one is settled
+            if isinstance(item, Skipped):
+                self._finish(
+                    Outcome(
+                        item.step.key,
+                        recipient.phone,
+                        "skipped",
+                        error_title="when",
+                        error_details=item.reason,
+                        attempts=0,
+                    )
+                )
+                self.summary.skipped += 1
+                continue
+            if not await self._send(item):
+                self._block_rest(items, item, recipient)
+                return
+
+    def _block_rest(self, items: list[Message | Skipped], failed: Message, who: Recipient) -> None:
+        later = items[items.index(failed) + 1 :]
+        for item in later:
+            self._finish(
+                Outcome(
+                    item.step.key,
+                    who.phone,
+                    "skipped",
+                    error_title="blocked",
+                    error_details=f"step {failed.step.key} did not go through",
+                    attempts=0,
+                )
+            )
+            self.summary.blocked += 1
+
+    def _finish(self, outcome: Outcome) -> None:
+        self.commits.record(outcome)
+
+    async def _send(self, message: Message) -> bool:
+        media_id = None
+        if message.upload is not None:
+            try:
+                media_id = await self._media_id(message.upload)
+            except UploadFailed as exc:
+                return self._failed(message, exc.failure, 1)
+        body = message.body(media_id)
+        raw = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        digest = hashlib.sha256(raw.encode()).hexdigest()[:16]
+        await self.commits.mark(message.step.key, message.recipient.phone, digest)
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._pace()
+            try:
+                response = await self.transport.post(onprem.MESSAGES_PATH, json=body)
+            except NotDelivered as exc:
+                if attempt > self.retries:
+                    return self._failed(
+                        message, onprem.ApiFailure(0, None, "not delivered", str(exc)), attempt
+                    )
+                await asyncio.sleep(self._backoff(attempt, None))
+                continue
+            except MaybeDelivered as exc:
+                self._finish(
+                    Outcome(
+                        message.step.key,
+                        message.recipient.phone,
+                        "uncertain",
+                        error_details=str(exc),
+                        attempts=attempt,
+                    )
+                )
+                self.summary.uncertain += 1
+                self.progress.update(self.summary)
+                return False
+            if 200 <= response.status < 300:
+                self._finish(
+                    Outcome(
+                        message.step.key,
+                        message.recipient.phone,
+                        "sent",
+                        message_id=onprem.message_id(response.data),
+                        http_status=response.status,
+                        attempts=attempt,
+                    )
+                )
+                self.summary.sent += 1
+                self._streak = 0
+                self.progress.update(self.summary)
+                return True
+            failure = onprem.failure(response.status, response.data)
+            if failure.auth:
+                self._stop(
+                    StopRun(
+                        f"the API refused the token ({failure}); check the token the flow's"
+                        " api.token reads"
+                    )
+                )
+                self._finish(
+                    Outcome(
+                        message.step.key,
+                        message.recipient.phone,
+                        "failed",
+                        http_status=failure.http_status,
+                        error_code=failure.code,
+                        error_title=failure.title,
+                        error_details=failure.details,
+                        attempts=attempt,
+                    )
+                )
+                self.summary.failed += 1
+                return False
+            if failure.retry and attempt <= self.retries:
+                await asyncio.sleep(self._backoff(attempt, response.retry_after))
+                continue
+            return self._failed(message, failure, attempt)
+
+    def _failed(self, message: Message, failure: onprem.ApiFailure, attempts: int) -> bool:
+        self._finish(
+            Outcome(
+                message.step.key,
+                message.recipient.phone,
+                "failed",
+                http_status=failure.http_status or None,
+                error_code=failure.code,
+                error_title=failure.title,
+                error_details=failure.details,
+                attempts=attempts,
+            )
+        )
+        self.summary.failed += 1
+        reason = str(failure)
+        self.summary.failures[reason] = self.summary.failures.get(reason, 0) + 1
+        self._streak += 1
+        if self._streak >= FAILURE_STREAK_LIMIT:
+            self._stop(
+                StopRun(
+                    f"{self._streak} messages in a row failed (the last: {failure}); the run is "
+                    "paused: fix the cause and run again to continue"
+                )
+            )
+        self.progress.update(self.summary)
+        return False
+
+    def _stop(self, error: StopRun) -> None:
+        if self._stop_error is None:
+            self._stop_error = error
+        self._stopping = True
+
+    async def _pace(self) -> None:
+        """Keep under `settings.rate`: each request takes the next free time slot."""
+        if not self.rate:
+            return
+        now = time.monotonic()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 1.0 / self.rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+    @staticmethod
+    def _backoff(attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, RETRY_AFTER_MAX)
+        return random.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1)))
+
+    async def _media_id(self, media: LocalMedia) -> str:
+        """The media id of a local file: from the ledger, or uploaded once for everyone."""
+        task = self._media.get(media.sha256)
+        if task is None:
+            task = asyncio.create_task(self._upload(media))
+            self._media[media.sha256] = task
+        return await task
+
+    async def _upload(self, media: LocalMedia) -> str:
+        known = self.ledger.media_id(self.api, media.sha256)
+        if known is not None:
+            return known
+        data = await asyncio.to_thread(media.path.read_bytes)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self.transport.post(
+                    onprem.MEDIA_PATH, data=data, content_type=media.mime
+                )
+            except (NotDelivered, MaybeDelivered) as exc:
+                # An upload is safe to repeat: a second copy only costs storage.
+                if attempt > self.retries:
+                    raise UploadFailed(
+                        onprem.ApiFailure(0, None, "upload failed", str(exc))
+                    ) from None
+                await asyncio.sleep(self._backoff(attempt, None))
+                continue
+            found = onprem.media_id(response.data) if response.status < 300 else None
+            if found is not None:
+                self.ledger.remember_upload(self.api, media.sha256, found)
+                self.summary.uploads += 1
+                return found
+            failure = onprem.failure(response.status, response.data)
+            if failure.auth:
+                self._stop(StopRun(f"the API refused the token ({failure})"))
+            if failure.retry and attempt <= self.retries:
+                await asyncio.sleep(self._backoff(attempt, response.retry_after))
+                continue
+            raise UploadFailed(failure)

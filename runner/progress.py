@@ -1,0 +1,55 @@
+"""What a run shows while it works: a live line on a terminal, a plain line now and then in a log.
+
+Updated a few times a second at most, never per message: printing must not slow sending.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+
+class Progress:
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.interval = 0.2 if self.live else 5.0
+        self.started = time.monotonic()
+        self._last = 0.0
+        self._shown = False
+
+    def update(self, summary: Any, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        done = summary.sent + summary.failed + summary.uncertain
+        elapsed = max(now - self.started, 1e-6)
+        rate = summary.sent / elapsed
+        left = max(self.total - done - summary.skipped - summary.blocked - summary.already, 0)
+        eta = f", {left / rate:,.0f} s left" if rate > 0 and left else ""
+        text = (
+            f"sent {summary.sent:,}/{self.total:,}, failed {summary.failed:,}, "
+            f"{rate:,.0f} msg/s{eta}"
+        )
+        if self.live:
+            self.stream.write(f"\r\x1b[2K{text}")
+            self._shown = True
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def line(self, text: str) -> None:
+        """A message that must not be overwritten by the live line."""
+        if self._shown:
+            self.stream.write("\n")
+            self._shown = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._shown:
+            self.stream.write("\n")
+            self._shown = False
