@@ -121,6 +121,19 @@ def plan(flow: str, sample: int, jsonl: bool) -> None:
 
 
 @cli.command()
+@click.argument("flow", required=False, type=click.Path(dir_okay=False))
+@click.option("--ledger", "ledger_path", help="Ledger file (default: the FLOW's).")
+@click.option("--sandbox", "use_sandbox", is_flag=True, help="The FLOW's sandbox ledger.")
+@click.option("--csv", "fmt", flag_value="csv", help="Every message row as CSV.")
+@click.option("--jsonl", "fmt", flag_value="jsonl", help="Every message row as JSON lines.")
+def report(flow: str | None, ledger_path: str | None, use_sandbox: bool, fmt: str | None) -> None:
+    """What the ledger says: counts per step and state, failures by reason, uncertain ones."""
+    from .commands import report_ledger
+
+    sys.exit(_handled(lambda: report_ledger(flow, ledger_path, use_sandbox, fmt)))
+
+
+@cli.command()
 @click.option("--port", default=8480, show_default=True, help="Port on 127.0.0.1.")
 def sandbox(port: int) -> None:
     """Serve a WhatsApp Business API (On-Premises shape) on 127.0.0.1 for trying flows.

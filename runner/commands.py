@@ -157,10 +157,14 @@ def _phone_option(only: str | None, normalize: Any) -> str | None:
 
 
 def _default_ledger(plan: Plan, sandbox: bool) -> Path:
+    return default_ledger(plan.loaded.path, sandbox)
+
+
+def default_ledger(flow_path: Path, sandbox: bool) -> Path:
     """Beside the flow, named after it; sandbox runs keep their own, so that trying a flow on
     the sandbox never marks a real customer's message as sent."""
     suffix = ".sandbox.ledger.sqlite" if sandbox else ".ledger.sqlite"
-    return plan.loaded.path.with_name(plan.loaded.path.stem + suffix)
+    return flow_path.with_name(flow_path.stem + suffix)
 
 
 async def _execute(
@@ -215,3 +219,26 @@ def _print_summary(flow_file: str, summary: Summary, ledger_path: Path) -> None:
         + (" — interrupted" if summary.interrupted else "")
     )
     click.echo(f"ledger: {ledger_path}")
+
+
+def report_ledger(
+    flow_file: str | None, ledger_path: str | None, use_sandbox: bool, fmt: str | None
+) -> int:
+    from .report import summary_lines, write_rows
+
+    if flow_file is None and ledger_path is None:
+        raise FlowrunError("name a FLOW or a --ledger PATH to report on")
+    name = None
+    path = Path(ledger_path) if ledger_path else None
+    if flow_file is not None:
+        loaded = load_flow(flow_file)
+        name = loaded.name
+        if path is None:
+            path = default_ledger(loaded.path, use_sandbox)
+    assert path is not None
+    if fmt is not None:
+        write_rows(path, name, fmt, sys.stdout)
+    else:
+        for line in summary_lines(path, name):
+            click.echo(line)
+    return EXIT_OK

@@ -294,3 +294,26 @@ def test_sigint_exits_130_and_leaves_nothing_uncertain(
     assert rest.returncode == 0
     assert len(state.inbox) == 2000
     assert len({m["to"] for m in state.inbox}) == 2000
+
+
+def test_report(api: tuple[str, SandboxState], folder: Path) -> None:
+    base, _ = api
+    write_flow(folder, base, "  - text: {body: one}\n  - text: {body: two}\n", people=3)
+    post(f"{base}/sandbox/faults", {"fail_recipients": {"15550100001": 1013}})
+    flowrun("flow.yaml")
+    code, out, _ = flowrun("report", "flow.yaml")
+    assert code == 0
+    assert out.splitlines()[2:] == [
+        "  t/1                     2         1         0         0         0",
+        "  t/2                     2         0         1         0         0",
+        "failures:",
+        "  1x HTTP 400, error 1013, User is not valid: 15550100001",
+    ]
+    code, out, _ = flowrun("report", "--ledger", "flow.ledger.sqlite", "--csv")
+    lines = out.splitlines()
+    assert lines[0].startswith("flow,step,recipient,state,message_id,http_status,error_code")
+    assert len(lines) == 7
+    assert lines[3].startswith("t,1,15550100001,failed,,400,1013,User is not valid,")
+    code, out, _ = flowrun("report", "flow.yaml", "--jsonl")
+    assert json.loads(out.splitlines()[0])["state"] == "sent"
+    assert flowrun("report", "--ledger", "nope.sqlite")[0] == 2
