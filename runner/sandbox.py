@@ -130,9 +130,10 @@ async def _faults(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.json_response(
             _envelope(code, "injected fault"), status=faults.status_code, headers=headers
         )
-    if faults.slow:
+    response = await handler(request)
+    if faults.slow:  # the API did the work; only its answer is late (past the client's timeout)
         await asyncio.sleep(faults.slow)
-    return await handler(request)  # type: ignore[no-any-return]
+    return response  # type: ignore[no-any-return]
 
 
 def _authorize(request: web.Request) -> None:

@@ -37,13 +37,15 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def write_flow(folder: Path, base: str, messages: str, people: int = 3, **settings: Any) -> Path:
+def write_flow(
+    folder: Path, base: str, messages: str, people: int = 3, timeout: float = 2, **settings: Any
+) -> Path:
     rows = "".join(f"+1 555 010 {i:04d},P{i},{'en' if i % 2 else 'de'}\n" for i in range(people))
     (folder / "people.csv").write_text("phone,name,lang\n" + rows, "utf-8")
     extra = "".join(f"  {k}: {v}\n" for k, v in settings.items())
     text = (
         f"version: 1\nname: t\napi:\n  base_url: {base}\n  token: '{{{{ env.WA_TOKEN }}}}'\n"
-        f"  timeout: 2\nsettings:\n  concurrency: 4\n{extra}"
+        f"  timeout: {timeout}\nsettings:\n  concurrency: 4\n{extra}"
         f"recipients: {{csv: people.csv}}\nmessages:\n{messages}"
     )
     (folder / "flow.yaml").write_text(text, "utf-8")
@@ -317,3 +319,60 @@ def test_report(api: tuple[str, SandboxState], folder: Path) -> None:
     code, out, _ = flowrun("report", "flow.yaml", "--jsonl")
     assert json.loads(out.splitlines()[0])["state"] == "sent"
     assert flowrun("report", "--ledger", "nope.sqlite")[0] == 2
+
+
+def test_what_plan_shows_is_what_is_sent(api: tuple[str, SandboxState], folder: Path) -> None:
+    base, state = api
+    for name in ("onboarding.yaml", "contacts.csv"):
+        text = (REPO / "flows" / name).read_text("utf-8")
+        (folder / name).write_text(text.replace("https://wa.example.com", base), "utf-8")
+    planned = [
+        json.loads(line) for line in flowrun("plan", "onboarding.yaml", "--jsonl")[1].splitlines()
+    ]
+    code, _out, err = flowrun("onboarding.yaml")
+    assert code == 0, err
+    uploads = {mime: media_id for media_id, mime in state.media.items()}
+    names = {
+        "@upload:tour.mp4": uploads["video/mp4"],
+        "@upload:prices.pdf": uploads["application/pdf"],
+        "@upload:wave.webp": uploads["image/webp"],
+    }
+    for body in planned:
+        content = body[body["type"]]
+        if content.get("id") in names:
+            content["id"] = names[content["id"]]
+    sent = [{k: v for k, v in m.items() if k != "id"} for m in state.inbox]
+    key = lambda b: (b["to"], json.dumps(b, sort_keys=True))  # noqa: E731
+    assert sorted(sent, key=key) == sorted(planned, key=key)
+    assert {b["type"] for b in sent} == {"image", "video", "document", "sticker", "audio", "text"}
+
+
+def test_timeout_after_sending_is_uncertain_not_resent(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    base, state = api
+    write_flow(folder, base, "  - text: {body: one}\n", people=1, timeout=0.3)
+    post(f"{base}/sandbox/faults", {"slow": 1})
+    code, out, _ = flowrun("flow.yaml")
+    assert code == 1
+    assert "uncertain 1" in out
+    assert ledger_rows(folder)[0][2] == "uncertain"
+    post(f"{base}/sandbox/faults", {})
+    time.sleep(0.8)  # the slow answer lands in the inbox: the API did get it
+    assert len(state.inbox) == 1
+    assert flowrun("flow.yaml")[0] == 1  # held, not resent
+    assert len(state.inbox) == 1
+    assert flowrun("flow.yaml", "--retry-uncertain")[0] == 0
+    assert len(state.inbox) == 2
+
+
+def test_a_streak_of_failures_stops_the_run(api: tuple[str, SandboxState], folder: Path) -> None:
+    base, state = api
+    write_flow(folder, base, "  - text: {body: one}\n", people=300)
+    failing = {f"1555010{i:04d}": 1013 for i in range(300)}
+    post(f"{base}/sandbox/faults", {"fail_recipients": failing})
+    code, _out, err = flowrun("flow.yaml")
+    assert code == 1
+    assert "messages in a row failed (the last: HTTP 400, error 1013" in err
+    assert 100 <= len(ledger_rows(folder)) < 300
+    assert state.inbox == []
