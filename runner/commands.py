@@ -20,12 +20,13 @@ from .plan import ApiTarget, Message, Plan, Skipped, Survey, compile_plan, surve
 
 
 def check(
-    flow_file: str, sample: int = 0, on_message: Any = None
+    flow_file: str, sample: int = 0, on_message: Any = None, *, api: bool = True
 ) -> tuple[Plan, Survey, ApiTarget]:
     """Load, compile and render a flow for every recipient; the problems found are raised
     together (warnings are printed and let pass)."""
     plan = compile_plan(load_flow(flow_file))
-    target = plan.api_target(for_run=False)
+    # With --sandbox the flow's api section is not used: its secrets are not asked for.
+    target = plan.api_target(for_run=False) if api else ApiTarget(None, None)
     result = survey(plan, sample, on_message)
     for line in plan.problems.lines("warning"):
         click.echo(line, err=True)
@@ -120,7 +121,8 @@ def run_flow(
     from .ledger import Ledger
     from .recipients import normalize_phone
 
-    plan, result, _ = check(flow_file)  # nothing leaves before every recipient rendered
+    # nothing leaves before every recipient rendered
+    plan, result, _ = check(flow_file, api=not use_sandbox)
     options = RunOptions(
         concurrency=concurrency or plan.flow.settings.concurrency,
         limit=limit,

@@ -17,7 +17,7 @@ class Progress:
         self.live = self.stream.isatty()
         self.interval = 0.2 if self.live else 5.0
         self.started = time.monotonic()
-        self._last = 0.0
+        self._last = self.started  # nothing to show in the first moments
         self._shown = False
 
     def update(self, summary: Any, *, force: bool = False) -> None:

@@ -214,6 +214,7 @@ def test_readme_sandbox_run(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     assert "sent 33, failed 0, skipped 2, uncertain 0, uploads 3" in first.stdout
     assert "ledger: flows/onboarding.sandbox.ledger.sqlite" in first.stdout
+    assert first.stderr == ""  # the sandbox needs none of the flow's secrets: no warnings
 
 
 def start(folder: Path, *args: str) -> subprocess.Popen[str]:
