@@ -21,10 +21,11 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import onprem
 from .errors import FlowrunError
-from .ledger import Ledger, Outcome
+from .ledger import Ledger, Outcome, State
 from .media import LocalMedia
 from .plan import Message, Plan, RenderFailure, Skipped
 from .progress import Progress
@@ -79,6 +80,10 @@ class Summary:
         if self.interrupted:
             return 130
         return 1 if self.failed or self.uncertain or self.held else 0
+
+
+def _outcome(message: Message, state: State, **fields: Any) -> Outcome:
+    return Outcome(message.step.key, message.recipient.phone, state, **fields)
 
 
 class _Commits:
@@ -152,7 +157,7 @@ class Executor:
         workers = [
             asyncio.create_task(self._worker(queue)) for _ in range(self.options.concurrency)
         ]
-        self._install_signals(workers)
+        self._install_signals()
         try:
             for recipient in self._recipients():
                 if self._stopping:
@@ -179,7 +184,7 @@ class Executor:
             count += 1
             yield recipient
 
-    def _install_signals(self, workers: list[asyncio.Task[None]]) -> None:
+    def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal)
@@ -287,9 +292,8 @@ class Executor:
                 continue
             except MaybeDelivered as exc:
                 self._finish(
-                    Outcome(
-                        message.step.key,
-                        message.recipient.phone,
+                    _outcome(
+                        message,
                         "uncertain",
                         error_details=str(exc),
                         attempts=attempt,
@@ -300,9 +304,8 @@ class Executor:
                 return False
             if 200 <= response.status < 300:
                 self._finish(
-                    Outcome(
-                        message.step.key,
-                        message.recipient.phone,
+                    _outcome(
+                        message,
                         "sent",
                         message_id=onprem.message_id(response.data),
                         http_status=response.status,
@@ -321,20 +324,7 @@ class Executor:
                         " api.token reads"
                     )
                 )
-                self._finish(
-                    Outcome(
-                        message.step.key,
-                        message.recipient.phone,
-                        "failed",
-                        http_status=failure.http_status,
-                        error_code=failure.code,
-                        error_title=failure.title,
-                        error_details=failure.details,
-                        attempts=attempt,
-                    )
-                )
-                self.summary.failed += 1
-                return False
+                return self._failed(message, failure, attempt)
             if failure.retry and attempt <= self.retries:
                 await asyncio.sleep(self._backoff(attempt, response.retry_after))
                 continue
@@ -342,9 +332,8 @@ class Executor:
 
     def _failed(self, message: Message, failure: onprem.ApiFailure, attempts: int) -> bool:
         self._finish(
-            Outcome(
-                message.step.key,
-                message.recipient.phone,
+            _outcome(
+                message,
                 "failed",
                 http_status=failure.http_status or None,
                 error_code=failure.code,
