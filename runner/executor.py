@@ -20,6 +20,7 @@ import random
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,40 +88,64 @@ def _outcome(message: Message, state: State, **fields: Any) -> Outcome:
 
 
 class _Commits:
-    """Group commit: marks and outcomes gathered from all workers, written in one transaction."""
+    """Group commit on a writer thread: marks and outcomes gathered from all workers are
+    written in one transaction while the event loop goes on sending. A worker waiting for its
+    mark resumes only once the commit that holds it is durable."""
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.marks: list[tuple[str, str, str]] = []
         self.outcomes: list[Outcome] = []
         self.waiters: list[asyncio.Future[None]] = []
-        self.flushing = False
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrun-ledger")
+        self.running: asyncio.Future[None] | None = None
 
     async def mark(self, step: str, recipient: str, digest: str) -> None:
         future = asyncio.get_running_loop().create_future()
         self.marks.append((step, recipient, digest))
         self.waiters.append(future)
-        if not self.flushing:
-            self.flushing = True
-            asyncio.get_running_loop().call_soon(self.flush)
+        if self.running is None:
+            self._start()
         await future
 
     def record(self, outcome: Outcome) -> None:
+        """Kept until the next commit: the one that carries the next mark, or the last one."""
         self.outcomes.append(outcome)
 
-    def flush(self) -> None:
+    def _start(self) -> None:
         marks, self.marks = self.marks, []
         outcomes, self.outcomes = self.outcomes, []
         waiters, self.waiters = self.waiters, []
-        self.flushing = False
-        try:
-            self.ledger.commit(outcomes, marks)
-        except Exception as exc:
-            for waiter in waiters:
-                waiter.set_exception(exc)
-            raise
+        loop = asyncio.get_running_loop()
+        self.running = loop.run_in_executor(self.writer, self.ledger.commit, outcomes, marks)
+        self.running.add_done_callback(lambda done: self._finished(done, waiters))
+
+    def _finished(self, done: asyncio.Future[None], waiters: list[asyncio.Future[None]]) -> None:
+        self.running = None
+        error = None if done.cancelled() else done.exception()
         for waiter in waiters:
-            waiter.set_result(None)
+            if waiter.done():
+                continue
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(None)
+        if self.marks:
+            self._start()
+
+    async def write(self, function: Any, *args: Any) -> Any:
+        """Another write (an upload's media id), on the same writer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.writer, function, *args)
+
+    async def close(self) -> None:
+        """Commit everything still pending, then stop the writer thread."""
+        while self.running is not None:
+            await asyncio.wait([self.running])
+        if self.marks or self.outcomes:
+            self._start()
+            assert self.running is not None
+            await asyncio.wait([self.running])
+        self.writer.shutdown(wait=True)
 
 
 class Executor:
@@ -167,7 +192,7 @@ class Executor:
                 await queue.put(None)
             await asyncio.gather(*workers)
         finally:
-            self.commits.flush()
+            await self.commits.close()
             self._remove_signals()
             self.summary.seconds = time.monotonic() - started
         if self._stop_error is not None:
@@ -407,7 +432,7 @@ class Executor:
                 continue
             found = onprem.media_id(response.data) if response.status < 300 else None
             if found is not None:
-                self.ledger.remember_upload(self.api, media.sha256, found)
+                await self.commits.write(self.ledger.remember_upload, self.api, media.sha256, found)
                 self.summary.uploads += 1
                 return found
             failure = onprem.failure(response.status, response.data)

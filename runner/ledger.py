@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS messages (
     first_attempt TEXT,
     last_attempt TEXT,
     body_hash TEXT,
-    PRIMARY KEY (flow, step, recipient)
+    -- recipient before step: each recipient's rows are read with one index lookup
+    PRIMARY KEY (flow, recipient, step)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_state ON messages (flow, state);
 CREATE INDEX IF NOT EXISTS messages_message_id ON messages (message_id);
@@ -93,13 +94,19 @@ class Ledger:
         self.flow = flow
         self._lock = _take_lock(path)
         try:
+            # Two connections: writes (which the executor runs on a writer thread, so that
+            # fsyncs never stall sending) and reads (on the caller's thread). WAL lets the
+            # reads go on while a write commits.
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout=10000")
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed `sending` mark must survive power loss too, or a sent message
             # could later look unsent; group commits keep the number of fsyncs small.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self._check_version()
+            self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._reader.execute("PRAGMA busy_timeout=10000")
         except sqlite3.DatabaseError as exc:
             self.close()
             raise LedgerError(f"{path}: cannot use the ledger: {exc}") from None
@@ -115,8 +122,10 @@ class Ledger:
             )
 
     def close(self) -> None:
-        if getattr(self, "_db", None) is not None:
-            self._db.close()
+        for name in ("_reader", "_db"):
+            connection = getattr(self, name, None)
+            if connection is not None:
+                connection.close()
         os.close(self._lock)
 
     def __enter__(self) -> Ledger:
@@ -135,13 +144,13 @@ class Ledger:
 
     def states(self) -> dict[tuple[str, str], State]:
         """(step, recipient) → state of every message this flow has a row for."""
-        rows = self._db.execute(
+        rows = self._reader.execute(
             "SELECT step, recipient, state FROM messages WHERE flow = ?", (self.flow,)
         )
         return {(step, recipient): state for step, recipient, state in rows}
 
     def state(self, step: str, recipient: str) -> State | None:
-        row = self._db.execute(
+        row = self._reader.execute(
             "SELECT state FROM messages WHERE flow = ? AND step = ? AND recipient = ?",
             (self.flow, step, recipient),
         ).fetchone()
@@ -149,7 +158,7 @@ class Ledger:
 
     def recipient_states(self, recipient: str) -> dict[str, State]:
         """step → state of one recipient's messages (one indexed query: memory stays flat)."""
-        rows = self._db.execute(
+        rows = self._reader.execute(
             "SELECT step, state FROM messages WHERE flow = ? AND recipient = ?",
             (self.flow, recipient),
         )
@@ -160,9 +169,12 @@ class Ledger:
         group commit)."""
         if not outcomes and not marks:
             return
-        with self._transaction():
-            self._write_outcomes(outcomes)
-            self._write_marks(marks)
+        try:
+            with self._transaction():
+                self._write_outcomes(outcomes)
+                self._write_marks(marks)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path}: cannot write the ledger: {exc}") from None
 
     def mark_sending(self, items: Iterable[tuple[str, str, str]]) -> None:
         """Durably mark (step, recipient, body_hash) as leaving now, in one transaction."""
@@ -216,7 +228,7 @@ class Ledger:
         )
 
     def media_id(self, api: str, sha256: str) -> str | None:
-        row = self._db.execute(
+        row = self._reader.execute(
             "SELECT media_id FROM uploads WHERE api = ? AND sha256 = ?", (api, sha256)
         ).fetchone()
         return None if row is None else row[0]
@@ -228,7 +240,7 @@ class Ledger:
             )
 
     def counts(self) -> dict[str, int]:
-        rows = self._db.execute(
+        rows = self._reader.execute(
             "SELECT state, count(*) FROM messages WHERE flow = ? GROUP BY state", (self.flow,)
         )
         return dict(rows)

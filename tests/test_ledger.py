@@ -87,3 +87,17 @@ def test_second_run_on_one_ledger_refuses(tmp_path: Path) -> None:
 def test_unwritable_place_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="cannot create the ledger here"):
         Ledger(tmp_path / "missing-folder" / "l.sqlite", "f")
+
+
+def test_a_recipients_rows_are_an_index_lookup(tmp_path: Path) -> None:
+    """Regression: the lookup once scanned the whole table, quadratic over a campaign."""
+    path = tmp_path / "l.sqlite"
+    Ledger(path, "f").close()
+    db = sqlite3.connect(path)
+    plan = db.execute(
+        "EXPLAIN QUERY PLAN SELECT step, state FROM messages WHERE flow = ? AND recipient = ?",
+        ("f", "1"),
+    ).fetchall()
+    detail = " ".join(row[-1] for row in plan)
+    assert "SEARCH" in detail
+    assert "recipient=?" in detail  # not just a search on flow=? and a scan of all its rows
