@@ -377,3 +377,22 @@ def test_a_streak_of_failures_stops_the_run(api: tuple[str, SandboxState], folde
     assert "messages in a row failed (the last: HTTP 400, error 1013" in err
     assert 100 <= len(ledger_rows(folder)) < 300
     assert state.inbox == []
+
+
+def test_second_sigint_stops_at_once(api: tuple[str, SandboxState], folder: Path) -> None:
+    base, state = api
+    write_flow(folder, base, "  - text: {body: one}\n", people=200)
+    post(f"{base}/sandbox/faults", {"latency": 0.3})
+    process = start(folder)
+    wait_for_inbox(state, 8)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=10)
+    assert process.returncode == 130, err
+    assert "stopped at once" in err
+    db = sqlite3.connect(folder / "flow.ledger.sqlite")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    sending = db.execute("SELECT count(*) FROM messages WHERE state = 'sending'").fetchone()[0]
+    db.close()
+    assert sending <= 4  # what was in flight becomes uncertain on the next run, nothing more
