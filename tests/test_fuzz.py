@@ -16,7 +16,7 @@ from runner.errors import FlowrunError
 from tests.conftest import REPO
 
 VALID = (REPO / "flows" / "onboarding.yaml").read_text("utf-8")
-LOCATED = re.compile(r"^[^\s:][^:]*:\d+:\d+: ")
+LOCATED = re.compile(r"^\S.*:\d+:\d+: ")  # a file name may itself hold a colon
 
 
 def outcome(tmp: Path, text: str) -> None:
@@ -33,8 +33,9 @@ def outcome(tmp: Path, text: str) -> None:
     assert time.monotonic() - started < 5
 
 
-# HYPOTHESIS_PROFILE=long digs deeper than the quick default that CI runs.
-settings.register_profile("quick", max_examples=150)
+# CI runs a fixed set of examples (the same every run: a red CI is never luck);
+# HYPOTHESIS_PROFILE=long explores new ones, deeper.
+settings.register_profile("quick", max_examples=150, derandomize=True)
 settings.register_profile("long", max_examples=3000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
