@@ -130,6 +130,8 @@ def run_flow(
         retry_failed=retry_failed,
         retry_uncertain=retry_uncertain,
     )
+    if options.only is not None and all(r.phone != options.only for r in plan.recipients()):
+        raise FlowrunError(f"--only {only}: {flow_file} has no recipient with this phone")
     with contextlib.ExitStack() as stack:
         if use_sandbox:
             from . import sandbox

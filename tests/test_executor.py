@@ -141,6 +141,12 @@ def test_limit_and_only(api: tuple[str, SandboxState], folder: Path) -> None:
     assert [m["to"] for m in state.inbox] == ["15550100000", "15550100001", "15550100002"]
     assert flowrun("flow.yaml", "--only", "+1 555 010 0007")[0] == 0
     assert [m["to"] for m in state.inbox][3:] == ["15550100007"]
+    code, _out, err = flowrun("flow.yaml", "--only", "+1 555 999 0000")
+    assert code == 2
+    assert "--only +1 555 999 0000: flow.yaml has no recipient with this phone" in err
+    code, _out, err = flowrun("flow.yaml", "--only", "hello")
+    assert code == 2
+    assert "--only: 'hello' is not a phone number" in err
 
 
 def post(url: str, body: Any) -> None:
