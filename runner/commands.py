@@ -176,7 +176,7 @@ async def _execute(
 ) -> Summary:
     from .executor import Executor
     from .progress import Progress
-    from .transport import Transport
+    from .transport import Transport, public_url
 
     assert target.base_url is not None
     assert target.token is not None
@@ -187,7 +187,7 @@ async def _execute(
             executor = Executor(
                 plan,
                 transport=transport,
-                api=target.base_url,
+                api=public_url(target.base_url),
                 ledger=ledger,
                 options=options,
                 progress=progress,

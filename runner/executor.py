@@ -138,14 +138,21 @@ class _Commits:
         return await asyncio.get_running_loop().run_in_executor(self.writer, function, *args)
 
     async def close(self) -> None:
-        """Commit everything still pending, then stop the writer thread."""
-        while self.running is not None:
-            await asyncio.wait([self.running])
-        if self.marks or self.outcomes:
-            self._start()
-            assert self.running is not None
-            await asyncio.wait([self.running])
-        self.writer.shutdown(wait=True)
+        """Commit everything still pending, then stop the writer thread; a failed last commit
+        is raised, never ignored (the run would report messages the ledger does not hold)."""
+        try:
+            while self.running is not None:
+                await asyncio.wait([self.running])
+            if self.marks or self.outcomes:
+                self._start()
+                last = self.running
+                assert last is not None
+                await asyncio.wait([last])
+                error = None if last.cancelled() else last.exception()
+                if error is not None:
+                    raise error
+        finally:
+            self.writer.shutdown(wait=True)
 
 
 class Executor:
@@ -172,7 +179,7 @@ class Executor:
         self._next_slot = 0.0
         self._media: dict[str, asyncio.Task[str]] = {}
         self._stopping = False
-        self._stop_error: StopRun | None = None
+        self._stop_error: BaseException | None = None
         self._streak = 0
 
     async def run(self) -> Summary:
@@ -233,10 +240,16 @@ class Executor:
         )
 
     async def _worker(self, queue: asyncio.Queue[Recipient | None]) -> None:
+        """Serve recipients until the end of the queue. A worker never dies: an error stops
+        the run (and is raised once everything is drained and written), while the worker
+        goes on emptying the queue so the producer can never block on a full one."""
         while (recipient := await queue.get()) is not None:
             if self._stopping:
                 continue
-            await self._serve(recipient)
+            try:
+                await self._serve(recipient)
+            except Exception as exc:
+                self._stop(exc)
 
     async def _serve(self, recipient: Recipient) -> None:
         states = self.ledger.recipient_states(recipient.phone)
@@ -381,7 +394,7 @@ class Executor:
         self.progress.update(self.summary)
         return False
 
-    def _stop(self, error: StopRun) -> None:
+    def _stop(self, error: BaseException) -> None:
         if self._stop_error is None:
             self._stop_error = error
         self._stopping = True

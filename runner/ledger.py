@@ -136,10 +136,13 @@ class Ledger:
 
     def recover(self) -> int:
         """Turn the `sending` rows a dead run left behind into `uncertain`; how many."""
-        cursor = self._db.execute(
-            "UPDATE messages SET state = 'uncertain' WHERE flow = ? AND state = 'sending'",
-            (self.flow,),
-        )
+        try:
+            cursor = self._db.execute(
+                "UPDATE messages SET state = 'uncertain' WHERE flow = ? AND state = 'sending'",
+                (self.flow,),
+            )
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path}: cannot write the ledger: {exc}") from None
         return cursor.rowcount
 
     def states(self) -> dict[tuple[str, str], State]:
@@ -234,10 +237,14 @@ class Ledger:
         return None if row is None else row[0]
 
     def remember_upload(self, api: str, sha256: str, media_id: str) -> None:
-        with self._transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?)", (api, sha256, media_id, now())
-            )
+        try:
+            with self._transaction():
+                self._db.execute(
+                    "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?)",
+                    (api, sha256, media_id, now()),
+                )
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path}: cannot write the ledger: {exc}") from None
 
     def counts(self) -> dict[str, int]:
         rows = self._reader.execute(
@@ -263,7 +270,8 @@ class _Transaction:
 def _take_lock(path: Path) -> int:
     """An exclusive lock beside the ledger, held while a run uses it: two runs of one
     campaign at once would each think the other's `sending` rows were their own."""
-    lock_path = path.with_name(path.name + ".lock")
+    real = path.resolve()  # a symlink to the same ledger must meet the same lock
+    lock_path = real.with_name(real.name + ".lock")
     try:
         descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:

@@ -145,7 +145,7 @@ _MESSAGES = {
     "model_attributes_type": "expected a mapping (key: value lines)",
     "too_short": "must not be empty",
     "string_too_short": "must not be empty",
-    "string_pattern_mismatch": "must not be empty or start or end with spaces",
+    "string_pattern_mismatch": "must not start with '#' or start or end with spaces",
 }
 
 

@@ -200,7 +200,8 @@ class Text(_Strict):
     preview_url: bool = Field(False, description="Show a preview of the first link in body.")
 
 
-StepName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$")]
+# A name may not start with "#": "#2" is how the ledger knows an unnamed second step.
+StepName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\s#](.*\S)?$")]
 
 
 class _Step(_Strict):

@@ -49,7 +49,7 @@ class FieldPlan:
 class StepPlan:
     """One step of the flow, compiled."""
 
-    key: str  # the step's identity in the ledger: its name, else its 1-based position
+    key: str  # the step's identity in the ledger: its name, else "#" and its 1-based position
     position: int
     kind: str
     fields: tuple[FieldPlan, ...]
@@ -229,6 +229,17 @@ class Plan:
                 self.problems.add(Problem(self.loaded.locate(where), message, severity=severity))
             except RENDER_ERRORS as exc:
                 self.problems.add(Problem(self.loaded.locate(where), describe(exc)))
+        token = values.get("token")
+        if token is not None:
+            token = values["token"] = token.strip()  # a token file's trailing newline
+            if not token or any(ord(c) < 32 or ord(c) == 127 for c in token):
+                self.problems.add(
+                    Problem(
+                        self.loaded.locate(("api", "token")),
+                        "the token is empty or holds a control character (a line break?)",
+                    )
+                )
+                values.pop("token")
         base_url = values.get("base_url")
         if base_url is not None:
             error = check_rendered("link", base_url)
@@ -319,7 +330,7 @@ def _compile_step(loaded: LoadedFlow, step: Any, index: int, problems: Problems)
         except TemplateSyntaxError as exc:
             problems.add(Problem(loaded.locate((*path, "when")), describe(exc)))
     return StepPlan(
-        key=step.name or str(index + 1),
+        key=step.name or f"#{index + 1}",
         position=index + 1,
         kind=step.kind,
         fields=tuple(fields),

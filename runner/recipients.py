@@ -48,6 +48,8 @@ def normalize_phone(raw: object) -> str:
             f"phone '{text}' has no country code (it starts with 0); "
             "write it as +<country code><number>, e.g. +44 7911 123456"
         )
+    if digits.startswith("0") and text.lstrip().startswith(("+", "00")):
+        raise ValueError(f"phone '{text}': a country code never starts with 0")
     if not text or not (digits.isascii() and digits.isdigit()):
         raise ValueError(f"'{text}' is not a phone number")
     if not PHONE_MIN_DIGITS <= len(digits) <= PHONE_MAX_DIGITS:

@@ -10,8 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+
+
+def public_url(url: str) -> str:
+    """The URL without credentials or query (`https://user:pw@host/x?key=..` → `https://host/x`):
+    the form that may be shown in messages and stored in the ledger."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class NotDelivered(Exception):
@@ -63,7 +74,8 @@ class Transport:
                     payload = None
                 return Response(response.status, payload, _retry_after(response.headers))
         except aiohttp.ClientConnectorError as exc:
-            raise NotDelivered(f"cannot connect to {self._base}: {exc.os_error}") from None
+            where = public_url(self._base)
+            raise NotDelivered(f"cannot connect to {where}: {exc.os_error}") from None
         except TimeoutError:
             raise MaybeDelivered("no answer within the timeout") from None
         except aiohttp.ClientError as exc:

@@ -163,7 +163,7 @@ def test_429_with_retry_after_is_waited_for(api: tuple[str, SandboxState], folde
     assert code == 0, err
     assert time.monotonic() - started >= 0.4
     assert len(state.inbox) == 1
-    assert ledger_rows(folder) == [("1", "15550100000", "sent", 201, None, None, 3)]
+    assert ledger_rows(folder) == [("#1", "15550100000", "sent", 201, None, None, 3)]
 
 
 def test_400_fails_that_recipient_only(api: tuple[str, SandboxState], folder: Path) -> None:
@@ -174,10 +174,10 @@ def test_400_fails_that_recipient_only(api: tuple[str, SandboxState], folder: Pa
     assert code == 1
     assert "failed 1x: HTTP 400, error 1013, User is not valid: injected failure" in err
     assert ledger_rows(folder) == [
-        ("1", "15550100000", "sent", 201, None, None, 1),
-        ("2", "15550100000", "sent", 201, None, None, 1),
-        ("1", "15550100001", "failed", 400, 1013, "User is not valid", 1),
-        ("2", "15550100001", "skipped", None, None, "blocked", 0),
+        ("#1", "15550100000", "sent", 201, None, None, 1),
+        ("#2", "15550100000", "sent", 201, None, None, 1),
+        ("#1", "15550100001", "failed", 400, 1013, "User is not valid", 1),
+        ("#2", "15550100001", "skipped", None, None, "blocked", 0),
     ]
     # fixed on the API's side: --retry-failed sends the failed step and then the blocked one
     post(f"{base}/sandbox/faults", {})
@@ -272,7 +272,7 @@ def test_sigkill_then_rerun_sends_nothing_twice(
     assert counts.get("uncertain", 0) == sending
     held = (
         sqlite3.connect(folder / "flow.ledger.sqlite")
-        .execute("SELECT count(*) FROM messages WHERE state = 'uncertain' AND step = '1'")
+        .execute("SELECT count(*) FROM messages WHERE state = 'uncertain' AND step = '#1'")
         .fetchone()[0]
     )  # their step 2 waits until the uncertain step 1 is settled
     assert counts["sent"] + counts.get("uncertain", 0) + held == 800
@@ -313,8 +313,8 @@ def test_report(api: tuple[str, SandboxState], folder: Path) -> None:
     code, out, _ = flowrun("report", "flow.yaml")
     assert code == 0
     assert out.splitlines()[2:] == [
-        "  t/1                     2         1         0         0         0",
-        "  t/2                     2         0         1         0         0",
+        "  t/#1                     2         1         0         0         0",
+        "  t/#2                     2         0         1         0         0",
         "failures:",
         "  1x HTTP 400, error 1013, User is not valid: 15550100001",
     ]
@@ -322,7 +322,7 @@ def test_report(api: tuple[str, SandboxState], folder: Path) -> None:
     lines = out.splitlines()
     assert lines[0].startswith("flow,step,recipient,state,message_id,http_status,error_code")
     assert len(lines) == 7
-    assert lines[3].startswith("t,1,15550100001,failed,,400,1013,User is not valid,")
+    assert lines[3].startswith("t,#1,15550100001,failed,,400,1013,User is not valid,")
     code, out, _ = flowrun("report", "flow.yaml", "--jsonl")
     assert json.loads(out.splitlines()[0])["state"] == "sent"
     assert flowrun("report", "--ledger", "nope.sqlite")[0] == 2
@@ -402,3 +402,47 @@ def test_second_sigint_stops_at_once(api: tuple[str, SandboxState], folder: Path
     sending = db.execute("SELECT count(*) FROM messages WHERE state = 'sending'").fetchone()[0]
     db.close()
     assert sending <= 4  # what was in flight becomes uncertain on the next run, nothing more
+
+
+def test_a_token_with_a_line_break_is_refused(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_flow(folder, api[0], "  - text: {body: hi}\n", people=1)
+    monkeypatch.setenv("WA_TOKEN", "abc\ndef")
+    code, _, err = flowrun("flow.yaml")
+    assert code == 2
+    assert "flow.yaml:5:10: the token is empty or holds a control character" in err
+    assert "abc" not in err
+    monkeypatch.setenv("WA_TOKEN", TOKEN + "\n")  # read from a file with its newline: fine
+    assert flowrun("flow.yaml")[0] == 0
+
+
+def test_a_ledger_that_cannot_be_written_stops_the_run_cleanly(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a failed commit killed a worker, and with every worker dead the run hung
+    on its full queue. Here the disk 'fills up' on the third commit."""
+    from runner.ledger import Ledger, LedgerError
+
+    commits = 0
+    real_commit = Ledger.commit
+
+    def failing_commit(self: Ledger, outcomes: Any, marks: Any) -> None:
+        nonlocal commits
+        commits += 1
+        if commits >= 3:
+            raise LedgerError(f"{self.path}: cannot write the ledger: database or disk is full")
+        real_commit(self, outcomes, marks)
+
+    monkeypatch.setattr(Ledger, "commit", failing_commit)
+    write_flow(folder, api[0], "  - text: {body: hi}\n", people=50)
+    signal.alarm(30)  # a hang fails the test instead of blocking the suite
+    try:
+        code, _, err = flowrun("flow.yaml", "--concurrency", "2")
+    finally:
+        signal.alarm(0)
+    assert code == 2
+    assert (
+        err.strip().splitlines()[-1].endswith("cannot write the ledger: database or disk is full")
+    )
+    assert len(api[1].inbox) <= 2

@@ -39,6 +39,7 @@ def test_phone_normalised(written: str | int, expected: str) -> None:
         ("+1 555", "phone '+1 555' has 4 digits; with its country code a phone has 7 to 15"),
         ("+1234567890123456", "has 16 digits"),
         ("", "'' is not a phone number"),
+        ("+00 44 7911 123456", "phone '+00 44 7911 123456': a country code never starts with 0"),
         ("+٣٣٣٣٣٣٣٣", "is not a phone number"),
     ],
 )
