@@ -14,6 +14,7 @@ are retried only with --retry-failed / --retry-uncertain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
@@ -31,13 +32,12 @@ from .media import LocalMedia
 from .plan import Message, Plan, RenderFailure, Skipped
 from .progress import Progress
 from .recipients import Recipient
-from .transport import MaybeDelivered, NotDelivered, Transport
+from .transport import MaybeDelivered, NotDelivered, Response, Transport
 
 BACKOFF_BASE = 0.5  # seconds; doubled per attempt, with full jitter
 BACKOFF_MAX = 30.0
 RETRY_AFTER_MAX = 300.0
 FAILURE_STREAK_LIMIT = 100  # this many failures in a row pause the campaign
-DRAIN_SECONDS = 30.0  # after Ctrl-C: how long messages in flight may take to finish
 
 
 class UploadFailed(Exception):
@@ -180,6 +180,7 @@ class Executor:
         self._media: dict[str, asyncio.Task[str]] = {}
         self._stopping = False
         self._stop_error: BaseException | None = None
+        self._stop_event = asyncio.Event()
         self._streak = 0
 
     async def run(self) -> Summary:
@@ -234,6 +235,7 @@ class Executor:
             raise SystemExit(130)
         self.summary.interrupted = True
         self._stopping = True
+        self._stop_event.set()
         self.progress.line(
             "flowrun: stopping: no new messages; waiting for those in flight "
             "(Ctrl-C again to stop at once)"
@@ -319,42 +321,29 @@ class Executor:
         while True:
             attempt += 1
             await self._pace()
-            try:
-                response = await self.transport.post(onprem.MESSAGES_PATH, json=body)
-            except NotDelivered as exc:
-                if attempt > self.retries:
-                    return self._failed(
-                        message, onprem.ApiFailure(0, None, "not delivered", str(exc)), attempt
-                    )
-                await asyncio.sleep(self._backoff(attempt, None))
-                continue
-            except MaybeDelivered as exc:
-                self._finish(
-                    _outcome(
-                        message,
-                        "uncertain",
-                        error_details=str(exc),
-                        attempts=attempt,
-                    )
-                )
-                self.summary.uncertain += 1
-                self.progress.update(self.summary)
-                return False
+            verdict = await self._attempt(message, body, attempt)
+            if verdict is not None:
+                return verdict
+
+    async def _attempt(self, message: Message, body: dict[str, Any], attempt: int) -> bool | None:
+        """One request for a marked message: True sent, False settled otherwise (failed,
+        uncertain, interrupted), None to try again."""
+        retry_after = None
+        try:
+            response = await self.transport.post(onprem.MESSAGES_PATH, json=body)
+        except NotDelivered as exc:  # never reached the API: always safe to try again
+            failure = onprem.ApiFailure(0, None, "not delivered", str(exc))
+            retryable = True
+        except MaybeDelivered as exc:  # the API may have it: never sent again blindly
+            self._finish(_outcome(message, "uncertain", error_details=str(exc), attempts=attempt))
+            self.summary.uncertain += 1
+            self.progress.update(self.summary)
+            return False
+        else:
             if 200 <= response.status < 300:
-                self._finish(
-                    _outcome(
-                        message,
-                        "sent",
-                        message_id=onprem.message_id(response.data),
-                        http_status=response.status,
-                        attempts=attempt,
-                    )
-                )
-                self.summary.sent += 1
-                self._streak = 0
-                self.progress.update(self.summary)
-                return True
+                return self._sent(message, response, attempt)
             failure = onprem.failure(response.status, response.data)
+            retryable, retry_after = failure.retry, response.retry_after
             if failure.auth:
                 self._stop(
                     StopRun(
@@ -362,11 +351,47 @@ class Executor:
                         " api.token reads"
                     )
                 )
-                return self._failed(message, failure, attempt)
-            if failure.retry and attempt <= self.retries:
-                await asyncio.sleep(self._backoff(attempt, response.retry_after))
-                continue
-            return self._failed(message, failure, attempt)
+                retryable = False
+        if retryable and attempt <= self.retries:
+            return None if await self._may_retry(message, attempt, retry_after) else False
+        return self._failed(message, failure, attempt)
+
+    def _sent(self, message: Message, response: Response, attempt: int) -> bool:
+        self._finish(
+            _outcome(
+                message,
+                "sent",
+                message_id=onprem.message_id(response.data),
+                http_status=response.status,
+                attempts=attempt,
+            )
+        )
+        self.summary.sent += 1
+        self._streak = 0
+        self.progress.update(self.summary)
+        return True
+
+    async def _may_retry(self, message: Message, attempt: int, retry_after: float | None) -> bool:
+        """Wait before the next attempt, unless the run is stopping (Ctrl-C must not wait out
+        a five-minute Retry-After): then the message was not accepted, and it is recorded as
+        skipped ('interrupted') so that the next run sends it."""
+        delay = self._backoff(attempt, retry_after)
+        if not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), delay)
+        if not self._stopping:
+            return True
+        self._finish(
+            _outcome(
+                message,
+                "skipped",
+                error_title="interrupted",
+                error_details="the run stopped before a retry",
+                attempts=attempt,
+            )
+        )
+        self.summary.blocked += 1
+        return False
 
     def _failed(self, message: Message, failure: onprem.ApiFailure, attempts: int) -> bool:
         self._finish(
@@ -398,6 +423,7 @@ class Executor:
         if self._stop_error is None:
             self._stop_error = error
         self._stopping = True
+        self._stop_event.set()
 
     async def _pace(self) -> None:
         """Keep under `settings.rate`: each request takes the next free time slot."""

@@ -446,3 +446,28 @@ def test_a_ledger_that_cannot_be_written_stops_the_run_cleanly(
         err.strip().splitlines()[-1].endswith("cannot write the ledger: database or disk is full")
     )
     assert len(api[1].inbox) <= 2
+
+
+def test_ctrl_c_does_not_wait_out_a_long_retry_after(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    base, state = api
+    write_flow(folder, base, "  - text: {body: one}\n", people=3)
+    post(f"{base}/sandbox/faults", {"status": {"code": 429, "count": 100, "retry_after": 120}})
+    process = start(folder)
+    deadline = time.monotonic() + 20
+    while state.requests < 3:  # every worker is now waiting out its Retry-After
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=20)
+    assert process.returncode == 130, err
+    assert time.monotonic() - started < 10
+    db = sqlite3.connect(folder / "flow.ledger.sqlite")
+    states = db.execute("SELECT state, error_title FROM messages").fetchall()
+    db.close()
+    assert states == [("skipped", "interrupted")] * 3  # not accepted, so not uncertain
+    post(f"{base}/sandbox/faults", {})
+    assert start(folder).communicate(timeout=30) is not None
+    assert sorted(m["to"] for m in state.inbox) == ["15550100000", "15550100001", "15550100002"]
