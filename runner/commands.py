@@ -146,9 +146,28 @@ def run_flow(
             raise FlowInvalid(plan.problems)
         path = Path(ledger_path) if ledger_path else _default_ledger(plan, use_sandbox)
         ledger = stack.enter_context(Ledger(path, plan.loaded.name))
+        _check_renamed(ledger, path, chosen=ledger_path is not None)
         summary = asyncio.run(_execute(plan, target, ledger, options, result.messages))
     _print_summary(flow_file, summary, path)
     return summary.exit_code
+
+
+def _check_renamed(ledger: Ledger, path: Path, chosen: bool) -> None:
+    """A ledger knows messages by flow name: a renamed flow would send everything again.
+
+    The default ledger belongs to one flow file, so other names in it mean a rename: refused.
+    A ledger chosen with --ledger may be shared by several flows on purpose: a warning."""
+    others = ledger.other_flows()
+    if not others or ledger.has_rows():
+        return
+    names = ", ".join(repr(o) for o in others)
+    message = (
+        f"{path} holds messages of flow {names} but none of {ledger.flow!r}: if the flow was"
+        f" renamed, its messages would all be sent again; put name: {others[0]} back in it"
+    )
+    if not chosen:
+        raise FlowrunError(message + ", or pass --ledger NEW_FILE to start afresh")
+    click.echo(f"warning: {message}", err=True)
 
 
 def _phone_option(only: str | None, normalize: Any) -> str | None:
@@ -204,6 +223,12 @@ def _print_summary(flow_file: str, summary: Summary, ledger_path: Path) -> None:
         click.echo(
             f"{summary.recovered:,} message(s) of an interrupted run are uncertain (the API may"
             " have them); --retry-uncertain sends them again",
+            err=True,
+        )
+    if summary.changed:
+        click.echo(
+            f"{summary.changed:,} message(s) sent before read differently in the flow now;"
+            " they are not sent again",
             err=True,
         )
     if summary.held:

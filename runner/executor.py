@@ -69,6 +69,7 @@ class Summary:
     uncertain: int = 0
     blocked: int = 0
     already: int = 0  # sent by an earlier run
+    changed: int = 0  # of those, how many the flow now words differently
     held: int = 0  # failed/uncertain from an earlier run, not retried
     uploads: int = 0
     recovered: int = 0  # `sending` rows of a dead run, now uncertain
@@ -81,6 +82,13 @@ class Summary:
         if self.interrupted:
             return 130
         return 1 if self.failed or self.uncertain or self.held else 0
+
+
+def body_hash(body: dict[str, Any]) -> str:
+    """A short hash of a request body, stored with each message: it tells whether a step was
+    edited after it was sent."""
+    raw = json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 def _outcome(message: Message, state: State, **fields: Any) -> Outcome:
@@ -262,9 +270,11 @@ class Executor:
         for item in items:
             if self._stopping:
                 return
-            state = states.get(item.step.key)
+            state, sent_hash = states.get(item.step.key, (None, None))
             if state == "sent":
                 self.summary.already += 1
+                if self._edited(item, sent_hash):
+                    self.summary.changed += 1
                 continue
             if (state == "failed" and not self.options.retry_failed) or (
                 state == "uncertain" and not self.options.retry_uncertain
@@ -287,6 +297,14 @@ class Executor:
             if not await self._send(item):
                 self._block_rest(items, item, recipient)
                 return
+
+    @staticmethod
+    def _edited(item: Message | Skipped, sent_hash: str | None) -> bool:
+        """Whether a message sent before reads differently now (uploads aside: their body
+        holds a media id only known after upload)."""
+        if not isinstance(item, Message) or item.upload is not None or not sent_hash:
+            return False
+        return body_hash(item.body()) != sent_hash
 
     def _block_rest(self, items: list[Message | Skipped], failed: Message, who: Recipient) -> None:
         later = items[items.index(failed) + 1 :]
@@ -314,8 +332,7 @@ class Executor:
             except UploadFailed as exc:
                 return self._failed(message, exc.failure, 1)
         body = message.body(media_id)
-        raw = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-        digest = hashlib.sha256(raw.encode()).hexdigest()[:16]
+        digest = body_hash(body)
         await self.commits.mark(message.step.key, message.recipient.phone, digest)
         attempt = 0
         while True:

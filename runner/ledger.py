@@ -159,13 +159,26 @@ class Ledger:
         ).fetchone()
         return None if row is None else row[0]
 
-    def recipient_states(self, recipient: str) -> dict[str, State]:
-        """step → state of one recipient's messages (one indexed query: memory stays flat)."""
+    def recipient_states(self, recipient: str) -> dict[str, tuple[State, str | None]]:
+        """step → (state, body hash) of one recipient's messages (one indexed query)."""
         rows = self._reader.execute(
-            "SELECT step, state FROM messages WHERE flow = ? AND recipient = ?",
+            "SELECT step, state, body_hash FROM messages WHERE flow = ? AND recipient = ?",
             (self.flow, recipient),
         )
-        return dict(rows)
+        return {step: (state, body_hash) for step, state, body_hash in rows}
+
+    def other_flows(self) -> list[str]:
+        """Flow names this ledger holds besides this one's (to notice a renamed flow)."""
+        rows = self._reader.execute(
+            "SELECT DISTINCT flow FROM messages WHERE flow != ? ORDER BY flow", (self.flow,)
+        )
+        return [name for (name,) in rows]
+
+    def has_rows(self) -> bool:
+        row = self._reader.execute(
+            "SELECT 1 FROM messages WHERE flow = ? LIMIT 1", (self.flow,)
+        ).fetchone()
+        return row is not None
 
     def commit(self, outcomes: list[Outcome], marks: list[tuple[str, str, str]]) -> None:
         """Finished outcomes and new `sending` marks in one durable transaction (the executor's

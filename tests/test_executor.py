@@ -471,3 +471,23 @@ def test_ctrl_c_does_not_wait_out_a_long_retry_after(
     post(f"{base}/sandbox/faults", {})
     assert start(folder).communicate(timeout=30) is not None
     assert sorted(m["to"] for m in state.inbox) == ["15550100000", "15550100001", "15550100002"]
+
+
+def test_edited_and_renamed_flows(api: tuple[str, SandboxState], folder: Path) -> None:
+    base, state = api
+    flow = write_flow(folder, base, "  - name: hi\n    text: {body: one}\n", people=2)
+    assert flowrun("flow.yaml")[0] == 0
+    flow.write_text(flow.read_text("utf-8").replace("body: one", "body: uno"), "utf-8")
+    code, _out, err = flowrun("flow.yaml")
+    assert code == 0
+    assert "2 message(s) sent before read differently in the flow now" in err
+    assert len(state.inbox) == 2
+    flow.write_text(flow.read_text("utf-8").replace("name: t\n", "name: t2\n"), "utf-8")
+    code, _, err = flowrun("flow.yaml")
+    assert code == 2
+    assert "holds messages of flow 't' but none of 't2'" in err
+    assert len(state.inbox) == 2
+    code, _, err = flowrun("flow.yaml", "--ledger", "flow.ledger.sqlite")
+    assert code == 0  # chosen on purpose: a warning, and the flow runs as a new one
+    assert "warning: flow.ledger.sqlite holds messages of flow 't'" in err
+    assert len(state.inbox) == 4
