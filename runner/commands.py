@@ -119,14 +119,13 @@ def run_flow(
 
     from .executor import RunOptions
     from .ledger import Ledger
-    from .recipients import normalize_phone
 
     # nothing leaves before every recipient rendered
     plan, result, _ = check(flow_file, api=not use_sandbox)
     options = RunOptions(
         concurrency=concurrency or plan.flow.settings.concurrency,
         limit=limit,
-        only=_phone_option(only, normalize_phone),
+        only=_phone_option(only),
         retry_failed=retry_failed,
         retry_uncertain=retry_uncertain,
     )
@@ -144,7 +143,7 @@ def run_flow(
                 raise FlowInvalid(plan.problems)
         if target.base_url is None or target.token is None:
             raise FlowInvalid(plan.problems)
-        path = Path(ledger_path) if ledger_path else _default_ledger(plan, use_sandbox)
+        path = Path(ledger_path) if ledger_path else default_ledger(plan.loaded.path, use_sandbox)
         ledger = stack.enter_context(Ledger(path, plan.loaded.name))
         _check_renamed(ledger, path, chosen=ledger_path is not None)
         summary = asyncio.run(_execute(plan, target, ledger, options, result.messages))
@@ -170,17 +169,15 @@ def _check_renamed(ledger: Ledger, path: Path, chosen: bool) -> None:
     click.echo(f"warning: {message}", err=True)
 
 
-def _phone_option(only: str | None, normalize: Any) -> str | None:
+def _phone_option(only: str | None) -> str | None:
+    from .recipients import normalize_phone
+
     if only is None:
         return None
     try:
-        return str(normalize(only))
+        return normalize_phone(only)
     except ValueError as exc:
         raise FlowrunError(f"--only: {exc}") from None
-
-
-def _default_ledger(plan: Plan, sandbox: bool) -> Path:
-    return default_ledger(plan.loaded.path, sandbox)
 
 
 def default_ledger(flow_path: Path, sandbox: bool) -> Path:

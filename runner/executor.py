@@ -282,7 +282,7 @@ class Executor:
                 self.summary.held += 1
                 return  # later steps wait until this one is settled
             if isinstance(item, Skipped):
-                self._finish(
+                self.commits.record(
                     Outcome(
                         item.step.key,
                         recipient.phone,
@@ -309,7 +309,7 @@ class Executor:
     def _block_rest(self, items: list[Message | Skipped], failed: Message, who: Recipient) -> None:
         later = items[items.index(failed) + 1 :]
         for item in later:
-            self._finish(
+            self.commits.record(
                 Outcome(
                     item.step.key,
                     who.phone,
@@ -320,9 +320,6 @@ class Executor:
                 )
             )
             self.summary.blocked += 1
-
-    def _finish(self, outcome: Outcome) -> None:
-        self.commits.record(outcome)
 
     async def _send(self, message: Message) -> bool:
         media_id = None
@@ -352,7 +349,9 @@ class Executor:
             failure = onprem.ApiFailure(0, None, "not delivered", str(exc))
             retryable = True
         except MaybeDelivered as exc:  # the API may have it: never sent again blindly
-            self._finish(_outcome(message, "uncertain", error_details=str(exc), attempts=attempt))
+            self.commits.record(
+                _outcome(message, "uncertain", error_details=str(exc), attempts=attempt)
+            )
             self.summary.uncertain += 1
             self.progress.update(self.summary)
             return False
@@ -374,7 +373,7 @@ class Executor:
         return self._failed(message, failure, attempt)
 
     def _sent(self, message: Message, response: Response, attempt: int) -> bool:
-        self._finish(
+        self.commits.record(
             _outcome(
                 message,
                 "sent",
@@ -398,7 +397,7 @@ class Executor:
                 await asyncio.wait_for(self._stop_event.wait(), delay)
         if not self._stopping:
             return True
-        self._finish(
+        self.commits.record(
             _outcome(
                 message,
                 "skipped",
@@ -411,7 +410,7 @@ class Executor:
         return False
 
     def _failed(self, message: Message, failure: onprem.ApiFailure, attempts: int) -> bool:
-        self._finish(
+        self.commits.record(
             _outcome(
                 message,
                 "failed",

@@ -192,11 +192,6 @@ class Ledger:
         except sqlite3.Error as exc:
             raise LedgerError(f"{self.path}: cannot write the ledger: {exc}") from None
 
-    def mark_sending(self, items: Iterable[tuple[str, str, str]]) -> None:
-        """Durably mark (step, recipient, body_hash) as leaving now, in one transaction."""
-        with self._transaction():
-            self._write_marks(items)
-
     def _write_marks(self, items: Iterable[tuple[str, str, str]]) -> None:
         stamp = now()
         self._db.executemany(
@@ -206,11 +201,6 @@ class Ledger:
             " last_attempt = excluded.last_attempt, body_hash = excluded.body_hash",
             [(self.flow, step, who, stamp, stamp, digest) for step, who, digest in items],
         )
-
-    def record(self, outcomes: Iterable[Outcome]) -> None:
-        """Write the outcomes of finished messages, in one transaction."""
-        with self._transaction():
-            self._write_outcomes(outcomes)
 
     def _write_outcomes(self, outcomes: Iterable[Outcome]) -> None:
         stamp = now()

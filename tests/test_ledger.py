@@ -15,8 +15,8 @@ from runner.ledger import Ledger, LedgerError, Outcome
 def test_outcomes_are_recorded(tmp_path: Path) -> None:
     path = tmp_path / "flow.ledger.sqlite"
     with Ledger(path, "onboarding") as ledger:
-        ledger.mark_sending([("welcome", "15550100001", "h1"), ("welcome", "15550100002", "h2")])
-        ledger.record(
+        ledger.commit([], [("welcome", "15550100001", "h1"), ("welcome", "15550100002", "h2")])
+        ledger.commit(
             [
                 Outcome("welcome", "15550100001", "sent", message_id="gBGG1", http_status=201),
                 Outcome(
@@ -28,7 +28,8 @@ def test_outcomes_are_recorded(tmp_path: Path) -> None:
                     error_title="User is not valid",
                     error_details="not on WhatsApp",
                 ),
-            ]
+            ],
+            [],
         )
         assert ledger.counts() == {"sent": 1, "failed": 1}
         assert ledger.state("welcome", "15550100001") == "sent"
@@ -45,7 +46,7 @@ def test_outcomes_are_recorded(tmp_path: Path) -> None:
 def test_sending_rows_of_a_dead_run_become_uncertain(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite"
     with Ledger(path, "f") as ledger:
-        ledger.mark_sending([("1", "15550100001", "h")])
+        ledger.commit([], [("1", "15550100001", "h")])
     with Ledger(path, "f") as ledger:
         assert ledger.recover() == 1
         assert ledger.states() == {("1", "15550100001"): "uncertain"}
@@ -55,7 +56,7 @@ def test_sending_rows_of_a_dead_run_become_uncertain(tmp_path: Path) -> None:
 def test_flows_share_a_ledger_without_mixing(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite"
     with Ledger(path, "a") as ledger:
-        ledger.record([Outcome("1", "15550100001", "sent", message_id="x")])
+        ledger.commit([Outcome("1", "15550100001", "sent", message_id="x")], [])
     with Ledger(path, "b") as ledger:
         assert ledger.states() == {}
 
