@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -59,12 +60,22 @@ def flowrun(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+def query(folder: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Read the flow's ledger as a person would, with its own connection, closed after."""
+    with contextlib.closing(sqlite3.connect(folder / "flow.ledger.sqlite")) as db:
+        return db.execute(sql).fetchall()
+
+
+def count(folder: Path, where: str) -> int:
+    return int(query(folder, f"SELECT count(*) FROM messages WHERE {where}")[0][0])
+
+
 def ledger_rows(folder: Path) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(folder / "flow.ledger.sqlite")
-    return db.execute(
+    return query(
+        folder,
         "SELECT step, recipient, state, http_status, error_code, error_title, attempts"
-        " FROM messages ORDER BY recipient, step"
-    ).fetchall()
+        " FROM messages ORDER BY recipient, step",
+    )
 
 
 STEPS = """\
@@ -235,27 +246,38 @@ def start(folder: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_for_inbox(state: SandboxState, count: int) -> None:
+def start_slow_run(
+    api: tuple[str, SandboxState],
+    folder: Path,
+    messages: str,
+    *,
+    people: int,
+    latency: float,
+    wait_for: int,
+) -> subprocess.Popen[str]:
+    """A real `flowrun` process against a sandbox answering after `latency` seconds, returned
+    once the sandbox has accepted `wait_for` messages: mid-run, ready for a signal."""
+    base, state = api
+    write_flow(folder, base, messages, people=people)
+    post(f"{base}/sandbox/faults", {"latency": latency})
+    process = start(folder)
     deadline = time.monotonic() + 30
-    while len(state.inbox) < count:
+    while len(state.inbox) < wait_for:
         assert time.monotonic() < deadline
         time.sleep(0.01)
+    return process
 
 
 def test_sigkill_then_rerun_sends_nothing_twice(
     api: tuple[str, SandboxState], folder: Path
 ) -> None:
     base, state = api
-    write_flow(folder, base, "  - text: {body: one}\n  - text: {body: two}\n", people=400)
-    post(f"{base}/sandbox/faults", {"latency": 0.005})
-    process = start(folder)
-    wait_for_inbox(state, 100)
+    two_steps = "  - text: {body: one}\n  - text: {body: two}\n"
+    process = start_slow_run(api, folder, two_steps, people=400, latency=0.005, wait_for=100)
     process.kill()
     process.communicate(timeout=10)
-    db = sqlite3.connect(folder / "flow.ledger.sqlite")
-    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    sending = db.execute("SELECT count(*) FROM messages WHERE state = 'sending'").fetchone()[0]
-    db.close()
+    assert query(folder, "PRAGMA integrity_check") == [("ok",)]
+    sending = count(folder, "state = 'sending'")
     assert sending <= 4  # concurrency
     post(f"{base}/sandbox/faults", {})
     again = start(folder)
@@ -263,18 +285,10 @@ def test_sigkill_then_rerun_sends_nothing_twice(
     assert again.returncode in (0, 1), err
     keys = [(m["to"], m["text"]["body"]) for m in state.inbox]
     assert len(keys) == len(set(keys)), "a message was sent twice"
-    rows = (
-        sqlite3.connect(folder / "flow.ledger.sqlite")
-        .execute("SELECT state, count(*) FROM messages GROUP BY state")
-        .fetchall()
-    )
-    counts = dict(rows)
+    counts = dict(query(folder, "SELECT state, count(*) FROM messages GROUP BY state"))
     assert counts.get("uncertain", 0) == sending
-    held = (
-        sqlite3.connect(folder / "flow.ledger.sqlite")
-        .execute("SELECT count(*) FROM messages WHERE state = 'uncertain' AND step = '#1'")
-        .fetchone()[0]
-    )  # their step 2 waits until the uncertain step 1 is settled
+    # their step 2 waits until the uncertain step 1 is settled
+    held = count(folder, "state = 'uncertain' AND step = '#1'")
     assert counts["sent"] + counts.get("uncertain", 0) + held == 800
     # every sent row is in the inbox; an uncertain one may or may not be
     assert counts["sent"] <= len(keys) <= counts["sent"] + counts.get("uncertain", 0)
@@ -284,17 +298,13 @@ def test_sigint_exits_130_and_leaves_nothing_uncertain(
     api: tuple[str, SandboxState], folder: Path
 ) -> None:
     base, state = api
-    write_flow(folder, base, "  - text: {body: one}\n", people=2000)
-    post(f"{base}/sandbox/faults", {"latency": 0.005})
-    process = start(folder)
-    wait_for_inbox(state, 50)
+    one_step = "  - text: {body: one}\n"
+    process = start_slow_run(api, folder, one_step, people=2000, latency=0.005, wait_for=50)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 130, err
     assert "interrupted" in out
-    db = sqlite3.connect(folder / "flow.ledger.sqlite")
-    states = dict(db.execute("SELECT state, count(*) FROM messages GROUP BY state").fetchall())
-    db.close()
+    states = dict(query(folder, "SELECT state, count(*) FROM messages GROUP BY state"))
     assert set(states) == {"sent"}
     assert states["sent"] == len(state.inbox)
     post(f"{base}/sandbox/faults", {})
@@ -386,21 +396,16 @@ def test_a_streak_of_failures_stops_the_run(api: tuple[str, SandboxState], folde
 
 
 def test_second_sigint_stops_at_once(api: tuple[str, SandboxState], folder: Path) -> None:
-    base, state = api
-    write_flow(folder, base, "  - text: {body: one}\n", people=200)
-    post(f"{base}/sandbox/faults", {"latency": 0.3})
-    process = start(folder)
-    wait_for_inbox(state, 8)
+    one_step = "  - text: {body: one}\n"
+    process = start_slow_run(api, folder, one_step, people=200, latency=0.3, wait_for=8)
     process.send_signal(signal.SIGINT)
     time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _out, err = process.communicate(timeout=10)
     assert process.returncode == 130, err
     assert "stopped at once" in err
-    db = sqlite3.connect(folder / "flow.ledger.sqlite")
-    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    sending = db.execute("SELECT count(*) FROM messages WHERE state = 'sending'").fetchone()[0]
-    db.close()
+    assert query(folder, "PRAGMA integrity_check") == [("ok",)]
+    sending = count(folder, "state = 'sending'")
     assert sending <= 4  # what was in flight becomes uncertain on the next run, nothing more
 
 
@@ -464,9 +469,7 @@ def test_ctrl_c_does_not_wait_out_a_long_retry_after(
     _out, err = process.communicate(timeout=20)
     assert process.returncode == 130, err
     assert time.monotonic() - started < 10
-    db = sqlite3.connect(folder / "flow.ledger.sqlite")
-    states = db.execute("SELECT state, error_title FROM messages").fetchall()
-    db.close()
+    states = query(folder, "SELECT state, error_title FROM messages")
     assert states == [("skipped", "interrupted")] * 3  # not accepted, so not uncertain
     post(f"{base}/sandbox/faults", {})
     assert start(folder).communicate(timeout=30) is not None
