@@ -14,8 +14,10 @@ from .errors import EXIT_INVALID, EXIT_OK, FlowInvalid, FlowrunError
 from .loader import load_flow
 
 if TYPE_CHECKING:
+    from .dialect import Dialect
     from .executor import RunOptions, Summary
     from .ledger import Ledger
+    from .models import CloudApi, OnPremApi
 from .plan import ApiTarget, Message, Plan, Skipped, Survey, compile_plan, survey
 
 
@@ -26,7 +28,7 @@ def check(
     together (warnings are printed and let pass)."""
     plan = compile_plan(load_flow(flow_file))
     # With --sandbox the flow's api section is not used: its secrets are not asked for.
-    target = plan.api_target(for_run=False) if api else ApiTarget(None, None)
+    target = plan.api_target(for_run=False) if api else ApiTarget(plan.flow.api.kind, None)
     result = survey(plan, sample, on_message)
     for line in plan.problems.lines("warning"):
         click.echo(line, err=True)
@@ -57,22 +59,27 @@ def plan_flow(flow_file: str, sample: int, jsonl: bool) -> int:
     if jsonl:
         out = sys.stdout
 
-        def write(message: Message) -> None:
-            out.write(json.dumps(message.body(), ensure_ascii=False) + "\n")
+        plan = compile_plan(load_flow(flow_file))
+        dialect = plan.api_target(for_run=False).dialect()
 
-        check(flow_file, on_message=write)
+        def write(message: Message) -> None:
+            out.write(json.dumps(message.body(dialect), ensure_ascii=False) + "\n")
+
+        check(flow_file, on_message=write, api=False)
         return EXIT_OK
     plan, result, target = check(flow_file, sample)
     flow = plan.flow
+    dialect = target.dialect()
     click.echo(f"Flow {plan.loaded.name} ({flow_file})")
-    click.echo(f"  API          {target.base_url or flow.api.base_url} (On-Premises)")
+    click.echo(f"  API          {target.base_url or flow.api.base_url} ({dialect.label})")
     click.echo(
         f"  recipients   {result.recipients:,}\n  messages     {result.messages:,}"
         f" ({result.skipped:,} skipped by when)"
     )
+    rate, interval = limits(plan, dialect, sandbox=False)
     click.echo(
-        f"  concurrency  {flow.settings.concurrency}, rate {flow.settings.rate or 'no limit'}"
-        f", retries {flow.settings.retries}"
+        f"  concurrency  {flow.settings.concurrency}, rate {rate:g}/s, {interval:g} s between"
+        f" messages to one recipient, retries {flow.settings.retries}"
     )
     click.echo("  steps:")
     for step in plan.steps:
@@ -81,18 +88,31 @@ def plan_flow(flow_file: str, sample: int, jsonl: bool) -> int:
             f"    {step.key:<16} {step.kind:<9} {result.per_step[step.key]:>8,} messages{when}"
         )
     uploads = plan.uploads()
-    click.echo(f"  uploads ({len(uploads)}, each once, POST /v1/media):")
+    click.echo(f"  uploads ({len(uploads)}, each once, POST {dialect.media_path}):")
     for media in uploads:
         shown = media.path.relative_to(plan.loaded.base_dir.resolve())
         click.echo(f"    {shown}  {media.mime}  {media.size:,} bytes  sha256:{media.sha256[:12]}")
-    click.echo(f"\nFirst {sample} recipient(s): POST /v1/messages")
+    click.echo(f"\nFirst {sample} recipient(s): POST {dialect.messages_path}")
     for item in result.samples:
         if isinstance(item, Skipped):
             click.echo(f"# {item.recipient.phone} step {item.step.key}: skipped ({item.reason})")
             continue
         click.echo(f"# {item.recipient.phone} step {item.step.key}")
-        click.echo(json.dumps(item.body(), ensure_ascii=False, indent=2))
+        click.echo(json.dumps(item.body(dialect), ensure_ascii=False, indent=2))
     return EXIT_OK
+
+
+def limits(plan: Plan, dialect: Dialect, *, sandbox: bool) -> tuple[float, float]:
+    """The run's rate (messages/s, 0: none) and per-recipient interval (s): the flow's, else
+    the dialect's documented limits. The sandbox has none, so trying a flow there is quick."""
+    settings = plan.flow.settings
+    rate = settings.rate_per_second
+    if rate is None and not sandbox:
+        rate = dialect.default_rate
+    interval = settings.per_recipient_interval
+    if interval is None:
+        interval = 0.0 if sandbox else dialect.default_interval
+    return rate or 0.0, interval
 
 
 def print_schema() -> int:
@@ -122,33 +142,64 @@ def run_flow(
 
     # nothing leaves before every recipient rendered
     plan, result, _ = check(flow_file, api=not use_sandbox)
-    options = RunOptions(
-        concurrency=concurrency or plan.flow.settings.concurrency,
-        limit=limit,
-        only=_phone_option(only),
-        retry_failed=retry_failed,
-        retry_uncertain=retry_uncertain,
-    )
-    if options.only is not None and all(r.phone != options.only for r in plan.recipients()):
-        raise FlowrunError(f"--only {only}: {flow_file} has no recipient with this phone")
+    if only is not None:
+        _check_only(plan, only, flow_file)
     with contextlib.ExitStack() as stack:
         if use_sandbox:
             from . import sandbox
 
             base_url, _ = stack.enter_context(sandbox.running())
-            target = ApiTarget(base_url, sandbox.TOKEN)
+            target = sandbox_target(plan.flow.api, base_url)
         else:
             target = plan.api_target(for_run=True)
             if plan.problems.has_errors():
                 raise FlowInvalid(plan.problems)
-        if target.base_url is None or target.token is None:
+        if not target.ready:
             raise FlowInvalid(plan.problems)
+        dialect = target.dialect()
+        rate, interval = limits(plan, dialect, sandbox=use_sandbox)
+        options = RunOptions(
+            concurrency=concurrency or plan.flow.settings.concurrency,
+            limit=limit,
+            only=_phone_option(only),
+            retry_failed=retry_failed,
+            retry_uncertain=retry_uncertain,
+            rate=rate or None,
+            interval=interval,
+        )
         path = Path(ledger_path) if ledger_path else default_ledger(plan.loaded.path, use_sandbox)
         ledger = stack.enter_context(Ledger(path, plan.loaded.name))
         _check_renamed(ledger, path, chosen=ledger_path is not None)
         summary = asyncio.run(_execute(plan, target, ledger, options, result.messages))
     _print_summary(flow_file, summary, path)
     return summary.exit_code
+
+
+def _check_only(plan: Plan, only: str, flow_file: str) -> None:
+    phone = _phone_option(only)
+    if all(r.phone != phone for r in plan.recipients()):
+        raise FlowrunError(f"--only {only}: {flow_file} has no recipient with this phone")
+
+
+def sandbox_target(api: CloudApi | OnPremApi, base_url: str) -> ApiTarget:
+    """The sandbox in place of the flow's API, in the flow's dialect: its own URL and
+    credentials (the flow's secrets are never asked for)."""
+    from . import sandbox
+
+    if api.kind == "cloud":
+        return ApiTarget(
+            "cloud", base_url, sandbox.TOKEN, sandbox.PHONE_NUMBER_ID, getattr(api, "version", None)
+        )
+    if getattr(api, "login", None) is not None:
+        user, password = sandbox.LOGIN
+        return ApiTarget(
+            "onprem",
+            base_url,
+            username=user,
+            password=password,
+            template_namespace=sandbox.NAMESPACE,
+        )
+    return ApiTarget("onprem", base_url, sandbox.TOKEN, template_namespace=sandbox.NAMESPACE)
 
 
 def _check_renamed(ledger: Ledger, path: Path, chosen: bool) -> None:
@@ -192,10 +243,9 @@ async def _execute(
 ) -> Summary:
     from .executor import Executor
     from .progress import Progress
-    from .transport import Transport, public_url
+    from .transport import Transport
 
     assert target.base_url is not None
-    assert target.token is not None
     progress = Progress(total)
     transport = Transport(target.base_url, target.token, plan.flow.api.timeout, options.concurrency)
     try:
@@ -203,7 +253,7 @@ async def _execute(
             executor = Executor(
                 plan,
                 transport=transport,
-                api=public_url(target.base_url),
+                dialect=target.dialect(),
                 ledger=ledger,
                 options=options,
                 progress=progress,
@@ -232,6 +282,12 @@ def _print_summary(flow_file: str, summary: Summary, ledger_path: Path) -> None:
         click.echo(
             f"{summary.held:,} recipient(s) wait behind a failed or uncertain message of an"
             " earlier run; see flowrun report, then --retry-failed or --retry-uncertain",
+            err=True,
+        )
+    if summary.throttled:
+        click.echo(
+            f"the API asked to slow down {summary.throttled:,} time(s); flowrun slowed the run"
+            " and retried (settings.rate sets a lower pace from the start)",
             err=True,
         )
     for reason, count in sorted(summary.failures.items(), key=lambda kv: -kv[1])[:10]:

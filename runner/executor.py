@@ -1,10 +1,12 @@
 """The executor: sends every recipient's messages, at most once each, and records what happened.
 
-Recipients stream from the plan into a bounded queue; `concurrency` workers each serve one
-recipient at a time, its steps strictly in order (a failed step stops the later ones). Before a
-request leaves, its `sending` mark is committed together with the outcomes finished so far (one
-group commit for everyone waiting), so after a hard kill at most `concurrency` rows are left
-`sending`, and the next run reports them as `uncertain` instead of sending them again.
+Recipients stream from the plan, each served by a task of its own (a bounded window of them at
+once), its steps strictly in order and spaced by the per-recipient interval (a failed step stops
+the later ones). Requests take one of `concurrency` slots. Before a request leaves, its `sending`
+mark is committed together with the outcomes finished so far (one group commit for everyone
+waiting); a message waiting to be retried gives its slot back and is recorded `failed` until its
+next attempt. So after a hard kill at most `concurrency` rows are left `sending`, and the next run
+reports them as `uncertain` instead of sending them again.
 
 What counts as done: `sent`. A step skipped by `when`, or blocked by a failed step, is looked at
 again on the next run (nothing was sent, so nothing can be sent twice). `failed` and `uncertain`
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import random
@@ -25,10 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import onprem
+from .dialect import ApiFailure, Dialect, LoginFailed, Verdict
 from .errors import FlowrunError
 from .ledger import Ledger, Outcome, State
 from .media import LocalMedia
+from .pacing import Pacer
 from .plan import Message, Plan, RenderFailure, Skipped
 from .progress import Progress
 from .recipients import Recipient
@@ -36,12 +40,14 @@ from .transport import MaybeDelivered, NotDelivered, Response, Transport
 
 BACKOFF_BASE = 0.5  # seconds; doubled per attempt, with full jitter
 BACKOFF_MAX = 30.0
+PAIR_BACKOFF = 6.0  # seconds, doubled per attempt: one recipient messaged too often (131056)
+WINDOW_MAX = 20_000  # recipients in progress at once, at most
 RETRY_AFTER_MAX = 300.0
 FAILURE_STREAK_LIMIT = 100  # this many failures in a row pause the campaign
 
 
 class UploadFailed(Exception):
-    def __init__(self, failure: onprem.ApiFailure) -> None:
+    def __init__(self, failure: ApiFailure) -> None:
         super().__init__(str(failure))
         self.failure = failure
 
@@ -59,6 +65,8 @@ class RunOptions:
     only: str | None = None
     retry_failed: bool = False
     retry_uncertain: bool = False
+    rate: float | None = None  # messages/s for the whole run
+    interval: float = 0.0  # seconds between two messages to one recipient
 
 
 @dataclass
@@ -73,6 +81,8 @@ class Summary:
     held: int = 0  # failed/uncertain from an earlier run, not retried
     uploads: int = 0
     recovered: int = 0  # `sending` rows of a dead run, now uncertain
+    throttled: int = 0  # times the API asked the whole run to slow down
+    logins: int = 0  # On-Premises logins, the first included
     interrupted: bool = False
     seconds: float = 0.0
     failures: dict[str, int] = field(default_factory=dict)
@@ -163,57 +173,91 @@ class _Commits:
             self.writer.shutdown(wait=True)
 
 
+@dataclass
+class _Sending:
+    """One message's way through its attempts."""
+
+    media_id: str | None = None
+    attempt: int = 0
+    reuploaded: bool = False
+    login: int = 0  # the login generation its last request went with
+
+
 class Executor:
     def __init__(
         self,
         plan: Plan,
         *,
         transport: Transport,
-        api: str,
+        dialect: Dialect,
         ledger: Ledger,
         options: RunOptions,
         progress: Progress,
     ) -> None:
         self.plan = plan
         self.transport = transport
-        self.api = api
+        self.dialect = dialect
         self.ledger = ledger
         self.options = options
         self.progress = progress
         self.summary = Summary()
         self.commits = _Commits(ledger)
         self.retries = plan.flow.settings.retries
-        self.rate = plan.flow.settings.rate_per_second
-        self._next_slot = 0.0
+        self.pacer = Pacer(options.rate)
+        self.slots = asyncio.Semaphore(options.concurrency)
         self._media: dict[str, asyncio.Task[str]] = {}
         self._stopping = False
         self._stop_error: BaseException | None = None
         self._stop_event = asyncio.Event()
         self._streak = 0
+        self._login_lock = asyncio.Lock()
+        self._login_generation = 0
+        self._fresh_login = False  # logged in again, and nothing went through since
+
+    def window(self) -> int:
+        """Recipients in progress at once: enough to keep every slot busy while others wait
+        out their per-recipient interval (rate × interval of them are waiting at any time)."""
+        waiting = 0
+        if self.options.interval and len(self.plan.steps) > 1:
+            rate = self.options.rate or 1000.0
+            waiting = int(rate * self.options.interval) + 1
+        return min(WINDOW_MAX, self.options.concurrency * 2 + waiting)
 
     async def run(self) -> Summary:
         started = time.monotonic()
         self.summary.recovered = self.ledger.recover()
-        queue: asyncio.Queue[Recipient | None] = asyncio.Queue(self.options.concurrency * 2)
-        workers = [
-            asyncio.create_task(self._worker(queue)) for _ in range(self.options.concurrency)
-        ]
         self._install_signals()
         try:
-            for recipient in self._recipients():
-                if self._stopping:
-                    break
-                await queue.put(recipient)
-            for _ in workers:
-                await queue.put(None)
-            await asyncio.gather(*workers)
+            await self._login()
+            await self._serve_all()
         finally:
             await self.commits.close()
             self._remove_signals()
             self.summary.seconds = time.monotonic() - started
+            self.summary.throttled = self.pacer.throttles
         if self._stop_error is not None:
             raise self._stop_error
         return self.summary
+
+    async def _serve_all(self) -> None:
+        """One task per recipient, at most `window()` at once; the producer waits for room."""
+        room = asyncio.Semaphore(self.window())
+        tasks: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            room.release()
+
+        for recipient in self._recipients():
+            await room.acquire()
+            if self._stopping:
+                room.release()
+                break
+            task = asyncio.create_task(self._guarded(recipient))
+            tasks.add(task)
+            task.add_done_callback(finished)
+        while tasks:
+            await asyncio.wait(set(tasks))
 
     def _recipients(self) -> Iterator[Recipient]:
         count = 0
@@ -249,17 +293,15 @@ class Executor:
             "(Ctrl-C again to stop at once)"
         )
 
-    async def _worker(self, queue: asyncio.Queue[Recipient | None]) -> None:
-        """Serve recipients until the end of the queue. A worker never dies: an error stops
-        the run (and is raised once everything is drained and written), while the worker
-        goes on emptying the queue so the producer can never block on a full one."""
-        while (recipient := await queue.get()) is not None:
-            if self._stopping:
-                continue
-            try:
-                await self._serve(recipient)
-            except Exception as exc:
-                self._stop(exc)
+    async def _guarded(self, recipient: Recipient) -> None:
+        """Serve one recipient; an error stops the run (raised once everything in progress
+        has drained and the ledger is written)."""
+        if self._stopping:
+            return
+        try:
+            await self._serve(recipient)
+        except Exception as exc:
+            self._stop(exc)
 
     async def _serve(self, recipient: Recipient) -> None:
         states = self.ledger.recipient_states(recipient.phone)
@@ -267,6 +309,7 @@ class Executor:
             items = list(self.plan.messages(recipient))
         except RenderFailure as failure:  # validated before the run; kept for safety
             raise StopRun(failure.problem.format()) from None
+        last_request: float | None = None
         for item in items:
             if self._stopping:
                 return
@@ -294,17 +337,24 @@ class Executor:
                 )
                 self.summary.skipped += 1
                 continue
-            if not await self._send(item):
+            if last_request is not None and not await self._pause(
+                last_request + self.options.interval - time.monotonic()
+            ):
+                return  # stopping: the later steps are sent by the next run
+            sent = await self._send(item)
+            last_request = time.monotonic()
+            if sent is None:  # stopping: the rest waits for the next run
+                return
+            if not sent:
                 self._block_rest(items, item, recipient)
                 return
 
-    @staticmethod
-    def _edited(item: Message | Skipped, sent_hash: str | None) -> bool:
+    def _edited(self, item: Message | Skipped, sent_hash: str | None) -> bool:
         """Whether a message sent before reads differently now (uploads aside: their body
         holds a media id only known after upload)."""
         if not isinstance(item, Message) or item.upload is not None or not sent_hash:
             return False
-        return body_hash(item.body()) != sent_hash
+        return body_hash(item.body(self.dialect)) != sent_hash
 
     def _block_rest(self, items: list[Message | Skipped], failed: Message, who: Recipient) -> None:
         later = items[items.index(failed) + 1 :]
@@ -321,108 +371,132 @@ class Executor:
             )
             self.summary.blocked += 1
 
-    async def _send(self, message: Message) -> bool:
-        media_id = None
-        if message.upload is not None:
-            try:
-                media_id = await self._media_id(message.upload)
-            except UploadFailed as exc:
-                return self._failed(message, exc.failure, 1)
-        body = message.body(media_id)
-        digest = body_hash(body)
-        await self.commits.mark(message.step.key, message.recipient.phone, digest)
-        attempt = 0
-        while True:
-            attempt += 1
-            await self._pace()
-            verdict = await self._attempt(message, body, attempt)
-            if verdict is not None:
-                return verdict
+    async def _pause(self, seconds: float) -> bool:
+        """Wait, unless the run stops first; whether the run goes on."""
+        if seconds > 0 and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), seconds)
+        return not self._stopping
 
-    async def _attempt(self, message: Message, body: dict[str, Any], attempt: int) -> bool | None:
-        """One request for a marked message: True sent, False settled otherwise (failed,
-        uncertain, interrupted), None to try again."""
-        retry_after = None
+    async def _send(self, message: Message) -> bool | None:
+        """Send one message, retrying as its failures allow: whether it was sent, None when
+        the run stopped before it could be (nothing is on record as in flight)."""
+        state = _Sending()
         try:
-            response = await self.transport.post(onprem.MESSAGES_PATH, json=body)
+            if message.upload is not None:
+                state.media_id = await self._media_id(message.upload)
+            while True:
+                state.attempt += 1
+                async with self.slots:
+                    outcome = await self._try_once(message, state)
+                    if not isinstance(outcome, ApiFailure):
+                        return outcome
+                    failure = outcome
+                    if await self._repair(message, failure, state):
+                        continue  # refused before it was taken: safe to send again at once
+                    if not failure.retry or state.attempt > self.retries:
+                        if failure.verdict is Verdict.AUTH:
+                            self._stop(StopRun(_auth_message(failure, self.dialect)))
+                        return self._failed(message, failure, 1)
+                    # Waiting for the next attempt: the slot goes back, and the message is on
+                    # record as failed (the API refused it) until its next mark.
+                    self.commits.record(_failure_outcome(message, failure, 1))
+                delay = self._retry_delay(failure, state.attempt)
+                if failure.verdict is Verdict.THROTTLED:
+                    self.pacer.throttled(delay)
+                if not await self._pause(delay):
+                    self._interrupted(message)
+                    return None
+        except UploadFailed as exc:
+            return self._failed(message, exc.failure, 1)
+
+    async def _try_once(self, message: Message, state: _Sending) -> bool | ApiFailure | None:
+        """Pace, mark, send (holding a slot): True sent, False uncertain, None stopping, or
+        the API's failure."""
+        # Paced before the mark: a message held back by the rate is not in flight.
+        if not await self._pause(self.pacer.delay()):
+            if state.attempt > 1:  # on record as failed from the attempt before
+                self._interrupted(message)
+            return None
+        body = message.body(self.dialect, state.media_id)
+        await self.commits.mark(message.step.key, message.recipient.phone, body_hash(body))
+        state.login = self._login_generation
+        return await self._attempt(message, body, state.attempt)
+
+    async def _repair(self, message: Message, failure: ApiFailure, state: _Sending) -> bool:
+        """Failures one action repairs: a refused token (log in again), an expired media id
+        (upload again, once). Whether to send again at once."""
+        if failure.verdict is Verdict.AUTH:
+            return await self._login_again(state.login)
+        if failure.verdict is Verdict.MEDIA_GONE and message.upload and not state.reuploaded:
+            state.reuploaded = True
+            state.media_id = await self._upload_again(message.upload, state.media_id)
+            return True
+        return False
+
+    async def _attempt(
+        self, message: Message, body: dict[str, Any], attempt: int
+    ) -> bool | ApiFailure:
+        """One request for a marked message: True sent, False uncertain (recorded), or the
+        API's failure for `_send` to decide on."""
+        try:
+            response = await self.transport.post(self.dialect.messages_path, json=body)
         except NotDelivered as exc:  # never reached the API: always safe to try again
-            failure = onprem.ApiFailure(0, None, "not delivered", str(exc))
-            retryable = True
+            return ApiFailure(0, None, "not delivered", str(exc), Verdict.RETRY)
         except MaybeDelivered as exc:  # the API may have it: never sent again blindly
-            self.commits.record(
-                _outcome(message, "uncertain", error_details=str(exc), attempts=attempt)
-            )
+            self.commits.record(_outcome(message, "uncertain", error_details=str(exc)))
             self.summary.uncertain += 1
             self.progress.update(self.summary)
             return False
-        else:
-            if 200 <= response.status < 300:
-                return self._sent(message, response, attempt)
-            failure = onprem.failure(response.status, response.data)
-            retryable, retry_after = failure.retry, response.retry_after
-            if failure.auth:
-                self._stop(
-                    StopRun(
-                        f"the API refused the token ({failure}); check the token the flow's"
-                        " api.token reads"
-                    )
-                )
-                retryable = False
-        if retryable and attempt <= self.retries:
-            return None if await self._may_retry(message, attempt, retry_after) else False
-        return self._failed(message, failure, attempt)
+        if 200 <= response.status < 300:
+            return self._sent(message, response)
+        failure = self.dialect.failure(response.status, response.data)
+        if response.retry_after is not None and failure.retry:
+            # The API said when: that replaces the back-off (kept on the failure for _send).
+            return _with_retry_after(failure, response.retry_after)
+        return failure
 
-    def _sent(self, message: Message, response: Response, attempt: int) -> bool:
+    def _sent(self, message: Message, response: Response) -> bool:
         self.commits.record(
             _outcome(
                 message,
                 "sent",
-                message_id=onprem.message_id(response.data),
+                message_id=self.dialect.message_id(response.data),
                 http_status=response.status,
-                attempts=attempt,
             )
         )
         self.summary.sent += 1
         self._streak = 0
+        self._fresh_login = False
         self.progress.update(self.summary)
         return True
 
-    async def _may_retry(self, message: Message, attempt: int, retry_after: float | None) -> bool:
-        """Wait before the next attempt, unless the run is stopping (Ctrl-C must not wait out
-        a five-minute Retry-After): then the message was not accepted, and it is recorded as
-        skipped ('interrupted') so that the next run sends it."""
-        delay = self._backoff(attempt, retry_after)
-        if not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_event.wait(), delay)
-        if not self._stopping:
-            return True
+    def _retry_delay(self, failure: ApiFailure, attempt: int) -> float:
+        if failure.retry_after is not None:
+            return min(failure.retry_after, RETRY_AFTER_MAX)
+        if failure.verdict is Verdict.PAIR_RATE:
+            base = max(self.options.interval, PAIR_BACKOFF) * 2 ** (attempt - 1)
+            return random.uniform(base, base * 1.5)  # at least `base`: the limit is real
+        return random.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1)))
+
+    def _interrupted(self, message: Message) -> None:
+        """Ctrl-C while a message waited for a retry: it was not accepted, so it is recorded
+        as skipped ('interrupted') and the next run sends it."""
         self.commits.record(
             _outcome(
                 message,
                 "skipped",
                 error_title="interrupted",
                 error_details="the run stopped before a retry",
-                attempts=attempt,
+                attempts=0,
             )
         )
         self.summary.blocked += 1
-        return False
 
-    def _failed(self, message: Message, failure: onprem.ApiFailure, attempts: int) -> bool:
-        self.commits.record(
-            _outcome(
-                message,
-                "failed",
-                http_status=failure.http_status or None,
-                error_code=failure.code,
-                error_title=failure.title,
-                error_details=failure.details,
-                attempts=attempts,
-            )
-        )
+    def _failed(self, message: Message, failure: ApiFailure, attempts: int) -> bool:
+        self.commits.record(_failure_outcome(message, failure, attempts))
         self.summary.failed += 1
-        reason = str(failure)
+        reason = str(failure) + (f" ({failure.hint})" if failure.hint else "")
         self.summary.failures[reason] = self.summary.failures.get(reason, 0) + 1
         self._streak += 1
         if self._streak >= FAILURE_STREAK_LIMIT:
@@ -441,59 +515,110 @@ class Executor:
         self._stopping = True
         self._stop_event.set()
 
-    async def _pace(self) -> None:
-        """Keep under `settings.rate`: each request takes the next free time slot."""
-        if not self.rate:
-            return
-        now = time.monotonic()
-        slot = max(now, self._next_slot)
-        self._next_slot = slot + 1.0 / self.rate
-        if slot > now:
-            await asyncio.sleep(slot - now)
+    async def _login(self) -> None:
+        """Log in before the first message, for dialects that do (On-Premises `login:`)."""
+        try:
+            token = await self.dialect.login(self.transport)
+        except LoginFailed as exc:
+            raise StopRun(f"{exc}; check api.login in the flow") from None
+        if token is not None:
+            self.transport.use_token(token)
+            self.summary.logins += 1
 
-    @staticmethod
-    def _backoff(attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, RETRY_AFTER_MAX)
-        return random.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1)))
+    async def _login_again(self, generation: int) -> bool:
+        """After a 401: log in once more (if the dialect can), then send again. Several
+        messages refused at once share one login; a 401 right after a fresh login gives up."""
+        async with self._login_lock:
+            if generation != self._login_generation:
+                return True  # another message logged in meanwhile
+            if self._fresh_login:
+                return False
+            try:
+                token = await self.dialect.login(self.transport)
+            except LoginFailed:
+                return False
+            if token is None:
+                return False
+            self.transport.use_token(token)
+            self.summary.logins += 1
+            self._login_generation += 1
+            self._fresh_login = True
+            return True
 
     async def _media_id(self, media: LocalMedia) -> str:
         """The media id of a local file: from the ledger, or uploaded once for everyone."""
         task = self._media.get(media.sha256)
         if task is None:
-            task = asyncio.create_task(self._upload(media))
+            task = asyncio.create_task(self._upload(media, cached=True))
             self._media[media.sha256] = task
         return await task
 
-    async def _upload(self, media: LocalMedia) -> str:
-        known = self.ledger.media_id(self.api, media.sha256)
-        if known is not None:
-            return known
+    async def _upload_again(self, media: LocalMedia, dead: str | None) -> str:
+        """The API no longer knows `dead` (expired): upload once more, one upload shared by
+        every message that meets the same dead id."""
+        task = self._media[media.sha256]
+        finished = task.done() and not task.cancelled() and task.exception() is None
+        if finished and task.result() == dead:  # else: uploading again already, or done
+            task = asyncio.create_task(self._upload(media, cached=False))
+            self._media[media.sha256] = task
+        return await task
+
+    async def _upload(self, media: LocalMedia, *, cached: bool) -> str:
+        if cached:
+            known = self.ledger.media_id(
+                self.dialect.upload_key, media.sha256, self.dialect.media_ttl
+            )
+            if known is not None:
+                return known
         data = await asyncio.to_thread(media.path.read_bytes)
+        request = self.dialect.upload(media, data)
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = await self.transport.post(
-                    onprem.MEDIA_PATH, data=data, content_type=media.mime
-                )
+                response = await self.transport.upload(request)
             except (NotDelivered, MaybeDelivered) as exc:
                 # An upload is safe to repeat: a second copy only costs storage.
                 if attempt > self.retries:
-                    raise UploadFailed(
-                        onprem.ApiFailure(0, None, "upload failed", str(exc))
-                    ) from None
-                await asyncio.sleep(self._backoff(attempt, None))
+                    raise UploadFailed(ApiFailure(0, None, "upload failed", str(exc))) from None
+                await asyncio.sleep(self._retry_delay(ApiFailure(0, None, None, None), attempt))
                 continue
-            found = onprem.media_id(response.data) if response.status < 300 else None
+            found = self.dialect.media_id(response.data) if response.status < 300 else None
             if found is not None:
-                await self.commits.write(self.ledger.remember_upload, self.api, media.sha256, found)
+                await self.commits.write(
+                    self.ledger.remember_upload, self.dialect.upload_key, media.sha256, found
+                )
                 self.summary.uploads += 1
                 return found
-            failure = onprem.failure(response.status, response.data)
-            if failure.auth:
-                self._stop(StopRun(f"the API refused the token ({failure})"))
-            if failure.retry and attempt <= self.retries:
-                await asyncio.sleep(self._backoff(attempt, response.retry_after))
+            failure = self.dialect.failure(response.status, response.data)
+            if failure.verdict is Verdict.AUTH:
+                self._stop(StopRun(_auth_message(failure, self.dialect)))
+            elif failure.retry and attempt <= self.retries:
+                if response.retry_after is not None:
+                    failure = _with_retry_after(failure, response.retry_after)
+                await asyncio.sleep(self._retry_delay(failure, attempt))
                 continue
             raise UploadFailed(failure)
+
+
+def _with_retry_after(failure: ApiFailure, seconds: float) -> ApiFailure:
+    return dataclasses.replace(failure, retry_after=seconds)
+
+
+def _failure_outcome(message: Message, failure: ApiFailure, attempts: int) -> Outcome:
+    return _outcome(
+        message,
+        "failed",
+        http_status=failure.http_status or None,
+        error_code=failure.code,
+        error_title=failure.title,
+        error_details=failure.details,
+        attempts=attempts,
+    )
+
+
+def _auth_message(failure: ApiFailure, dialect: Dialect) -> str:
+    return (
+        f"the API refused the credentials ({failure}); check what the flow's"
+        f" {dialect.credentials_from} reads"
+    )

@@ -12,7 +12,7 @@ header is ever stored: rows hold ids, states and the API's error fields only.
 Tables (documented for people who query them, in README.md):
 - messages(flow, step, recipient, state, message_id, http_status, error_code, error_title,
   error_details, attempts, first_attempt, last_attempt, body_hash)
-- uploads(api, sha256, media_id, uploaded_at)
+- uploads(api, sha256, media_id, uploaded_at): `api` names the API (and phone number on Cloud)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -233,11 +233,26 @@ class Ledger:
             ],
         )
 
-    def media_id(self, api: str, sha256: str) -> str | None:
+    def media_id(
+        self, api: str, sha256: str, max_age: timedelta | None = None, at: datetime | None = None
+    ) -> str | None:
+        """The media id this file was uploaded as, unless older than `max_age` at `at` (the
+        Cloud API forgets media after 30 days: an older id would fail every message)."""
         row = self._reader.execute(
-            "SELECT media_id FROM uploads WHERE api = ? AND sha256 = ?", (api, sha256)
+            "SELECT media_id, uploaded_at FROM uploads WHERE api = ? AND sha256 = ?",
+            (api, sha256),
         ).fetchone()
-        return None if row is None else row[0]
+        if row is None:
+            return None
+        media_id, uploaded_at = row
+        if max_age is not None:
+            try:
+                uploaded = datetime.fromisoformat(uploaded_at)
+            except ValueError:
+                return None  # unreadable: upload again rather than trust it
+            if (at or datetime.now(UTC)) - uploaded >= max_age:
+                return None
+        return str(media_id)
 
     def remember_upload(self, api: str, sha256: str, media_id: str) -> None:
         try:

@@ -9,6 +9,7 @@ whole structure is validated in one pass so that every problem is reported at on
 from __future__ import annotations
 
 import difflib
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,14 @@ def _problem(document: Document, error: Any) -> Problem:
         return Problem(
             document.locate(path[:-1], key=True), f"missing key '{name}'{_where(path[:-1])}"
         )
+    if kind == "api_kind":
+        value = error["input"].get("kind") if isinstance(error["input"], dict) else None
+        if value is None:
+            return Problem(document.locate(path, key=True), "api must be a mapping")
+        return Problem(
+            document.locate((*path, "kind")),
+            f"kind must be cloud (the default) or onprem, got {value!r}",
+        )
     if kind in ("step_kind", "recipients") or isinstance(error.get("input"), dict | list):
         return Problem(document.locate(path, key=True), _message(kind, error, name))
     return Problem(document.locate(path), _message(kind, error, name))
@@ -199,9 +208,12 @@ def _content_model(kind: str) -> type[BaseModel]:
 def _known_keys(parent: YamlPath, data: Any) -> list[str]:
     """The keys allowed in the mapping at `parent`: the vocabulary for "did you mean"."""
     shape = tuple("#" if isinstance(part, int) else part for part in parent)
+    api = data.get("api") if isinstance(data, dict) else None
+    onprem = isinstance(api, dict) and api.get("kind") == "onprem"
     fixed: dict[tuple[Any, ...], type[BaseModel]] = {
         (): models.Flow,
-        ("api",): models.Api,
+        ("api",): models.OnPremApi if onprem else models.CloudApi,
+        ("api", "login"): models.Login,
         ("settings",): models.Settings,
         ("recipients",): models.CsvRecipients,
     }
@@ -210,11 +222,28 @@ def _known_keys(parent: YamlPath, data: Any) -> list[str]:
     if shape[:1] == ("messages",) and len(shape) == 2:
         return ["name", "when", *models.STEP_TYPES]
     if shape[:1] == ("messages",) and len(shape) >= 3 and shape[2] in models.STEP_TYPES:
-        model = _content_model(str(shape[2]))
-        if len(shape) == 4 and shape[3] == "provider":
-            return list(models.Provider.model_fields)
-        return list(model.model_fields)
+        return list(_nested_model(_content_model(str(shape[2])), shape[3:]).model_fields)
     return []
+
+
+def _nested_model(model: type[BaseModel], shape: tuple[Any, ...]) -> type[BaseModel]:
+    """The model at `shape` below `model`, following field annotations (list items are '#')."""
+    for part in shape:
+        if part == "#":
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        found = [
+            arg
+            for arg in (field.annotation, *typing.get_args(field.annotation))
+            for arg in (arg, *typing.get_args(arg))
+            if isinstance(arg, type) and issubclass(arg, BaseModel)
+        ]
+        if not found:
+            break
+        model = found[0]
+    return model
 
 
 def _unknown_key_hint(key: str, parent: YamlPath, data: Any) -> str | None:

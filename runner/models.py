@@ -58,12 +58,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Api(_Strict):
-    """Where messages go. The token is a secret: it comes from the environment, never the file."""
+def _secret_from_environment(value: str, what: str, variable: str) -> str:
+    if not is_template(value):
+        raise ValueError(
+            f"the {what} is written in the file; flows live in git, {what}s must not: "
+            f'write {what}: "{{{{ env.{variable} }}}}" and set {variable} in the environment'
+        )
+    return value
 
-    base_url: Url = Field(description="http(s) URL of the WhatsApp Business API.")
+
+API_KINDS = ("cloud", "onprem")
+
+
+class CloudApi(_Strict):
+    """The Cloud API (graph.facebook.com): what a business uses today, and the default."""
+
+    kind: Literal["cloud"] = Field(
+        "cloud", description="cloud (the default: Meta's API since the On-Premises one ended)."
+    )
+    phone_number_id: TemplateText = Field(
+        description="The business phone number's id (not the number itself), e.g."
+        " '{{ env.WA_PHONE_NUMBER_ID }}'."
+    )
     token: TemplateText = Field(
-        description="Bearer token, read from the environment: '{{ env.WA_TOKEN }}'."
+        description="Access token, read from the environment: '{{ env.WA_TOKEN }}'."
+    )
+    base_url: Url = Field(
+        "https://graph.facebook.com",
+        description="Graph API root; change it for a proxy, a provider or a sandbox.",
+    )
+    version: str = Field(
+        "v23.0", pattern=r"^v\d+\.\d+$", description="Graph API version, e.g. v23.0."
     )
     timeout: float = Field(
         30.0, gt=0, le=600, description="Seconds to wait for an answer to one request."
@@ -72,12 +97,68 @@ class Api(_Strict):
     @field_validator("token")
     @classmethod
     def _token_from_environment(cls, value: str) -> str:
-        if not is_template(value):
-            raise ValueError(
-                "the token is written in the file; flows live in git, tokens must not: "
-                'write token: "{{ env.WA_TOKEN }}" and set WA_TOKEN in the environment'
-            )
-        return value
+        return _secret_from_environment(value, "token", "WA_TOKEN")
+
+
+class Login(_Strict):
+    """On-Premises login (POST /v1/users/login): the API issues the token."""
+
+    username: TemplateText = Field(description="API user name.")
+    password: TemplateText = Field(
+        description="Password, read from the environment: '{{ env.WA_PASSWORD }}'."
+    )
+
+    @field_validator("password")
+    @classmethod
+    def _password_from_environment(cls, value: str) -> str:
+        return _secret_from_environment(value, "password", "WA_PASSWORD")
+
+
+class OnPremApi(_Strict):
+    """The On-Premises API (paths under /v1), as some providers still serve it."""
+
+    kind: Literal["onprem"] = Field(description="onprem: the self-hosted /v1 API.")
+    base_url: Url = Field(description="http(s) URL of the On-Premises API.")
+    token: TemplateText | None = Field(
+        None, description="Bearer token, read from the environment: '{{ env.WA_TOKEN }}'."
+    )
+    login: Login | None = Field(None, description="Log in for a token instead of giving one.")
+    template_namespace: TemplateText | None = Field(
+        None, description="The business's template namespace; needed for template steps."
+    )
+    timeout: float = Field(
+        30.0, gt=0, le=600, description="Seconds to wait for an answer to one request."
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _token_from_environment(cls, value: str | None) -> str | None:
+        return None if value is None else _secret_from_environment(value, "token", "WA_TOKEN")
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> OnPremApi:
+        if (self.token is None) == (self.login is None):
+            raise ValueError("give either token or login (username and password)")
+        return self
+
+
+def _api_kind(value: Any) -> str | None:
+    if isinstance(value, CloudApi | OnPremApi):
+        return value.kind
+    if not isinstance(value, dict):
+        return None
+    kind = value.get("kind", "cloud")
+    return kind if kind in API_KINDS else None
+
+
+Api = Annotated[
+    Annotated[CloudApi, Tag("cloud")] | Annotated[OnPremApi, Tag("onprem")],
+    Discriminator(
+        _api_kind,
+        custom_error_type="api_kind",
+        custom_error_message="api kind must be cloud (the default) or onprem",
+    ),
+]
 
 
 RATE_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute)\s*$"
@@ -91,13 +172,21 @@ def _check_rate(text: str) -> str:
 
 
 class Settings(_Strict):
-    """How fast and how hard to try; defaults suit the On-Premises API."""
+    """How fast and how hard to try; unset limits follow the API's documented ones."""
 
-    concurrency: int = Field(16, ge=1, le=1000, description="Recipients served at once.")
+    concurrency: int = Field(16, ge=1, le=1000, description="Requests in flight at once.")
     rate: Annotated[str, AfterValidator(_check_rate)] | None = Field(
         None,
         json_schema_extra={"pattern": RATE_PATTERN},
-        description="Ceiling on messages sent, N/s or N/min, e.g. 50/s.",
+        description="Ceiling on messages sent, N/s or N/min, e.g. 50/s. Default: the API's"
+        " documented limit (Cloud 80/s, On-Premises 250/s).",
+    )
+    per_recipient_interval: float | None = Field(
+        None,
+        ge=0,
+        le=3600,
+        description="Seconds between two messages to one recipient. Default: Cloud 6 (Meta's"
+        " pair rate), On-Premises 0.",
     )
     retries: int = Field(5, ge=0, le=20, description="Retries of a message after a failure.")
 
@@ -200,6 +289,97 @@ class Text(_Strict):
     preview_url: bool = Field(False, description="Show a preview of the first link in body.")
 
 
+LANGUAGE_PATTERN = r"^[a-z]{2,3}(_[A-Za-z0-9]{2,4})?$"
+
+
+def check_language(text: str) -> str:
+    """WhatsApp's language codes: en, en_US, pt_BR, zh_HK; checked again after rendering."""
+    if not re.match(LANGUAGE_PATTERN, text):
+        raise ValueError(f"'{text}' is not a language code like en_US or de")
+    return text
+
+
+def _static_language(text: str) -> str:
+    return text if is_template(text) else check_language(text)
+
+
+class HeaderMedia(_Media):
+    """An image or video in a template's header."""
+
+
+class HeaderDocument(_Media):
+    filename: TemplateText | None = Field(None, description="Name shown to the recipient.")
+
+
+class TemplateHeader(_Strict):
+    """The header parameter of a template: one image, video, document or text."""
+
+    image: HeaderMedia | None = None
+    video: HeaderMedia | None = None
+    document: HeaderDocument | None = None
+    text: TemplateText | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TemplateHeader:
+        given = [name for name in HEADER_KINDS if getattr(self, name) is not None]
+        if len(given) != 1:
+            found = f"found {' and '.join(given)}" if given else "found none"
+            raise ValueError(f"a header has exactly one of image, video, document, text ({found})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in HEADER_KINDS if getattr(self, name) is not None)
+
+
+HEADER_KINDS = ("image", "video", "document", "text")
+
+
+class TemplateButton(_Strict):
+    """The parameter of one button: the end of a URL button's link, or a quick reply's
+    payload (what your webhook receives when it is pressed)."""
+
+    url: TemplateText | None = Field(None, description="Text appended to the button's URL.")
+    quick_reply: TemplateText | None = Field(None, description="Payload of a quick reply.")
+    index: int | None = Field(
+        None,
+        ge=0,
+        le=9,
+        description="The button's position in the template (default: its position in this list).",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TemplateButton:
+        if (self.url is None) == (self.quick_reply is None):
+            raise ValueError("a button has exactly one of url or quick_reply")
+        return self
+
+
+class Template(_Strict):
+    """A message template approved in WhatsApp Manager, with its parameters."""
+
+    name: str = Field(
+        pattern=r"^[a-z0-9_]{1,512}$",
+        description="Template name: lower-case letters, digits and underscores.",
+    )
+    language: Annotated[str, AfterValidator(_static_language)] = Field(
+        description="Language code the template was approved in, e.g. en_US or de; may be a"
+        " template (a language per recipient)."
+    )
+    header: TemplateHeader | None = Field(None, description="The header's parameter, if any.")
+    body: list[TemplateText] = Field(
+        default_factory=list, description="Body parameters {{1}}, {{2}}, ... in order."
+    )
+    buttons: list[TemplateButton] = Field(default_factory=list, description="Button parameters.")
+
+    @model_validator(mode="after")
+    def _distinct_buttons(self) -> Template:
+        indexes = [b.index if b.index is not None else i for i, b in enumerate(self.buttons)]
+        if len(set(indexes)) != len(indexes):
+            raise ValueError("two buttons have the same index")
+        return self
+
+
 # A name may not start with "#": "#2" is how the ledger knows an unnamed second step.
 StepName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\s#](.*\S)?$")]
 
@@ -214,9 +394,9 @@ class _Step(_Strict):
     )
 
     @property
-    def content(self) -> _Media | Text:
+    def content(self) -> _Media | Text | Template:
         value = getattr(self, self.kind)
-        assert isinstance(value, _Media | Text)
+        assert isinstance(value, _Media | Text | Template)
         return value
 
 
@@ -250,8 +430,22 @@ class TextStep(_Step):
     text: Text
 
 
+class TemplateStep(_Step):
+    kind: ClassVar[str] = "template"
+    template: Template
+
+
 STEP_TYPES: dict[str, type[_Step]] = {
-    cls.kind: cls for cls in (AudioStep, DocumentStep, ImageStep, StickerStep, TextStep, VideoStep)
+    cls.kind: cls
+    for cls in (
+        AudioStep,
+        DocumentStep,
+        ImageStep,
+        StickerStep,
+        TemplateStep,
+        TextStep,
+        VideoStep,
+    )
 }
 
 
@@ -270,13 +464,15 @@ Step = Annotated[
     | Annotated[DocumentStep, Tag("document")]
     | Annotated[ImageStep, Tag("image")]
     | Annotated[StickerStep, Tag("sticker")]
+    | Annotated[TemplateStep, Tag("template")]
     | Annotated[TextStep, Tag("text")]
     | Annotated[VideoStep, Tag("video")],
     Discriminator(
         step_kind,
         custom_error_type="step_kind",
         custom_error_message=(
-            "a step needs exactly one message type: audio, document, image, sticker, text or video"
+            "a step needs exactly one message type: audio, document, image, sticker, template,"
+            " text or video"
         ),
     ),
 ]

@@ -1,81 +1,129 @@
 """The On-Premises WhatsApp Business API dialect: request shapes under /v1.
 
-Kept apart from the plan so that a second dialect (the Cloud API) adds a module, not `if`s.
+What the seed page describes; Meta ended it on 2025-10-23, some providers still serve it.
 Shapes: ../shared/whatsapp-api.md and https://developers.facebook.com/docs/whatsapp/api/messages
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import base64
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .dialect import ApiFailure, LoginFailed, Upload, Verdict, first
+from .transport import MaybeDelivered, NotDelivered, public_url
+
+if TYPE_CHECKING:
+    from .media import LocalMedia
+    from .transport import Transport
 
 MESSAGES_PATH = "/v1/messages"
 MEDIA_PATH = "/v1/media"
+LOGIN_PATH = "/v1/users/login"
+RATE = 250.0  # messages/s: the On-Premises API's documented ceiling (whatsapp-api.md)
+
+# Error codes (../shared/whatsapp-api.md): not ready, internal, overloaded, not primary,
+# "message not valid: resend" are worth another try; 1015 "too many requests" is throttling.
+RETRY_CODES = frozenset({1011, 1014, 1016, 1017, 1018, 408})
+THROTTLE_CODES = frozenset({1015})
+OUTSIDE_WINDOW = 470
+MEDIA_NOT_FOUND = 1006
+TEMPLATE_HINT = (
+    "more than 24 hours since the recipient last wrote: only a template message may start"
+    " the conversation (a `template:` step)"
+)
 
 
-def message_body(to: str, kind: str, content: dict[str, Any]) -> dict[str, Any]:
-    """The JSON body of `POST /v1/messages` for one message."""
-    return {"recipient_type": "individual", "to": to, "type": kind, kind: content}
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
 
 
-# Error codes worth another try (../shared/whatsapp-api.md): not ready, internal, too many
-# requests, overloaded, not primary, "message not valid: resend".
-RETRY_CODES = frozenset({1011, 1014, 1015, 1016, 1017, 1018, 408})
+@dataclass(frozen=True)
+class OnPrem:
+    """The /v1 dialect for one API server."""
 
+    base_url: str
+    credentials: Credentials | None = None  # with `login:`; else the flow's token is used
+    template_namespace: str | None = None
 
-@dataclass(frozen=True, slots=True)
-class ApiFailure:
-    """The API's own account of a failure, as the ledger stores it."""
-
-    http_status: int
-    code: int | None
-    title: str | None
-    details: str | None
+    name = "onprem"
+    label = "On-Premises API"
+    messages_path = MESSAGES_PATH
+    media_path = MEDIA_PATH
+    media_ttl = None  # ids name files on the API's own media volume
+    default_rate = RATE
+    default_interval = 0.0  # no documented per-recipient limit
 
     @property
-    def retry(self) -> bool:
-        return self.http_status == 429 or self.http_status >= 500 or self.code in RETRY_CODES
+    def credentials_from(self) -> str:
+        return "api.token" if self.credentials is None else "api.login"
 
     @property
-    def auth(self) -> bool:
-        return self.http_status == 401
+    def upload_key(self) -> str:
+        return public_url(self.base_url)
 
-    def __str__(self) -> str:
-        parts = [f"HTTP {self.http_status}"]
-        if self.code is not None:
-            parts.append(f"error {self.code}")
-        if self.title:
-            parts.append(self.title)
-        text = ", ".join(parts)
-        return f"{text}: {self.details}" if self.details else text
+    def message_body(self, to: str, kind: str, content: dict[str, Any]) -> dict[str, Any]:
+        if kind == "template":
+            language = {"policy": "deterministic", **content["language"]}
+            content = {"namespace": self.template_namespace, **content, "language": language}
+        return {"recipient_type": "individual", "to": to, "type": kind, kind: content}
+
+    def upload(self, media: LocalMedia, data: bytes) -> Upload:
+        return Upload(MEDIA_PATH, data, media.mime)
+
+    def failure(self, status: int, data: Any) -> ApiFailure:
+        """Read `{"errors": [{code, title, details}]}` (or what there is of it)."""
+        error = first(data, "errors", 0)
+        error = error if isinstance(error, dict) else {}
+        code = error.get("code")
+        code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        verdict, hint = _classify(status, code)
+        return ApiFailure(
+            status,
+            code,
+            str(error["title"]) if "title" in error else None,
+            str(error["details"]) if "details" in error else None,
+            verdict,
+            hint,
+        )
+
+    def message_id(self, data: Any) -> str | None:
+        found = first(data, "messages", 0, "id")
+        return None if found is None else str(found)
+
+    def media_id(self, data: Any) -> str | None:
+        found = first(data, "media", 0, "id")
+        return None if found is None else str(found)
+
+    async def login(self, transport: Transport) -> str | None:
+        """`POST /v1/users/login` with HTTP Basic: the token for everything else."""
+        if self.credentials is None:
+            return None
+        pair = f"{self.credentials.username}:{self.credentials.password}".encode()
+        basic = "Basic " + base64.b64encode(pair).decode()
+        try:
+            response = await transport.post(LOGIN_PATH, headers={"Authorization": basic})
+        except (NotDelivered, MaybeDelivered) as exc:
+            raise LoginFailed(f"cannot log in: {exc}") from None
+        token = first(response.data, "users", 0, "token")
+        if response.status >= 300 or not isinstance(token, str) or not token:
+            raise LoginFailed(
+                f"the API refused the login ({self.failure(response.status, response.data)})"
+            )
+        return token
 
 
-def failure(status: int, data: Any) -> ApiFailure:
-    """Read the `{"errors": [{code, title, details}]}` envelope (or what there is of it)."""
-    first: dict[str, Any] = {}
-    if isinstance(data, dict) and isinstance(data.get("errors"), list) and data["errors"]:
-        candidate = data["errors"][0]
-        first = candidate if isinstance(candidate, dict) else {}
-    code = first.get("code")
-    return ApiFailure(
-        status,
-        code if isinstance(code, int) else None,
-        str(first["title"]) if "title" in first else None,
-        str(first["details"]) if "details" in first else None,
-    )
-
-
-def message_id(data: Any) -> str | None:
-    """`messages[0].id` of a send's answer."""
-    try:
-        return str(data["messages"][0]["id"])
-    except (KeyError, IndexError, TypeError):
-        return None
-
-
-def media_id(data: Any) -> str | None:
-    """`media[0].id` of an upload's answer."""
-    try:
-        return str(data["media"][0]["id"])
-    except (KeyError, IndexError, TypeError):
-        return None
+def _classify(status: int, code: int | None) -> tuple[Verdict, str | None]:
+    if status == 401:
+        return Verdict.AUTH, None
+    if status == 429 or code in THROTTLE_CODES:
+        return Verdict.THROTTLED, None
+    if status >= 500 or code in RETRY_CODES:
+        return Verdict.RETRY, None
+    if code == MEDIA_NOT_FOUND:
+        return Verdict.MEDIA_GONE, None
+    if code == OUTSIDE_WINDOW:
+        return Verdict.FAIL, TEMPLATE_HINT
+    return Verdict.FAIL, None

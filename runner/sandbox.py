@@ -1,15 +1,18 @@
-"""A WhatsApp Business API (On-Premises shape) on loopback: for trying flows without an account,
+"""A WhatsApp Business API on loopback, in both dialects: for trying flows without an account,
 and for testing flowrun over real HTTP instead of mocks.
 
-It checks requests as strictly as the real API does (Bearer token, one media object matching
-`type`, exactly one of id and link, http(s) links, caption and filename rules, upload
-Content-Type, known media ids), answers with the real shapes and error envelopes, keeps what it
-accepted in an inbox, and injects faults on request. Shapes: ../shared/whatsapp-api.md.
+The On-Premises API under /v1 (login, raw uploads, `{"errors": [...]}`) and the Cloud API under
+/{version}/{PHONE_NUMBER_ID}/ (multipart uploads, the Graph `{"error": {...}}` envelope, `wamid.`
+ids). Requests are checked as strictly as the real APIs do (sandbox_checks.py); what is accepted
+goes to an inbox; faults are injected on request. Shapes: ../shared/whatsapp-api.md.
 
 Control endpoints (not part of the WhatsApp API) live under /sandbox/:
 - GET /sandbox/inbox: the accepted messages, in order; DELETE clears inbox and faults
-- POST /sandbox/faults: {"latency": s, "status": {"code": 429, "count": n, "retry_after": s},
-  "drop": n, "slow": s, "fail_recipients": {"<wa id>": 1013}}
+- POST /sandbox/faults: {"latency": s, "status": {"code": 429, "count": n, "retry_after": s,
+  "error": 130429}, "drop": n, "slow": s,
+  "fail_recipients": {"<wa id>": 1013, "<wa id>": {"error": 131056, "count": 2, "status": 400}}}
+- POST /sandbox/media/expire: forget uploaded media (the Cloud API's 30 days, at once)
+- POST /sandbox/tokens/expire: every token stops working (logging in again gives a new one)
 """
 
 from __future__ import annotations
@@ -24,36 +27,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
-from .media import LIMITS, MEDIA_TYPES
-from .models import CAPTION_MAX, TEXT_BODY_MAX, check_http_url
+from .media import LIMITS
+from .sandbox_checks import NAMESPACE, ApiError, check_message
+
+__all__ = ["LOGIN", "NAMESPACE", "PHONE_NUMBER_ID", "TOKEN", "SandboxState", "running", "serve"]
 
 TOKEN = "sandbox-token"
 LOGIN = ("sandbox", "sandbox")
-# Media ids the sandbox knows without an upload: the one from Meta's examples, used by the
-# example flows' `id:` steps.
-PRESET_MEDIA = frozenset({"f043afd0-f0ae-4b9c-ab3d-696fb4c8cd68"})
+PHONE_NUMBER_ID = "106540352242922"  # the one business number the sandbox's Cloud API serves
 ALL_MIME = frozenset().union(*(mimes for mimes, _ in LIMITS.values()))
-
-_TITLES = {
-    1005: "Access denied",
-    1006: "Resource not found",
-    1008: "Required parameter is missing",
-    1009: "Parameter value is not valid",
-    1010: "Parameter not required",
-    1013: "User is not valid",
-    1015: "Too many requests",
-    1014: "Internal error",
-}
-
-
-class ApiError(Exception):
-    def __init__(self, code: int, details: str, status: int = 400) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-        self.status = status
+VERSION_PATH = r"{version:v\d+\.\d+}"
 
 
 @dataclass
@@ -61,41 +46,65 @@ class Faults:
     latency: float = 0.0
     status_code: int = 0
     status_count: int = 0
+    status_error: int | None = None  # the API error code in the envelope (default by status)
     retry_after: float | None = None
     drop: int = 0
     slow: float = 0.0
-    fail_recipients: dict[str, int] = field(default_factory=dict)
+    # wa id -> [error code, times left (None: always), HTTP status]
+    fail_recipients: dict[str, list[Any]] = field(default_factory=dict)
 
 
 @dataclass
 class SandboxState:
     inbox: list[dict[str, Any]] = field(default_factory=list)
     media: dict[str, str] = field(default_factory=dict)  # id -> MIME type
+    tokens: set[str] = field(default_factory=lambda: {TOKEN})  # valid bearer tokens
     faults: Faults = field(default_factory=Faults)
     requests: int = 0
+    uploads: int = 0
+    logins: int = 0
     ids: Iterator[int] = field(default_factory=itertools.count)
 
 
 STATE = web.AppKey("state", SandboxState)
 
 
-def _envelope(code: int, details: str) -> dict[str, Any]:
+def _dialect(request: web.Request) -> str:
+    return "onprem" if request.path.startswith("/v1/") else "cloud"
+
+
+def _envelope(dialect: str, error: ApiError) -> dict[str, Any]:
+    code = error.code_for(dialect)
+    if dialect == "cloud":
+        return {
+            "error": {
+                "message": f"({'#'}{code}) {error.title}",
+                "type": "OAuthException",
+                "code": code,
+                "error_data": {"messaging_product": "whatsapp", "details": error.details},
+                "fbtrace_id": "Sandbox" + uuid.uuid4().hex[:16],
+            }
+        }
     return {
-        "errors": [{"code": code, "title": _TITLES.get(code, "Error"), "details": details}],
+        "errors": [{"code": code, "title": error.title, "details": error.details}],
         "meta": {"api_status": "stable", "version": "sandbox"},
     }
 
 
 def build_app(state: SandboxState | None = None) -> web.Application:
     state = state or SandboxState()
-    app = web.Application(client_max_size=101 * 1024 * 1024, middlewares=[_faults, _errors])
+    app = web.Application(client_max_size=101 * 1024 * 1024, middlewares=[_errors, _faults])
     app[STATE] = state
     app.router.add_post("/v1/users/login", _login)
     app.router.add_post("/v1/media", _upload)
     app.router.add_post("/v1/messages", _send)
+    app.router.add_post(f"/{VERSION_PATH}/{{number}}/media", _cloud_upload)
+    app.router.add_post(f"/{VERSION_PATH}/{{number}}/messages", _send)
     app.router.add_get("/sandbox/inbox", _inbox)
     app.router.add_delete("/sandbox/inbox", _reset)
     app.router.add_post("/sandbox/faults", _set_faults)
+    app.router.add_post("/sandbox/media/expire", _expire_media)
+    app.router.add_post("/sandbox/tokens/expire", _expire_tokens)
     return app
 
 
@@ -104,7 +113,14 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)  # type: ignore[no-any-return]
     except ApiError as exc:
-        return web.json_response(_envelope(exc.code, exc.details), status=exc.status)
+        headers = {}
+        if exc.status == 429 or exc.meaning == "throttled":
+            retry_after = request.app[STATE].faults.retry_after
+            if retry_after is not None:
+                headers["Retry-After"] = f"{retry_after:g}"
+        return web.json_response(
+            _envelope(_dialect(request), exc), status=exc.status, headers=headers
+        )
 
 
 @web.middleware
@@ -123,13 +139,8 @@ async def _faults(request: web.Request, handler: Any) -> web.StreamResponse:
         raise web.HTTPInternalServerError()
     if faults.status_count > 0:
         faults.status_count -= 1
-        headers = {}
-        if faults.retry_after is not None:
-            headers["Retry-After"] = f"{faults.retry_after:g}"
-        code = 1015 if faults.status_code == 429 else 1014
-        return web.json_response(
-            _envelope(code, "injected fault"), status=faults.status_code, headers=headers
-        )
+        meaning = "throttled" if faults.status_code == 429 else "internal"
+        raise ApiError(meaning, "injected fault", faults.status_code, faults.status_error)
     response = await handler(request)
     if faults.slow:  # the API did the work; only its answer is late (past the client's timeout)
         await asyncio.sleep(faults.slow)
@@ -137,106 +148,125 @@ async def _faults(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def _authorize(request: web.Request) -> None:
-    if request.headers.get("Authorization") != f"Bearer {TOKEN}":
-        raise ApiError(1005, "invalid or missing Bearer token", status=401)
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer ") or header[7:] not in request.app[STATE].tokens:
+        raise ApiError("auth", "invalid, expired or missing access token", status=401)
+
+
+def _check_number(request: web.Request) -> None:
+    number = request.match_info["number"]
+    if number != PHONE_NUMBER_ID:
+        raise ApiError(
+            "object",
+            f"Object with ID '{number}' does not exist, cannot be loaded due to missing"
+            " permissions, or does not support this operation",
+        )
 
 
 async def _login(request: web.Request) -> web.Response:
     expected = base64.b64encode(f"{LOGIN[0]}:{LOGIN[1]}".encode()).decode()
     if request.headers.get("Authorization") != f"Basic {expected}":
-        raise ApiError(1005, "invalid username or password", status=401)
+        raise ApiError("auth", "invalid username or password", status=401)
+    state: SandboxState = request.app[STATE]
+    state.logins += 1
+    token = f"{TOKEN}-{state.logins}"
+    state.tokens.add(token)
     return web.json_response(
-        {"users": [{"token": TOKEN, "expires_after": "2099-01-01 00:00:00+00:00"}]}
+        {"users": [{"token": token, "expires_after": "2099-01-01 00:00:00+00:00"}]}
     )
 
 
 async def _upload(request: web.Request) -> web.Response:
     _authorize(request)
     mime = request.headers.get("Content-Type", "").split(";")[0].strip()
-    if mime not in ALL_MIME:
-        raise ApiError(1009, f"Content-Type '{mime}' is not a supported media type")
     body = await request.read()
-    if not body:
-        raise ApiError(1008, "the upload is empty")
-    media_id = str(uuid.uuid4())
-    request.app[STATE].media[media_id] = mime
+    media_id = _store_media(request.app[STATE], mime, body, str(uuid.uuid4()))
     return web.json_response({"media": [{"id": media_id}]}, status=201)
+
+
+async def _cloud_upload(request: web.Request) -> web.Response:
+    """Multipart: messaging_product=whatsapp, type=MIME, file=the bytes."""
+    _authorize(request)
+    _check_number(request)
+    if not request.content_type.startswith("multipart/"):
+        raise ApiError("invalid", "the upload must be multipart/form-data")
+    fields: dict[str, str] = {}
+    content = b""
+    part_mime = ""
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise ApiError("invalid", "nested multipart is not supported")
+        if part.name == "file":
+            content = await part.read()
+            part_mime = part.headers.get("Content-Type", "")
+        elif part.name:
+            fields[part.name] = await part.text()
+    if fields.get("messaging_product") != "whatsapp":
+        raise ApiError("missing", "messaging_product must be 'whatsapp'")
+    mime = fields.get("type", "")
+    if part_mime and part_mime != mime:
+        raise ApiError("invalid", f"type {mime!r} does not match the file's {part_mime!r}")
+    state: SandboxState = request.app[STATE]
+    media_id = _store_media(state, mime, content, str(10**15 + next(state.ids)))
+    return web.json_response({"id": media_id})
+
+
+def _store_media(state: SandboxState, mime: str, content: bytes, media_id: str) -> str:
+    if mime not in ALL_MIME:
+        raise ApiError("invalid", f"media type '{mime}' is not supported")
+    if not content:
+        raise ApiError("missing", "the upload is empty")
+    state.media[media_id] = mime
+    state.uploads += 1
+    return media_id
 
 
 async def _send(request: web.Request) -> web.Response:
     _authorize(request)
+    dialect = _dialect(request)
+    if dialect == "cloud":
+        _check_number(request)
     try:
         body = await request.json()
     except ValueError:
-        raise ApiError(1009, "the body is not JSON") from None
+        raise ApiError("invalid", "the body is not JSON") from None
     state: SandboxState = request.app[STATE]
-    check_message(body, state.media)
-    code = state.faults.fail_recipients.get(body["to"])
-    if code is not None:
-        raise ApiError(code, f"injected failure for {body['to']}")
-    message_id = f"gBGG{next(state.ids):012d}"
-    state.inbox.append({"id": message_id, **body})
+    check_message(body, state.media, dialect)
+    _injected_failure(state, body["to"])
+    number = next(state.ids)
+    state.inbox.append({"id": _message_id(dialect, number), **body})
+    message_id = state.inbox[-1]["id"]
+    if dialect == "cloud":
+        return web.json_response(
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": body["to"], "wa_id": body["to"]}],
+                "messages": [{"id": message_id}],
+            }
+        )
     return web.json_response(
         {"messages": [{"id": message_id}], "meta": {"api_status": "stable", "version": "sandbox"}},
         status=201,
     )
 
 
-def check_message(body: Any, media: dict[str, str]) -> None:
-    """The On-Premises API's rules for a message body; ApiError for the first broken one."""
-    if not isinstance(body, dict):
-        raise ApiError(1009, "the body must be a JSON object")
-    if body.get("recipient_type") != "individual":
-        raise ApiError(1009, "recipient_type must be 'individual'")
-    to = body.get("to")
-    if not isinstance(to, str) or not to.isdigit() or not 7 <= len(to) <= 15:
-        raise ApiError(1013, f"'to' is not a valid WhatsApp id: {to!r}")
-    kind = body.get("type")
-    if kind not in (*MEDIA_TYPES, "text"):
-        raise ApiError(1009, f"unknown type {kind!r}")
-    others = [key for key in (*MEDIA_TYPES, "text") if key in body and key != kind]
-    if others or not isinstance(body.get(kind), dict):
-        raise ApiError(1009, f"the body needs exactly one '{kind}' object")
-    if kind == "text":
-        _check_text(body["text"])
-    else:
-        _check_media(kind, body[kind], media)
+def _message_id(dialect: str, number: int) -> str:
+    if dialect == "cloud":
+        return "wamid." + base64.b64encode(f"SANDBOX{number:012d}".encode()).decode()
+    return f"gBGG{number:012d}"
 
 
-def _check_text(text: dict[str, Any]) -> None:
-    value = text.get("body")
-    if not isinstance(value, str) or not value:
-        raise ApiError(1008, "text.body is required")
-    if len(value) > TEXT_BODY_MAX:
-        raise ApiError(1001, "message too long", status=400)
-    extra = set(text) - {"body", "preview_url"}
-    if extra:
-        raise ApiError(1010, f"text does not take {sorted(extra)}")
-
-
-def _check_media(kind: str, obj: dict[str, Any], media: dict[str, str]) -> None:
-    sources = [key for key in ("id", "link") if key in obj]
-    if len(sources) != 1:
-        raise ApiError(1008 if not sources else 1009, "exactly one of id and link is required")
-    if "link" in obj:
-        try:
-            check_http_url(str(obj["link"]))
-        except ValueError as exc:
-            raise ApiError(1009, str(exc)) from None
-    elif obj["id"] not in media and obj["id"] not in PRESET_MEDIA:
-        raise ApiError(1006, f"media id {obj['id']!r} not found")
-    allowed = {"id", "link", "provider"}
-    if kind in ("image", "video", "document"):
-        allowed.add("caption")
-    if kind == "document":
-        allowed.add("filename")
-    extra = set(obj) - allowed
-    if extra:
-        raise ApiError(1010, f"{kind} does not take {sorted(extra)}")
-    if "provider" in obj and "link" not in obj:
-        raise ApiError(1010, "provider goes only with link")
-    if len(str(obj.get("caption", ""))) > CAPTION_MAX:
-        raise ApiError(1009, "caption too long")
+def _injected_failure(state: SandboxState, to: str) -> None:
+    rule = state.faults.fail_recipients.get(to)
+    if rule is None:
+        return
+    code, left, status = rule
+    if left is not None:
+        if left <= 0:
+            return
+        rule[1] = left - 1
+    raise ApiError("injected", f"injected failure for {to}", status=status, code=code)
 
 
 async def _inbox(request: web.Request) -> web.Response:
@@ -259,11 +289,33 @@ async def _set_faults(request: web.Request) -> web.Response:
         latency=float(spec.get("latency", 0)),
         status_code=int(status.get("code", 0)),
         status_count=int(status.get("count", 0)),
+        status_error=status.get("error"),
         retry_after=status.get("retry_after"),
         drop=int(spec.get("drop", 0)),
         slow=float(spec.get("slow", 0)),
-        fail_recipients={str(k): int(v) for k, v in spec.get("fail_recipients", {}).items()},
+        fail_recipients={
+            str(to): _failure_rule(rule) for to, rule in spec.get("fail_recipients", {}).items()
+        },
     )
+    return web.json_response({})
+
+
+def _failure_rule(rule: Any) -> list[Any]:
+    """`1013` (always) or `{"error": 131056, "count": 2, "status": 400}` (the first n times)."""
+    if isinstance(rule, int):
+        return [rule, None, 400]
+    return [int(rule["error"]), rule.get("count"), int(rule.get("status", 400))]
+
+
+async def _expire_media(request: web.Request) -> web.Response:
+    """Forget every uploaded media id, as the Cloud API does after 30 days."""
+    request.app[STATE].media.clear()
+    return web.json_response({})
+
+
+async def _expire_tokens(request: web.Request) -> web.Response:
+    """Every token stops working (a Cloud token expired; an On-Premises session ended)."""
+    request.app[STATE].tokens.clear()
     return web.json_response({})
 
 

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from .dialect import Upload
+
 
 def public_url(url: str) -> str:
     """The URL without credentials or query (`https://user:pw@host/x?key=..` → `https://host/x`):
@@ -41,9 +43,10 @@ class Response:
 
 
 class Transport:
-    def __init__(self, base_url: str, token: str, timeout: float, concurrency: int) -> None:
+    def __init__(self, base_url: str, token: str | None, timeout: float, concurrency: int) -> None:
         self._base = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}"}  # kept here, and nowhere else
+        # The token is kept here, and nowhere else (None: a login gives it, see use_token).
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._connector_limit = concurrency + 2  # + uploads
         self._session: aiohttp.ClientSession | None = None
@@ -59,11 +62,23 @@ class Transport:
         if self._session is not None:
             await self._session.close()
 
+    def use_token(self, token: str) -> None:
+        """Send `token` from now on (after an On-Premises login)."""
+        assert self._session is not None
+        self._session.headers["Authorization"] = f"Bearer {token}"
+
     async def post(
-        self, path: str, *, json: Any = None, data: bytes | None = None, content_type: str = ""
+        self,
+        path: str,
+        *,
+        json: Any = None,
+        data: bytes | aiohttp.FormData | None = None,
+        content_type: str = "",
+        headers: dict[str, str] | None = None,
     ) -> Response:
         assert self._session is not None
-        headers = {"Content-Type": content_type} if content_type else None
+        if content_type:
+            headers = {**(headers or {}), "Content-Type": content_type}
         try:
             async with self._session.post(
                 self._base + path, json=json, data=data, headers=headers
@@ -82,6 +97,16 @@ class Transport:
             raise MaybeDelivered(
                 f"connection lost before the answer ({type(exc).__name__})"
             ) from None
+
+    async def upload(self, upload: Upload) -> Response:
+        """A media upload: the raw file as the body, or a multipart form around it."""
+        if upload.form is None:
+            return await self.post(upload.path, data=upload.data, content_type=upload.mime)
+        form = aiohttp.FormData()
+        for name, value in upload.form.items():
+            form.add_field(name, value)
+        form.add_field("file", upload.data, filename=upload.filename, content_type=upload.mime)
+        return await self.post(upload.path, data=form)
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -19,7 +19,7 @@ ASSETS = REPO / "flows" / "assets"
 HEADER = """\
 version: 1
 api:
-  base_url: https://wa.example.com
+  phone_number_id: "106540352242922"
   token: "{{ env.WA_TOKEN }}"
 """
 

@@ -26,7 +26,7 @@ def test_example_flow_is_valid(run_flowrun: RunFlow) -> None:
     ("text", "expected"),
     [
         (
-            "version: 1\napi:\n  base_url: https://x.example\n  token: '{{ env.T }}'\n"
+            "version: 1\napi:\n  phone_number_id: '1'\n  token: '{{ env.T }}'\n"
             + PEOPLE
             + "mesages:\n  - text: {body: hi}\n",
             [
@@ -88,8 +88,8 @@ def first_error(run_flowrun: RunFlow, text: str, **kwargs: object) -> str:
         ),
         (
             "  - imgae: {id: a}\n",
-            "flow.yaml:8:5: a step needs a message type (audio, document, image, sticker, text,"
-            " video); did you mean 'image'?",
+            "flow.yaml:8:5: a step needs a message type (audio, document, image, sticker,"
+            " template, text, video); did you mean 'image'?",
         ),
         (
             "  - text: {body: a}\n    name: x\n  - text: {body: b}\n    name: x\n",
@@ -199,7 +199,7 @@ def test_all_problems_reported_in_one_pass(run_flowrun: RunFlow) -> None:
     text = """\
         version: 1
         api:
-          base_url: https://wa.example.com
+          phone_number_id: "106540352242922"
           token: secret-in-git
           tiemout: 3
         settings:

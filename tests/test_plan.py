@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from runner.schema import flow_schema
 from tests.conftest import REPO
@@ -26,85 +27,91 @@ def flowrun(
     )
 
 
+def cloud(to: str, kind: str, content: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "type": kind,
+        kind: content,
+    }
+
+
 def test_onboarding_bodies() -> None:
     result = flowrun("plan", "--jsonl", "flows/onboarding.yaml")
     assert result.returncode == 0, result.stderr
     bodies = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(bodies) == 33
+    assert len(bodies) == 38
     alice = [b for b in bodies if b["to"] == "15550100001"]
+    to = "15550100001"
+    welcome = {
+        "name": "onboarding_welcome",
+        "language": {"code": "en_US"},
+        "components": [
+            {
+                "type": "header",
+                "parameters": [{"type": "image", "image": {"id": "@upload:welcome.jpg"}}],
+            },
+            {
+                "type": "body",
+                "parameters": [
+                    {"type": "text", "text": "Alice"},
+                    {"type": "text", "text": "Boston"},
+                ],
+            },
+            {
+                "type": "button",
+                "sub_type": "url",
+                "index": "0",
+                "parameters": [{"type": "text", "text": "start?lang=en"}],
+            },
+        ],
+    }
     assert alice == [
-        {
-            "recipient_type": "individual",
-            "to": "15550100001",
-            "type": "image",
-            "image": {
+        cloud(to, "template", welcome),
+        cloud(
+            to,
+            "image",
+            {
                 "link": "https://cdn.example.com/welcome/en.jpg",
                 "caption": "Hi Alice! Welcome aboard.",
             },
-        },
-        {
-            "recipient_type": "individual",
-            "to": "15550100001",
-            "type": "video",
-            "video": {"id": "@upload:tour.mp4", "caption": "A one-minute tour of your account"},
-        },
-        {
-            "recipient_type": "individual",
-            "to": "15550100001",
-            "type": "document",
-            "document": {
+        ),
+        cloud(
+            to, "video", {"id": "@upload:tour.mp4", "caption": "A one-minute tour of your account"}
+        ),
+        cloud(
+            to,
+            "document",
+            {
                 "id": "f043afd0-f0ae-4b9c-ab3d-696fb4c8cd68",
                 "caption": "Our prices for Boston",
                 "filename": "Prices Boston.pdf",
             },
-        },
-        {
-            "recipient_type": "individual",
-            "to": "15550100001",
-            "type": "document",
-            "document": {"id": "@upload:prices.pdf", "filename": "Price list.pdf"},
-        },
-        {
-            "recipient_type": "individual",
-            "to": "15550100001",
-            "type": "sticker",
-            "sticker": {"id": "@upload:wave.webp"},
-        },
-        {
-            "recipient_type": "individual",
-            "to": "15550100001",
-            "type": "audio",
-            "audio": {
-                "link": "https://cdn.example.com/audio/hello-en.ogg",
-                "provider": {"name": "cdn"},
-            },
-        },
-        {
-            "recipient_type": "individual",
-            "to": "15550100001",
-            "type": "text",
-            "text": {"body": "Questions? Just reply to this message, Alice."},
-        },
+        ),
+        cloud(to, "document", {"id": "@upload:prices.pdf", "filename": "Price list.pdf"}),
+        cloud(to, "sticker", {"id": "@upload:wave.webp"}),
+        cloud(to, "audio", {"link": "https://cdn.example.com/audio/hello-en.ogg"}),
+        cloud(to, "text", {"body": "Questions? Just reply to this message, Alice."}),
     ]
-    russian = [b for b in bodies if b["to"] == "79123456789"]
-    assert [b["type"] for b in russian] == [
-        "image",
-        "video",
-        "document",
-        "document",
-        "sticker",
-        "audio",
-    ]  # the text step has `when: recipient.lang == 'en'`
+    olga = [b for b in bodies if b["to"] == "79123456789"]
+    assert olga[0]["template"]["language"] == {"code": "en_US"}
+    assert [b for b in bodies if b["to"] == "49301234567"][0]["template"]["language"] == {
+        "code": "de"
+    }
 
 
 def test_plan_summary() -> None:
     result = flowrun("plan", "flows/onboarding.yaml", "--recipients", "1")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "  recipients   5\n  messages     33 (2 skipped by when)\n" in out
+    assert "  recipients   5\n  messages     38 (2 skipped by when)\n" in out
     assert "    questions        text             3 messages  when recipient.lang == 'en'" in out
-    assert "  uploads (3, each once, POST /v1/media):\n    assets/tour.mp4  video/mp4" in out
-    assert out.count("# 15550100001 step") == 7
+    assert "  API          https://graph.facebook.com (Cloud API)\n" in out
+    assert "rate 80/s, 6 s between messages to one recipient" in out
+    assert "  uploads (4, each once, POST /v23.0/PHONE_NUMBER_ID/media):\n" in out
+    assert "    assets/tour.mp4  video/mp4" in out
+    assert out.count("# 15550100001 step") == 8
     assert "15550100002" not in out
 
 
@@ -135,6 +142,7 @@ def test_schema_knows_the_format() -> None:
         "DocumentStep",
         "ImageStep",
         "StickerStep",
+        "TemplateStep",
         "TextStep",
         "VideoStep",
     }
@@ -158,7 +166,7 @@ def test_output_cut_short_by_a_pipe_is_quiet() -> None:
         timeout=60,
         check=False,
     )
-    assert result.stdout.startswith('{"recipient_type": "individual"')
+    assert result.stdout.startswith('{"messaging_product": "whatsapp"')
     assert "error" not in result.stderr
 
 

@@ -1,0 +1,126 @@
+"""The Cloud API dialect: what a business uses today, on graph.facebook.com.
+
+Paths `/{version}/{phone_number_id}/messages` and `/media` (multipart), the Graph error envelope,
+and the error codes that mean "slow down" (whole number, or one recipient) as opposed to "this
+message cannot go". Facts and sources: ../shared/whatsapp-api.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from .dialect import ApiFailure, Upload, Verdict, first
+from .onprem import TEMPLATE_HINT
+from .transport import public_url
+
+if TYPE_CHECKING:
+    from .media import LocalMedia
+    from .transport import Transport
+
+BASE_URL = "https://graph.facebook.com"
+VERSION = "v23.0"  # May 2025; Graph versions are served about two years: pin yours in the flow
+RATE = 80.0  # messages/s per phone number by default; 130429 above it
+# One message every 6 seconds to one user: Meta's documented pair rate (bursts are allowed but
+# borrow from later, so a flow that paces its steps never meets 131056).
+PAIR_INTERVAL = 6.0
+# Media ids expire after 30 days; one day of margin so that a long run never meets the end.
+MEDIA_TTL = timedelta(days=29)
+
+THROTTLE_CODES = frozenset({4, 80007, 130429, 131057})  # call rate, throughput, upgrade
+PAIR_RATE_CODE = 131056
+RETRY_CODES = frozenset({1, 2, 131000, 131016})  # unknown, unavailable, "something went wrong"
+AUTH_CODES = frozenset({190})  # expired or invalid access token
+MEDIA_CODE = 131053  # the media could not be used: for our own upload, the id expired
+HINTS = {
+    131047: TEMPLATE_HINT,
+    131048: "spam rate limit: too many of this number's messages were blocked or reported;"
+    " sending more now will not help (check the number's quality rating)",
+    131026: "the recipient cannot receive it (not on WhatsApp, or an old app)",
+    132000: "the number of template parameters does not match the template",
+    132001: "no such template in this language: check name and language in WhatsApp Manager",
+}
+
+
+@dataclass(frozen=True)
+class Cloud:
+    """The Cloud API for one business phone number."""
+
+    base_url: str
+    version: str
+    phone_number_id: str
+
+    name = "cloud"
+    label = "Cloud API"
+    credentials_from = "api.token"
+    media_ttl = MEDIA_TTL
+    default_rate = RATE
+    default_interval = PAIR_INTERVAL
+
+    @property
+    def messages_path(self) -> str:
+        return f"/{self.version}/{self.phone_number_id}/messages"
+
+    @property
+    def media_path(self) -> str:
+        return f"/{self.version}/{self.phone_number_id}/media"
+
+    @property
+    def upload_key(self) -> str:
+        # Media ids belong to a phone number; the Graph version does not matter.
+        return f"cloud:{public_url(self.base_url)}/{self.phone_number_id}"
+
+    def message_body(self, to: str, kind: str, content: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+            "type": kind,
+            kind: content,
+        }
+
+    def upload(self, media: LocalMedia, data: bytes) -> Upload:
+        form = {"messaging_product": "whatsapp", "type": media.mime}
+        return Upload(self.media_path, data, media.mime, form, media.path.name)
+
+    def failure(self, status: int, data: Any) -> ApiFailure:
+        """Read `{"error": {message, code, error_subcode, error_data: {details}, ...}}`."""
+        error = first(data, "error")
+        error = error if isinstance(error, dict) else {}
+        code = error.get("code")
+        code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        details = first(error, "error_data", "details")
+        return ApiFailure(
+            status,
+            code,
+            str(error["message"]) if "message" in error else None,
+            None if details is None else str(details),
+            _classify(status, code),
+            HINTS.get(code) if code is not None else None,
+        )
+
+    def message_id(self, data: Any) -> str | None:
+        found = first(data, "messages", 0, "id")
+        return None if found is None else str(found)
+
+    def media_id(self, data: Any) -> str | None:
+        found = first(data, "id")
+        return None if found is None else str(found)
+
+    async def login(self, transport: Transport) -> str | None:
+        return None  # Cloud tokens are issued in Meta's Business Manager, not by the API
+
+
+def _classify(status: int, code: int | None) -> Verdict:
+    if status == 401 or code in AUTH_CODES:
+        return Verdict.AUTH
+    if code == PAIR_RATE_CODE:
+        return Verdict.PAIR_RATE
+    if status == 429 or code in THROTTLE_CODES:
+        return Verdict.THROTTLED
+    if status >= 500 or code in RETRY_CODES:
+        return Verdict.RETRY
+    if code == MEDIA_CODE:
+        return Verdict.MEDIA_GONE
+    return Verdict.FAIL

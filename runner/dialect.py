@@ -1,0 +1,136 @@
+"""The seam between flowrun and an API dialect (On-Premises `/v1`, or the Cloud API).
+
+Everything that differs between the two (paths, body shapes, uploads, error envelopes, what an
+error code means, limits, logging in) lives behind `Dialect`; the executor asks it questions
+and acts on the answers, so a third dialect is a module, not `if`s across the executor.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .media import LocalMedia
+    from .transport import Transport
+
+
+class Verdict(enum.Enum):
+    """What the executor does about a failed request."""
+
+    RETRY = "retry"  # transient: back off and try again
+    THROTTLED = "throttled"  # the number's throughput: slow the whole run, then try again
+    PAIR_RATE = "pair rate"  # too many to this one recipient: delay only them, then again
+    AUTH = "auth"  # the token is refused: log in again if the dialect can, else stop
+    MEDIA_GONE = "media gone"  # a media id expired: upload again (once), then try again
+    FAIL = "fail"  # settled: the message failed, with the API's reason
+
+
+@dataclass(frozen=True, slots=True)
+class ApiFailure:
+    """The API's own account of a failure, as the ledger stores it, and what to do about it."""
+
+    http_status: int
+    code: int | None
+    title: str | None
+    details: str | None
+    verdict: Verdict = Verdict.FAIL
+    hint: str | None = field(default=None, compare=False)  # shown to people, not stored
+    retry_after: float | None = field(default=None, compare=False)  # seconds, from the API
+
+    @property
+    def retry(self) -> bool:
+        return self.verdict in (Verdict.RETRY, Verdict.THROTTLED, Verdict.PAIR_RATE)
+
+    def __str__(self) -> str:
+        parts = [f"HTTP {self.http_status}"] if self.http_status else []
+        if self.code is not None:
+            parts.append(f"error {self.code}")
+        if self.title:
+            parts.append(self.title)
+        text = ", ".join(parts)
+        return f"{text}: {self.details}" if self.details else text
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """One media upload request: a raw body (On-Premises) or a multipart form (Cloud)."""
+
+    path: str
+    data: bytes
+    mime: str
+    form: dict[str, str] | None = None  # extra form fields; None: send `data` as the raw body
+    filename: str = "file"
+
+
+class Dialect(Protocol):
+    """What flowrun needs to know about one API dialect."""
+
+    @property
+    def name(self) -> str:
+        """ "cloud" or "onprem", as flows write it."""
+
+    @property
+    def label(self) -> str:
+        """For people: "Cloud API"."""
+
+    @property
+    def credentials_from(self) -> str:
+        """Where the flow gives the credentials, for messages: "api.token" or "api.login"."""
+
+    @property
+    def messages_path(self) -> str: ...
+
+    @property
+    def media_path(self) -> str: ...
+
+    @property
+    def upload_key(self) -> str:
+        """Uploads are cached per this key: the API, and on Cloud the phone number."""
+
+    @property
+    def media_ttl(self) -> timedelta | None:
+        """A cached media id older than this is uploaded again; None: ids do not expire."""
+
+    @property
+    def default_rate(self) -> float | None:
+        """Messages/s: the API's documented limit, used when the flow sets none."""
+
+    @property
+    def default_interval(self) -> float:
+        """Seconds between one recipient's messages when the flow sets none."""
+
+    def message_body(self, to: str, kind: str, content: dict[str, Any]) -> dict[str, Any]:
+        """The JSON body that sends `content` (the object under `kind`) to `to`."""
+        ...
+
+    def upload(self, media: LocalMedia, data: bytes) -> Upload: ...
+
+    def failure(self, status: int, data: Any) -> ApiFailure:
+        """Read the dialect's error envelope and classify it."""
+        ...
+
+    def message_id(self, data: Any) -> str | None: ...
+
+    def media_id(self, data: Any) -> str | None: ...
+
+    async def login(self, transport: Transport) -> str | None:
+        """A fresh token, for dialects that log in (On-Premises with `login:`); None when the
+        flow gives its token directly. Raises `LoginFailed` when the API refuses."""
+        ...
+
+
+class LoginFailed(Exception):
+    """The API refused the flow's username and password, or could not be reached to log in."""
+
+
+def first(data: Any, *keys: str | int) -> Any:
+    """`data[k1][k2]...`, or None where the shape is not what the API documents."""
+    for key in keys:
+        try:
+            data = data[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
