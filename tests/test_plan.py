@@ -96,9 +96,8 @@ def test_onboarding_bodies() -> None:
     ]
     olga = [b for b in bodies if b["to"] == "79123456789"]
     assert olga[0]["template"]["language"] == {"code": "en_US"}
-    assert [b for b in bodies if b["to"] == "49301234567"][0]["template"]["language"] == {
-        "code": "de"
-    }
+    jonas = next(b for b in bodies if b["to"] == "49301234567")
+    assert jonas["template"]["language"] == {"code": "de"}
 
 
 def test_plan_summary() -> None:
