@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from runner.cli import cli
+from runner.sandbox import TOKEN, SandboxState, running
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "flows" / "assets"
@@ -67,3 +68,17 @@ def run_flowrun(flowdir: Path, monkeypatch: pytest.MonkeyPatch) -> RunFlow:
         return Result(result.exit_code, result.stdout, result.stderr)
 
     return run
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[str, SandboxState]]:
+    with running() as server:
+        yield server
+
+
+@pytest.fixture
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    shutil.copytree(ASSETS, tmp_path / "assets")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WA_TOKEN", TOKEN)
+    return tmp_path

@@ -2,103 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from runner.cli import cli
-from runner.sandbox import NAMESPACE, PHONE_NUMBER_ID, TOKEN, SandboxState, running
-from tests.conftest import ASSETS, REPO
-
-
-@pytest.fixture
-def api() -> Iterator[tuple[str, SandboxState]]:
-    with running() as server:
-        yield server
-
-
-@pytest.fixture
-def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    shutil.copytree(ASSETS, tmp_path / "assets")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WA_TOKEN", TOKEN)
-    return tmp_path
-
-
-def api_section(base: str, kind: str, timeout: float = 2) -> str:
-    """The flow's `api:` for the sandbox at `base`, in either dialect."""
-    if kind == "cloud":
-        return (
-            f"api:\n  kind: cloud\n  base_url: {base}\n  phone_number_id: '{PHONE_NUMBER_ID}'\n"
-            f"  token: '{{{{ env.WA_TOKEN }}}}'\n  timeout: {timeout}\n"
-        )
-    return (
-        f"api:\n  kind: onprem\n  base_url: {base}\n  token: '{{{{ env.WA_TOKEN }}}}'\n"
-        f"  template_namespace: {NAMESPACE}\n  timeout: {timeout}\n"
-    )
-
-
-def write_flow(
-    folder: Path,
-    base: str,
-    messages: str,
-    people: int = 3,
-    *,
-    timeout: float = 2,
-    kind: str = "onprem",
-    **settings: Any,
-) -> Path:
-    rows = "".join(f"+1 555 010 {i:04d},P{i},{'en' if i % 2 else 'de'}\n" for i in range(people))
-    (folder / "people.csv").write_text("phone,name,lang\n" + rows, "utf-8")
-    # No pacing unless a test asks for it: the sandbox has no limits.
-    settings = {"rate": "100000/s", "per_recipient_interval": 0, **settings}
-    extra = "".join(f"  {k}: {v}\n" for k, v in settings.items())
-    text = (
-        f"version: 1\nname: t\n{api_section(base, kind, timeout)}"
-        f"settings:\n  concurrency: 4\n{extra}"
-        f"recipients: {{csv: people.csv}}\nmessages:\n{messages}"
-    )
-    (folder / "flow.yaml").write_text(text, "utf-8")
-    return folder / "flow.yaml"
-
-
-def flowrun(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def query(folder: Path, sql: str) -> list[tuple[Any, ...]]:
-    """Read the flow's ledger as a person would, with its own connection, closed after."""
-    with contextlib.closing(sqlite3.connect(folder / "flow.ledger.sqlite")) as db:
-        return db.execute(sql).fetchall()
-
-
-def count(folder: Path, where: str) -> int:
-    return int(query(folder, f"SELECT count(*) FROM messages WHERE {where}")[0][0])
-
-
-def ledger_rows(folder: Path) -> list[tuple[Any, ...]]:
-    return query(
-        folder,
-        "SELECT step, recipient, state, http_status, error_code, error_title, attempts"
-        " FROM messages ORDER BY recipient, step",
-    )
-
+from runner.sandbox import PHONE_NUMBER_ID, TOKEN, SandboxState
+from tests.conftest import REPO
+from tests.sandbox_helpers import count, flowrun, ledger_rows, post, query, write_flow
 
 STEPS = """\
   - name: hello
@@ -180,11 +98,6 @@ def test_limit_and_only(api: tuple[str, SandboxState], folder: Path) -> None:
     code, _out, err = flowrun("flow.yaml", "--only", "hello")
     assert code == 2
     assert "--only: 'hello' is not a phone number" in err
-
-
-def post(url: str, body: Any) -> None:
-    request = urllib.request.Request(url, json.dumps(body).encode(), method="POST")
-    urllib.request.urlopen(request, timeout=5).close()
 
 
 def test_429_with_retry_after_is_waited_for(api: tuple[str, SandboxState], folder: Path) -> None:
