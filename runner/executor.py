@@ -496,7 +496,7 @@ class Executor:
     def _failed(self, message: Message, failure: ApiFailure, attempts: int) -> bool:
         self.commits.record(_failure_outcome(message, failure, attempts))
         self.summary.failed += 1
-        reason = str(failure) + (f" ({failure.hint})" if failure.hint else "")
+        reason = str(failure) + (f" — {failure.hint}" if failure.hint else "")
         self.summary.failures[reason] = self.summary.failures.get(reason, 0) + 1
         self._streak += 1
         if self._streak >= FAILURE_STREAK_LIMIT:

@@ -154,7 +154,13 @@ _MESSAGES = {
     "model_attributes_type": "expected a mapping (key: value lines)",
     "too_short": "must not be empty",
     "string_too_short": "must not be empty",
-    "string_pattern_mismatch": "must not start with '#' or start or end with spaces",
+}
+
+
+_PATTERN_WORDS = {
+    models.STEP_NAME_PATTERN: "must not start with '#' or start or end with spaces",
+    models.TEMPLATE_NAME_PATTERN: "must be lower-case letters, digits and underscores",
+    models.VERSION_PATTERN: "should look like v23.0",
 }
 
 
@@ -174,7 +180,11 @@ def _message(kind: str, error: Any, name: str | int) -> str:
     ):
         if bound in ctx:
             return f"{name} must be {words} {ctx[bound]}"
-    base = _MESSAGES.get(kind, str(error["msg"]))
+    if kind == "string_pattern_mismatch":
+        pattern = str(ctx.get("pattern"))
+        base = _PATTERN_WORDS.get(pattern, f"should match {pattern}")
+    else:
+        base = _MESSAGES.get(kind, str(error["msg"]))
     value = error.get("input")
     if isinstance(value, str | int | float | bool) and kind not in ("too_short",):
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."

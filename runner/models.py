@@ -68,6 +68,8 @@ def _secret_from_environment(value: str, what: str, variable: str) -> str:
 
 
 API_KINDS = ("cloud", "onprem")
+VERSION_PATTERN = r"^v\d+\.\d+$"
+TEMPLATE_NAME_PATTERN = r"^[a-z0-9_]{1,512}$"
 
 
 class CloudApi(_Strict):
@@ -88,7 +90,7 @@ class CloudApi(_Strict):
         description="Graph API root; change it for a proxy, a provider or a sandbox.",
     )
     version: str = Field(
-        "v23.0", pattern=r"^v\d+\.\d+$", description="Graph API version, e.g. v23.0."
+        "v23.0", pattern=VERSION_PATTERN, description="Graph API version, e.g. v23.0."
     )
     timeout: float = Field(
         30.0, gt=0, le=600, description="Seconds to wait for an answer to one request."
@@ -359,7 +361,7 @@ class Template(_Strict):
     """A message template approved in WhatsApp Manager, with its parameters."""
 
     name: str = Field(
-        pattern=r"^[a-z0-9_]{1,512}$",
+        pattern=TEMPLATE_NAME_PATTERN,
         description="Template name: lower-case letters, digits and underscores.",
     )
     language: Annotated[str, AfterValidator(_static_language)] = Field(
@@ -381,7 +383,8 @@ class Template(_Strict):
 
 
 # A name may not start with "#": "#2" is how the ledger knows an unnamed second step.
-StepName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\s#](.*\S)?$")]
+STEP_NAME_PATTERN = r"^[^\s#](.*\S)?$"
+StepName = Annotated[str, Field(min_length=1, max_length=100, pattern=STEP_NAME_PATTERN)]
 
 
 class _Step(_Strict):

@@ -1,0 +1,440 @@
+"""Both API dialects against the sandbox: the bodies each sends, uploads and their cache, and
+what each classified error code makes flowrun do."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.cloud import Cloud
+from runner.dialect import Verdict
+from runner.ledger import Ledger
+from runner.onprem import OnPrem
+from runner.sandbox import NAMESPACE, PHONE_NUMBER_ID, SandboxState
+from tests.sandbox_helpers import count, flowrun, ledger_rows, post, query, write_flow
+
+DIALECTS = ("cloud", "onprem")
+
+EVERY_KIND = """\
+  - name: welcome
+    template:
+      name: onboarding_welcome
+      language: "{{ 'de' if recipient.lang == 'de' else 'en_US' }}"
+      header: {image: {file: assets/welcome.jpg}}
+      body: ["{{ recipient.name }}", "{{ recipient.lang }}"]
+      buttons: [{url: "go/{{ recipient.name }}"}]
+  - name: offer
+    template:
+      name: launch_offer
+      language: en_US
+      header: {video: {link: "https://cdn.example.com/v.mp4"}}
+      body: ["{{ recipient.name }}"]
+      buttons: [{quick_reply: "yes"}, {quick_reply: "no", index: 1}]
+  - name: update
+    template:
+      name: order_update
+      language: en_US
+      header: {text: "Order for {{ recipient.name }}"}
+      body: [shipped]
+      buttons: [{quick_reply: track}]
+  - name: pic
+    image: {link: "https://cdn.example.com/{{ recipient.lang }}.jpg", caption: Hi}
+  - name: clip
+    video: {file: assets/tour.mp4, caption: Tour}
+  - name: doc
+    document: {id: f043afd0-f0ae-4b9c-ab3d-696fb4c8cd68, filename: a.pdf, caption: Prices}
+  - name: sound
+    audio: {file: assets/hello.ogg}
+  - name: wave
+    sticker: {file: assets/wave.webp}
+  - name: note
+    text: {body: "Bye {{ recipient.name }}: https://example.com", preview_url: true}
+"""
+
+
+def expected_bodies(kind: str, media: dict[str, str]) -> list[dict[str, Any]]:
+    """What the API must receive for recipient P0 (de), written out by hand per dialect."""
+
+    def body(message_type: str, content: dict[str, Any]) -> dict[str, Any]:
+        if message_type == "template" and kind == "onprem":
+            content = {
+                "namespace": NAMESPACE,
+                **content,
+                "language": {"policy": "deterministic", **content["language"]},
+            }
+        wrapper = {"messaging_product": "whatsapp"} if kind == "cloud" else {}
+        return {
+            **wrapper,
+            "recipient_type": "individual",
+            "to": "15550100000",
+            "type": message_type,
+            message_type: content,
+        }
+
+    def button(sub_type: str, index: str, parameter: dict[str, str]) -> dict[str, Any]:
+        return {"type": "button", "sub_type": sub_type, "index": index, "parameters": [parameter]}
+
+    def text(value: str) -> dict[str, str]:
+        return {"type": "text", "text": value}
+
+    return [
+        body(
+            "template",
+            {
+                "name": "onboarding_welcome",
+                "language": {"code": "de"},
+                "components": [
+                    {
+                        "type": "header",
+                        "parameters": [{"type": "image", "image": {"id": media["image/jpeg"]}}],
+                    },
+                    {"type": "body", "parameters": [text("P0"), text("de")]},
+                    button("url", "0", text("go/P0")),
+                ],
+            },
+        ),
+        body(
+            "template",
+            {
+                "name": "launch_offer",
+                "language": {"code": "en_US"},
+                "components": [
+                    {
+                        "type": "header",
+                        "parameters": [
+                            {"type": "video", "video": {"link": "https://cdn.example.com/v.mp4"}}
+                        ],
+                    },
+                    {"type": "body", "parameters": [text("P0")]},
+                    button("quick_reply", "0", {"type": "payload", "payload": "yes"}),
+                    button("quick_reply", "1", {"type": "payload", "payload": "no"}),
+                ],
+            },
+        ),
+        body(
+            "template",
+            {
+                "name": "order_update",
+                "language": {"code": "en_US"},
+                "components": [
+                    {"type": "header", "parameters": [text("Order for P0")]},
+                    {"type": "body", "parameters": [text("shipped")]},
+                    button("quick_reply", "0", {"type": "payload", "payload": "track"}),
+                ],
+            },
+        ),
+        body("image", {"link": "https://cdn.example.com/de.jpg", "caption": "Hi"}),
+        body("video", {"id": media["video/mp4"], "caption": "Tour"}),
+        body(
+            "document",
+            {
+                "id": "f043afd0-f0ae-4b9c-ab3d-696fb4c8cd68",
+                "filename": "a.pdf",
+                "caption": "Prices",
+            },
+        ),
+        body("audio", {"id": media["audio/ogg"]}),
+        body("sticker", {"id": media["image/webp"]}),
+        body("text", {"body": "Bye P0: https://example.com", "preview_url": True}),
+    ]
+
+
+def sent(state: SandboxState) -> list[dict[str, Any]]:
+    return [{k: v for k, v in m.items() if k != "id"} for m in state.inbox]
+
+
+@pytest.mark.parametrize("kind", DIALECTS)
+def test_the_same_flow_sends_each_dialects_bodies(
+    api: tuple[str, SandboxState], folder: Path, kind: str
+) -> None:
+    base, state = api
+    write_flow(folder, base, EVERY_KIND, people=1, kind=kind)
+    code, out, err = flowrun("flow.yaml")
+    assert code == 0, err
+    assert "sent 9, failed 0" in out
+    media = {mime: media_id for media_id, mime in state.media.items()}
+    assert sent(state) == expected_bodies(kind, media)
+    if kind == "cloud":
+        assert all(m["id"].startswith("wamid.") for m in state.inbox)
+        assert all(media_id.isdigit() for media_id in media.values())
+    ids = {row[0] for row in query(folder, "SELECT message_id FROM messages")}
+    assert ids == {m["id"] for m in state.inbox}
+
+
+def test_uploads_are_cached_per_dialect_and_phone_number(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    base, state = api
+    steps = "  - image: {file: assets/welcome.jpg}\n"
+    for kind in (*DIALECTS, "cloud"):
+        write_flow(folder, base, steps, people=1, kind=kind)
+        text = (folder / "flow.yaml").read_text("utf-8").replace("name: t", f"name: t-{kind}")
+        (folder / "flow.yaml").write_text(text, "utf-8")
+        assert flowrun("flow.yaml", "--ledger", "shared.sqlite")[0] == 0
+    # the second cloud run found its upload; each dialect has its own
+    assert state.uploads == 2
+    with sqlite3.connect(folder / "shared.sqlite") as db:
+        keys = sorted(row[0] for row in db.execute("SELECT api FROM uploads"))
+    assert keys == [f"cloud:{base}/{PHONE_NUMBER_ID}", base]
+    other = Cloud(base, "v23.0", "999")
+    assert other.upload_key != Cloud(base, "v23.0", PHONE_NUMBER_ID).upload_key
+
+
+def test_a_cached_media_id_ages_out(tmp_path: Path) -> None:
+    """The clock is moved, not waited for: the Cloud API forgets media after 30 days."""
+    with Ledger(tmp_path / "l.sqlite", "t") as ledger:
+        ledger.remember_upload("k", "sha", "id-1")
+        ttl = Cloud("http://x", "v23.0", "1").media_ttl
+        assert ttl is not None
+        assert ttl < timedelta(days=30)  # a margin, so that a long run never meets the end
+        soon = datetime.now(UTC) + ttl - timedelta(minutes=1)
+        assert ledger.media_id("k", "sha", ttl, at=soon) == "id-1"
+        assert ledger.media_id("k", "sha", ttl, at=soon + timedelta(minutes=2)) is None
+        assert ledger.media_id("k", "sha", None, at=soon + timedelta(days=400)) == "id-1"
+        assert OnPrem("http://x").media_ttl is None  # On-Premises ids name files: no expiry
+
+
+def test_an_old_upload_is_uploaded_again_on_the_next_run(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    base, state = api
+    steps = "  - image: {file: assets/welcome.jpg}\n"
+    write_flow(folder, base, steps, people=1, kind="cloud")
+    assert flowrun("flow.yaml")[0] == 0
+    write_flow(folder, base, steps, people=2, kind="cloud")
+    assert flowrun("flow.yaml")[0] == 0
+    assert state.uploads == 1  # cached
+    month_ago = (datetime.now(UTC) - timedelta(days=31)).isoformat()
+    with sqlite3.connect(folder / "flow.ledger.sqlite") as db:
+        db.execute("UPDATE uploads SET uploaded_at = ?", (month_ago,))
+    write_flow(folder, base, steps, people=3, kind="cloud")
+    assert flowrun("flow.yaml")[0] == 0
+    assert state.uploads == 2
+    ids = [m["image"]["id"] for m in state.inbox]
+    assert ids[0] == ids[1] != ids[2]
+    assert ids[2] in state.media
+
+
+@pytest.mark.parametrize("kind", DIALECTS)
+def test_a_dead_media_id_is_uploaded_again_once(
+    api: tuple[str, SandboxState], folder: Path, kind: str
+) -> None:
+    base, state = api
+    steps = "  - image: {file: assets/welcome.jpg}\n  - text: {body: after}\n"
+    write_flow(folder, base, steps, people=1, kind=kind)
+    assert flowrun("flow.yaml")[0] == 0
+    post(f"{base}/sandbox/media/expire", {})  # the API forgot it before the ledger did
+    write_flow(folder, base, steps, people=6, kind=kind)
+    code, out, err = flowrun("flow.yaml")
+    assert code == 0, err
+    assert "sent 10, failed 0" in out
+    assert state.uploads == 2  # one upload again, shared by every message that met the dead id
+    assert len(state.inbox) == 12
+    assert count(folder, "state = 'sent'") == 12
+
+
+def test_throughput_errors_slow_the_run_and_retry(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    base, state = api
+    write_flow(folder, base, "  - text: {body: hi}\n", people=8, kind="cloud")
+    post(f"{base}/sandbox/faults", {"status": {"code": 400, "error": 130429, "count": 3}})
+    code, out, err = flowrun("flow.yaml")
+    assert code == 0, err
+    assert "sent 8, failed 0" in out
+    assert "the API asked to slow down 3 time(s)" in err
+    assert sorted(m["to"] for m in state.inbox) == [f"1555010{i:04d}" for i in range(8)]
+
+
+def test_pair_rate_delays_only_that_recipient(api: tuple[str, SandboxState], folder: Path) -> None:
+    base, state = api
+    steps = "  - name: a\n    text: {body: one}\n  - name: b\n    text: {body: two}\n"
+    write_flow(folder, base, steps, people=4, kind="cloud")
+    slow = "15550100001"
+    post(f"{base}/sandbox/faults", {"fail_recipients": {slow: {"error": 131056, "count": 1}}})
+    code, out, err = flowrun("flow.yaml")
+    assert code == 0, err
+    assert "sent 8, failed 0" in out
+    order = [m["to"] for m in state.inbox]
+    assert order[-2:] == [slow, slow]  # everyone else went on meanwhile
+    assert "the API asked to slow down" not in err  # the run as a whole was not slowed
+    rows = query(folder, f"SELECT step, attempts FROM messages WHERE recipient = '{slow}'")
+    assert sorted(rows) == [("a", 2), ("b", 1)]
+
+
+@pytest.mark.parametrize(("kind", "code"), [("cloud", 131047), ("onprem", 470)])
+def test_outside_the_24_hour_window_fails_with_a_hint(
+    api: tuple[str, SandboxState], folder: Path, kind: str, code: int
+) -> None:
+    base, state = api
+    steps = "  - name: a\n    text: {body: one}\n  - name: b\n    text: {body: two}\n"
+    write_flow(folder, base, steps, people=2, kind=kind)
+    post(f"{base}/sandbox/faults", {"fail_recipients": {"15550100001": code}})
+    exit_code, _out, err = flowrun("flow.yaml")
+    assert exit_code == 1
+    assert f"error {code}, " in err
+    assert "Re-engagement message" in err
+    assert "only a template message may start the conversation" in err
+    rows = [row[:6] for row in ledger_rows(folder) if row[1] == "15550100001"]
+    title = f"(#{code}) Re-engagement message" if kind == "cloud" else "Re-engagement message"
+    assert rows == [
+        ("a", "15550100001", "failed", 400, code, title),
+        ("b", "15550100001", "skipped", None, None, "blocked"),
+    ]
+    assert len(state.inbox) == 2  # the other recipient got both
+
+
+def test_an_expired_cloud_token_stops_the_run(api: tuple[str, SandboxState], folder: Path) -> None:
+    base, state = api
+    write_flow(folder, base, "  - text: {body: hi}\n", people=5, kind="cloud")
+    post(f"{base}/sandbox/tokens/expire", {})
+    code, _out, err = flowrun("flow.yaml")
+    assert code == 1
+    assert "the API refused the credentials (HTTP 401, error 190" in err
+    assert "check what the flow's api.token reads" in err
+    assert state.inbox == []
+    assert count(folder, "state = 'sent'") == 0
+
+
+def login_flow(folder: Path, base: str, people: int) -> None:
+    write_flow(folder, base, "  - text: {body: 'hi {{ recipient.name }}'}\n", people=people)
+    text = (folder / "flow.yaml").read_text("utf-8")
+    login = "  login: {username: sandbox, password: '{{ env.WA_PASSWORD }}'}\n"
+    text = text.replace("  token: '{{ env.WA_TOKEN }}'\n", login)
+    (folder / "flow.yaml").write_text(text, "utf-8")
+
+
+def test_onprem_logs_in_and_again_when_the_session_ends(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, state = api
+    monkeypatch.setenv("WA_PASSWORD", "sandbox")
+    login_flow(folder, base, people=60)
+    post(f"{base}/sandbox/faults", {"latency": 0.01})
+
+    def expire_midway() -> None:
+        deadline = time.monotonic() + 20
+        while len(state.inbox) < 10 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        post(f"{base}/sandbox/tokens/expire", {})
+
+    watcher = threading.Thread(target=expire_midway)
+    watcher.start()
+    code, out, err = flowrun("flow.yaml")
+    watcher.join()
+    assert code == 0, err
+    assert "sent 60, failed 0" in out
+    assert state.logins == 2  # at the start, and once when the session ended
+    assert len({m["to"] for m in state.inbox}) == len(state.inbox) == 60
+
+
+def test_onprem_gives_up_when_the_login_is_refused(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, state = api
+    monkeypatch.setenv("WA_PASSWORD", "wrong")
+    login_flow(folder, base, people=2)
+    code, _out, err = flowrun("flow.yaml")
+    assert code == 1
+    assert "the API refused the login (HTTP 401, error 1005" in err
+    assert "wrong" not in err
+    assert state.inbox == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "code", "verdict"),
+    [
+        ("cloud", 400, 130429, Verdict.THROTTLED),
+        ("cloud", 400, 80007, Verdict.THROTTLED),
+        ("cloud", 429, None, Verdict.THROTTLED),
+        ("cloud", 400, 131056, Verdict.PAIR_RATE),
+        ("cloud", 400, 131047, Verdict.FAIL),
+        ("cloud", 401, 190, Verdict.AUTH),
+        ("cloud", 400, 190, Verdict.AUTH),
+        ("cloud", 400, 131053, Verdict.MEDIA_GONE),
+        ("cloud", 500, 131000, Verdict.RETRY),
+        ("cloud", 503, None, Verdict.RETRY),
+        ("cloud", 400, 131026, Verdict.FAIL),
+        ("cloud", 400, 100, Verdict.FAIL),
+        ("onprem", 429, 1015, Verdict.THROTTLED),
+        ("onprem", 400, 1006, Verdict.MEDIA_GONE),
+        ("onprem", 400, 470, Verdict.FAIL),
+        ("onprem", 401, 1005, Verdict.AUTH),
+        ("onprem", 503, 1011, Verdict.RETRY),
+        ("onprem", 400, 1013, Verdict.FAIL),
+    ],
+)
+def test_error_codes_are_classified(
+    kind: str, status: int, code: int | None, verdict: Verdict
+) -> None:
+    dialect = Cloud("http://x", "v23.0", "1") if kind == "cloud" else OnPrem("http://x")
+    error: dict[str, Any] = {"message": "m", "error_data": {"details": "d"}}
+    if code is not None:
+        error["code"] = code
+    data = {"error": error} if kind == "cloud" else {"errors": [{**error, "title": "m"}]}
+    failure = dialect.failure(status, data)
+    assert (failure.verdict, failure.code) == (verdict, code)
+
+
+@pytest.mark.parametrize(
+    ("api", "steps", "expected"),
+    [
+        (
+            "cloud",
+            "  - audio: {link: 'https://x.example/a.ogg', provider: {name: cdn}}\n",
+            "flow.yaml:15:46: provider is only for the On-Premises API",
+        ),
+        (
+            "onprem-no-namespace",
+            "  - template: {name: hello_world, language: en_US}\n",
+            "flow.yaml:14:5: template messages on the On-Premises API need api.template_namespace",
+        ),
+        (
+            "cloud",
+            "  - template: {name: Hello World, language: en_US}\n",
+            "flow.yaml:15:22: name: must be lower-case letters, digits and underscores,"
+            " got 'Hello World'",
+        ),
+        (
+            "cloud",
+            "  - template: {name: hi, language: '{{ recipient.name }}'}\n",
+            "flow.yaml:15:36: 'P0' is not a language code like en_US or de (first for the"
+            " recipient at people.csv:2:1)",
+        ),
+        (
+            "cloud",
+            '  - template: {name: hi, language: en, body: ["a\\nb"]}\n',
+            "flow.yaml:15:47: template parameter holds a line break, a tab or more than 4 spaces"
+            " in a row (first for the recipient at people.csv:2:1)",
+        ),
+        (
+            "cloud",
+            "  - template: {name: hi, language: en, header: {image: {id: x}, text: y}}\n",
+            "flow.yaml:15:40: a header has exactly one of image, video, document, text (found"
+            " image and text)",
+        ),
+        (
+            "cloud",
+            "  - template: {name: hi, language: en, buttons: [{url: a}, {url: b, index: 0}]}\n",
+            "flow.yaml:15:5: two buttons have the same index",
+        ),
+    ],
+)
+def test_dialect_and_template_rules_are_located(
+    folder: Path, api: str, steps: str, expected: str
+) -> None:
+    kind = api.split("-", maxsplit=1)[0]
+    write_flow(folder, "https://wa.example.com", steps, people=1, kind=kind)
+    if api == "onprem-no-namespace":
+        text = (folder / "flow.yaml").read_text("utf-8")
+        text = text.replace(f"  template_namespace: {NAMESPACE}\n", "")
+        (folder / "flow.yaml").write_text(text, "utf-8")
+    code, _out, err = flowrun("validate", "flow.yaml")
+    assert code == 2
+    assert err.splitlines()[0] == expected, (folder / "flow.yaml").read_text("utf-8")
