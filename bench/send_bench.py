@@ -24,8 +24,8 @@ HERE = Path(__file__).resolve().parent
 FLOW = """\
 version: 1
 name: bench
-api: {{base_url: "{base}", token: "{{{{ env.WA_TOKEN }}}}"}}
-settings: {{concurrency: 32}}
+api: {{kind: onprem, base_url: "{base}", token: "{{{{ env.WA_TOKEN }}}}"}}
+settings: {{concurrency: 32, rate: 1000000/s}}  # no pacing: this measures flowrun itself
 recipients: {{csv: people.csv}}
 messages:
   - image:

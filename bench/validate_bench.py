@@ -9,6 +9,7 @@ maximum resident set size. Flat memory means the CSV is streamed, not loaded.
 
 from __future__ import annotations
 
+import re
 import resource
 import shutil
 import subprocess
@@ -54,14 +55,17 @@ def main() -> None:
             # a fresh interpreter per size, so ru_maxrss is this run's own peak
             probe = (
                 "import resource, subprocess, sys, time; t = time.perf_counter();"
-                f"subprocess.run([{python!r}, '-m', 'runner', 'validate', {str(flow)!r}],"
-                " check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL);"
+                f"r = subprocess.run([{python!r}, '-m', 'runner', 'validate', {str(flow)!r}],"
+                " check=True, capture_output=True, text=True);"
                 "print(time.perf_counter() - t,"
-                " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)"
+                " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024);"
+                "print(r.stdout)"
             )
             out = subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True)
-            elapsed, peak = (float(x) for x in out.stdout.split())
-            messages = rows * 7 - rows * 2 // 3
+            figures, report = out.stdout.split("\n", 1)
+            elapsed, peak = (float(x) for x in figures.split())
+            found = re.search(r"([\d,]+) messages", report)
+            messages = int(found.group(1).replace(",", "")) if found else 0
             print(
                 f"validate {rows:>9,} recipients ({messages:,} messages): {elapsed:6.2f} s,"
                 f" {rows / elapsed:,.0f} recipients/s, peak RSS {peak:.0f} MB"
