@@ -22,6 +22,7 @@ import base64
 import contextlib
 import itertools
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class Faults:
 @dataclass
 class SandboxState:
     inbox: list[dict[str, Any]] = field(default_factory=list)
+    received: list[float] = field(default_factory=list)  # monotonic time of each inbox entry
     media: dict[str, str] = field(default_factory=dict)  # id -> MIME type
     tokens: set[str] = field(default_factory=lambda: {TOKEN})  # valid bearer tokens
     faults: Faults = field(default_factory=Faults)
@@ -236,6 +238,7 @@ async def _send(request: web.Request) -> web.Response:
     _injected_failure(state, body["to"])
     number = next(state.ids)
     state.inbox.append({"id": _message_id(dialect, number), **body})
+    state.received.append(time.monotonic())
     message_id = state.inbox[-1]["id"]
     if dialect == "cloud":
         return web.json_response(
@@ -277,6 +280,7 @@ async def _inbox(request: web.Request) -> web.Response:
 async def _reset(request: web.Request) -> web.Response:
     state: SandboxState = request.app[STATE]
     state.inbox.clear()
+    state.received.clear()
     state.faults = Faults()
     state.requests = 0
     return web.json_response({})

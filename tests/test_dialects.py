@@ -3,6 +3,7 @@ what each classified error code makes flowrun do."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 import time
@@ -266,6 +267,25 @@ def test_pair_rate_delays_only_that_recipient(api: tuple[str, SandboxState], fol
     assert "the API asked to slow down" not in err  # the run as a whole was not slowed
     rows = query(folder, f"SELECT step, attempts FROM messages WHERE recipient = '{slow}'")
     assert sorted(rows) == [("a", 2), ("b", 1)]
+
+
+def test_one_recipients_messages_are_spaced_others_go_meanwhile(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    base, state = api
+    steps = "".join(f"  - name: s{i}\n    text: {{body: '{i}'}}\n" for i in range(3))
+    write_flow(folder, base, steps, people=4, kind="cloud", per_recipient_interval=0.25)
+    code, _out, err = flowrun("flow.yaml")
+    assert code == 0, err
+    times: dict[str, list[float]] = {}
+    for message, at in zip(state.inbox, state.received, strict=True):
+        times.setdefault(message["to"], []).append(at)
+    for sent_at in times.values():
+        gaps = [later - earlier for earlier, later in itertools.pairwise(sent_at)]
+        assert min(gaps) >= 0.24, gaps  # the interval, never less
+    # while one recipient waits, the others are served: all first steps before any second
+    bodies = [m["text"]["body"] for m in state.inbox]
+    assert bodies == ["0"] * 4 + ["1"] * 4 + ["2"] * 4
 
 
 @pytest.mark.parametrize(("kind", "code"), [("cloud", 131047), ("onprem", 470)])

@@ -130,6 +130,16 @@ def test_checked_in_schema_is_current() -> None:
 
 def test_schema_knows_the_format() -> None:
     schema = json.loads(flow_schema())
+    apis = {ref["$ref"].split("/")[-1] for ref in schema["properties"]["api"]["oneOf"]}
+    assert apis == {"CloudApi", "OnPremApi"}
+    assert schema["$defs"]["CloudApi"]["required"] == ["phone_number_id", "token"]
+    assert set(schema["$defs"]["Template"]["properties"]) == {
+        "name",
+        "language",
+        "header",
+        "body",
+        "buttons",
+    }
     assert set(schema["required"]) == {"version", "api", "recipients", "messages"}
     assert schema["additionalProperties"] is False
     kinds = {
