@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +23,24 @@ from .plan import ApiTarget, Message, Plan, Skipped, Survey, compile_plan, surve
 
 
 def check(
-    flow_file: str, sample: int = 0, on_message: Any = None, *, api: bool = True
+    flow_file: str,
+    sample: int = 0,
+    on_body: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    api: bool = True,
 ) -> tuple[Plan, Survey, ApiTarget]:
-    """Load, compile and render a flow for every recipient; the problems found are raised
-    together (warnings are printed and let pass)."""
+    """Load, compile and render a flow for every recipient (passing each message's body to
+    `on_body`); the problems found are raised together (warnings are printed and let pass)."""
     plan = compile_plan(load_flow(flow_file))
     # With --sandbox the flow's api section is not used: its secrets are not asked for.
     target = plan.api_target(for_run=False) if api else ApiTarget(plan.flow.api.kind, None)
+    on_message = None
+    if on_body is not None:
+        dialect = target.dialect()
+
+        def on_message(message: Message) -> None:
+            on_body(message.body(dialect))
+
     result = survey(plan, sample, on_message)
     for line in plan.problems.lines("warning"):
         click.echo(line, err=True)
@@ -59,13 +71,10 @@ def plan_flow(flow_file: str, sample: int, jsonl: bool) -> int:
     if jsonl:
         out = sys.stdout
 
-        plan = compile_plan(load_flow(flow_file))
-        dialect = plan.api_target(for_run=False).dialect()
+        def write(body: dict[str, Any]) -> None:
+            out.write(json.dumps(body, ensure_ascii=False) + "\n")
 
-        def write(message: Message) -> None:
-            out.write(json.dumps(message.body(dialect), ensure_ascii=False) + "\n")
-
-        check(flow_file, on_message=write, api=False)
+        check(flow_file, on_body=write)
         return EXIT_OK
     plan, result, target = check(flow_file, sample)
     flow = plan.flow

@@ -575,6 +575,7 @@ class Executor:
         attempt = 0
         while True:
             attempt += 1
+            login = self._login_generation
             try:
                 response = await self.transport.upload(request)
             except (NotDelivered, MaybeDelivered) as exc:
@@ -592,6 +593,8 @@ class Executor:
                 return found
             failure = self.dialect.failure(response.status, response.data)
             if failure.verdict is Verdict.AUTH:
+                if await self._login_again(login):
+                    continue
                 self._stop(StopRun(_auth_message(failure, self.dialect)))
             elif failure.retry and attempt <= self.retries:
                 if response.retry_after is not None:

@@ -244,16 +244,18 @@ def _nested_model(model: type[BaseModel], shape: tuple[Any, ...]) -> type[BaseMo
         field = model.model_fields.get(str(part))
         if field is None:
             break
-        found = [
-            arg
-            for arg in (field.annotation, *typing.get_args(field.annotation))
-            for arg in (arg, *typing.get_args(arg))
-            if isinstance(arg, type) and issubclass(arg, BaseModel)
-        ]
+        found = _models_in(field.annotation)
         if not found:
             break
         model = found[0]
     return model
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models an annotation names: `Template`, `Template | None`, `list[Button]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _models_in(arg)]
 
 
 def _unknown_key_hint(key: str, parent: YamlPath, data: Any) -> str | None:

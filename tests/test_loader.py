@@ -186,6 +186,52 @@ def test_rules_hint_where_a_key_belongs(run_flowrun: RunFlow) -> None:
     assert result.err.splitlines()[1] == "  hint: 'filename' is only for document messages"
 
 
+@pytest.mark.parametrize(
+    ("api", "steps", "expected"),
+    [
+        (
+            "  phone_numer_id: '1'\n  token: '{{ env.T }}'\n",
+            "  - text: {body: hi}\n",
+            "hint: did you mean 'phone_number_id'?",
+        ),
+        (
+            "  kind: onprem\n  base_url: https://x.example\n  logn: {}\n",
+            "  - text: {body: hi}\n",
+            "hint: did you mean 'login'?",
+        ),
+        (
+            "  phone_number_id: '1'\n  token: '{{ env.T }}'\n",
+            "  - template: {name: hi, language: en, bodyy: [a]}\n",
+            "hint: did you mean 'body'?",
+        ),
+        (
+            "  phone_number_id: '1'\n  token: '{{ env.T }}'\n",
+            "  - template: {name: hi, language: en, header: {imgae: {id: a}}}\n",
+            "hint: did you mean 'image'?",
+        ),
+        (
+            "  phone_number_id: '1'\n  token: '{{ env.T }}'\n",
+            "  - template: {name: hi, language: en, buttons: [{quick_replay: a}]}\n",
+            "hint: did you mean 'quick_reply'?",
+        ),
+    ],
+)
+def test_did_you_mean_knows_both_dialects_and_templates(
+    run_flowrun: RunFlow, api: str, steps: str, expected: str
+) -> None:
+    text = "version: 1\napi:\n" + api + PEOPLE + "messages:\n" + steps
+    result = run_flowrun(text)
+    assert result.code == 2
+    assert expected in result.err
+
+
+def test_an_unknown_api_kind_is_located(run_flowrun: RunFlow) -> None:
+    text = "version: 1\napi:\n  kind: cluod\n" + PEOPLE + "messages:\n  - text: {body: a}\n"
+    assert first_error(run_flowrun, text) == (
+        "flow.yaml:3:9: kind must be cloud (the default) or onprem, got 'cluod'"
+    )
+
+
 def test_renamed_file_is_caught_by_its_bytes(run_flowrun: RunFlow, flowdir: Path) -> None:
     (flowdir / "assets" / "fake.jpg").write_bytes((flowdir / "assets" / "wave.webp").read_bytes())
     text = flow(PEOPLE + "messages:\n  - image: {file: assets/fake.jpg}\n")
