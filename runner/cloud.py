@@ -28,9 +28,10 @@ PAIR_INTERVAL = 6.0
 # Media ids expire after 30 days; one day of margin so that a long run never meets the end.
 MEDIA_TTL = timedelta(days=29)
 
-THROTTLE_CODES = frozenset({4, 80007, 130429, 131057})  # call rate, throughput, upgrade
+THROTTLE_CODES = frozenset({4, 80007, 130429})  # call rate limits, throughput
 PAIR_RATE_CODE = 131056
-RETRY_CODES = frozenset({1, 2, 131000, 131016})  # unknown, unavailable, "something went wrong"
+# unknown, unavailable, "something went wrong", maintenance (during a throughput upgrade)
+RETRY_CODES = frozenset({1, 2, 131000, 131016, 131057})
 AUTH_CODES = frozenset({190})  # expired or invalid access token
 MEDIA_CODE = 131053  # the media could not be used: for our own upload, the id expired
 HINTS = {

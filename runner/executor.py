@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import json
 import random
 import signal
 import time
@@ -27,6 +26,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from .dialect import ApiFailure, Dialect, LoginFailed, Verdict
 from .errors import FlowrunError
@@ -42,6 +43,7 @@ BACKOFF_BASE = 0.5  # seconds; doubled per attempt, with full jitter
 BACKOFF_MAX = 30.0
 PAIR_BACKOFF = 6.0  # seconds, doubled per attempt: one recipient messaged too often (131056)
 WINDOW_MAX = 20_000  # recipients in progress at once, at most
+FLUSH_AFTER = 0.5  # seconds an outcome may wait for a commit to carry it
 RETRY_AFTER_MAX = 300.0
 FAILURE_STREAK_LIMIT = 100  # this many failures in a row pause the campaign
 
@@ -50,6 +52,10 @@ class UploadFailed(Exception):
     def __init__(self, failure: ApiFailure) -> None:
         super().__init__(str(failure))
         self.failure = failure
+
+
+class UploadInterrupted(Exception):
+    """The run stopped while an upload waited for its next try."""
 
 
 class StopRun(FlowrunError):
@@ -79,6 +85,7 @@ class Summary:
     already: int = 0  # sent by an earlier run
     changed: int = 0  # of those, how many the flow now words differently
     held: int = 0  # failed/uncertain from an earlier run, not retried
+    unsent: int = 0  # refused, then the run stopped before the retry: the next run sends them
     uploads: int = 0
     recovered: int = 0  # `sending` rows of a dead run, now uncertain
     throttled: int = 0  # times the API asked the whole run to slow down
@@ -94,11 +101,16 @@ class Summary:
         return 1 if self.failed or self.uncertain or self.held else 0
 
 
-def body_hash(body: dict[str, Any]) -> str:
-    """A short hash of a request body, stored with each message: it tells whether a step was
+def encode(body: dict[str, Any]) -> bytes:
+    """A request body as sent: compact UTF-8 JSON with sorted keys, so that its hash is the
+    same whatever order the body was built in."""
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def body_hash(raw: bytes) -> str:
+    """A short hash of an encoded body, stored with each message: it tells whether a step was
     edited after it was sent."""
-    raw = json.dumps(body, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def _outcome(message: Message, state: State, **fields: Any) -> Outcome:
@@ -117,6 +129,7 @@ class _Commits:
         self.waiters: list[asyncio.Future[None]] = []
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrun-ledger")
         self.running: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     async def mark(self, step: str, recipient: str, digest: str) -> None:
         future = asyncio.get_running_loop().create_future()
@@ -127,8 +140,17 @@ class _Commits:
         await future
 
     def record(self, outcome: Outcome) -> None:
-        """Kept until the next commit: the one that carries the next mark, or the last one."""
+        """Kept until the next commit: the one that carries the next mark, or at the latest
+        FLUSH_AFTER seconds later (when no mark comes: long pauses, few recipients), so that
+        what the API accepted is on disk soon, not `sending` until the run ends."""
         self.outcomes.append(outcome)
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._flush)
+
+    def _flush(self) -> None:
+        self.timer = None
+        if self.running is None and self.outcomes:
+            self._start()
 
     def _start(self) -> None:
         marks, self.marks = self.marks, []
@@ -158,6 +180,9 @@ class _Commits:
     async def close(self) -> None:
         """Commit everything still pending, then stop the writer thread; a failed last commit
         is raised, never ignored (the run would report messages the ledger does not hold)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         try:
             while self.running is not None:
                 await asyncio.wait([self.running])
@@ -213,6 +238,7 @@ class Executor:
         self._login_lock = asyncio.Lock()
         self._login_generation = 0
         self._fresh_login = False  # logged in again, and nothing went through since
+        self._history = ledger.has_rows()
 
     def window(self) -> int:
         """Recipients in progress at once: enough to keep every slot busy while others wait
@@ -304,7 +330,9 @@ class Executor:
             self._stop(exc)
 
     async def _serve(self, recipient: Recipient) -> None:
-        states = self.ledger.recipient_states(recipient.phone)
+        # A ledger that held nothing of this flow when the run began has nothing on anyone:
+        # the first run of a campaign skips a query per recipient.
+        states = self.ledger.recipient_states(recipient.phone) if self._history else {}
         try:
             items = list(self.plan.messages(recipient))
         except RenderFailure as failure:  # validated before the run; kept for safety
@@ -354,7 +382,7 @@ class Executor:
         holds a media id only known after upload)."""
         if not isinstance(item, Message) or item.upload is not None or not sent_hash:
             return False
-        return body_hash(item.body(self.dialect)) != sent_hash
+        return body_hash(encode(item.body(self.dialect))) != sent_hash
 
     def _block_rest(self, items: list[Message | Skipped], failed: Message, who: Recipient) -> None:
         later = items[items.index(failed) + 1 :]
@@ -386,14 +414,19 @@ class Executor:
             if message.upload is not None:
                 state.media_id = await self._media_id(message.upload)
             while True:
-                state.attempt += 1
                 async with self.slots:
+                    state.attempt += 1
                     outcome = await self._try_once(message, state)
+                    # Refused before it was taken (a new login or upload repairs that): sent
+                    # again at once, in the same slot, so its mark never outnumbers the slots.
+                    while isinstance(outcome, ApiFailure) and await self._repair(
+                        message, outcome, state
+                    ):
+                        state.attempt += 1
+                        outcome = await self._try_once(message, state)
                     if not isinstance(outcome, ApiFailure):
                         return outcome
                     failure = outcome
-                    if await self._repair(message, failure, state):
-                        continue  # refused before it was taken: safe to send again at once
                     if not failure.retry or state.attempt > self.retries:
                         if failure.verdict is Verdict.AUTH:
                             self._stop(StopRun(_auth_message(failure, self.dialect)))
@@ -409,6 +442,8 @@ class Executor:
                     return None
         except UploadFailed as exc:
             return self._failed(message, exc.failure, 1)
+        except UploadInterrupted:
+            return None
 
     async def _try_once(self, message: Message, state: _Sending) -> bool | ApiFailure | None:
         """Pace, mark, send (holding a slot): True sent, False uncertain, None stopping, or
@@ -418,10 +453,10 @@ class Executor:
             if state.attempt > 1:  # on record as failed from the attempt before
                 self._interrupted(message)
             return None
-        body = message.body(self.dialect, state.media_id)
-        await self.commits.mark(message.step.key, message.recipient.phone, body_hash(body))
+        raw = encode(message.body(self.dialect, state.media_id))
+        await self.commits.mark(message.step.key, message.recipient.phone, body_hash(raw))
         state.login = self._login_generation
-        return await self._attempt(message, body, state.attempt)
+        return await self._attempt(message, raw, state.attempt)
 
     async def _repair(self, message: Message, failure: ApiFailure, state: _Sending) -> bool:
         """Failures one action repairs: a refused token (log in again), an expired media id
@@ -434,13 +469,11 @@ class Executor:
             return True
         return False
 
-    async def _attempt(
-        self, message: Message, body: dict[str, Any], attempt: int
-    ) -> bool | ApiFailure:
+    async def _attempt(self, message: Message, body: bytes, attempt: int) -> bool | ApiFailure:
         """One request for a marked message: True sent, False uncertain (recorded), or the
         API's failure for `_send` to decide on."""
         try:
-            response = await self.transport.post(self.dialect.messages_path, json=body)
+            response = await self.transport.post_json(self.dialect.messages_path, body)
         except NotDelivered as exc:  # never reached the API: always safe to try again
             return ApiFailure(0, None, "not delivered", str(exc), Verdict.RETRY)
         except MaybeDelivered as exc:  # the API may have it: never sent again blindly
@@ -491,7 +524,7 @@ class Executor:
                 attempts=0,
             )
         )
-        self.summary.blocked += 1
+        self.summary.unsent += 1
 
     def _failed(self, message: Message, failure: ApiFailure, attempts: int) -> bool:
         self.commits.record(_failure_outcome(message, failure, attempts))
@@ -548,7 +581,8 @@ class Executor:
     async def _media_id(self, media: LocalMedia) -> str:
         """The media id of a local file: from the ledger, or uploaded once for everyone."""
         task = self._media.get(media.sha256)
-        if task is None:
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            # not tried yet, or the last try failed: this message tries again
             task = asyncio.create_task(self._upload(media, cached=True))
             self._media[media.sha256] = task
         return await task
@@ -582,7 +616,7 @@ class Executor:
                 # An upload is safe to repeat: a second copy only costs storage.
                 if attempt > self.retries:
                     raise UploadFailed(ApiFailure(0, None, "upload failed", str(exc))) from None
-                await asyncio.sleep(self._retry_delay(ApiFailure(0, None, None, None), attempt))
+                await self._upload_pause(ApiFailure(0, None, None, None), attempt)
                 continue
             found = self.dialect.media_id(response.data) if response.status < 300 else None
             if found is not None:
@@ -599,9 +633,18 @@ class Executor:
             elif failure.retry and attempt <= self.retries:
                 if response.retry_after is not None:
                     failure = _with_retry_after(failure, response.retry_after)
-                await asyncio.sleep(self._retry_delay(failure, attempt))
+                await self._upload_pause(failure, attempt)
                 continue
             raise UploadFailed(failure)
+
+    async def _upload_pause(self, failure: ApiFailure, attempt: int) -> None:
+        """Wait before an upload's next try (slowing the run if the API said so); raises
+        UploadInterrupted when the run stops meanwhile."""
+        delay = self._retry_delay(failure, attempt)
+        if failure.verdict is Verdict.THROTTLED:
+            self.pacer.throttled(delay)
+        if not await self._pause(delay):
+            raise UploadInterrupted
 
 
 def _with_retry_after(failure: ApiFailure, seconds: float) -> ApiFailure:

@@ -40,10 +40,14 @@ class Pacer:
         return slot - now
 
     def throttled(self, pause: float) -> None:
-        """The API said "too fast": everyone waits `pause`, and the rate is halved."""
+        """The API said "too fast": everyone waits `pause`, and the rate is halved (once for
+        a burst of such answers: they are for requests that were in flight together)."""
         now = self._clock()
         self.throttles += 1
+        paused = now < self._pause_until
         self._pause_until = max(self._pause_until, now + pause)
+        if paused:
+            return  # the answers of requests already in flight: one slow-down per pause
         current = self.rate
         if current is None:  # no limit set: start from the rate the API just refused
             elapsed = max(now - self._counting_since, 1e-3)

@@ -219,6 +219,9 @@ def _store_media(state: SandboxState, mime: str, content: bytes, media_id: str) 
         raise ApiError("invalid", f"media type '{mime}' is not supported")
     if not content:
         raise ApiError("missing", "the upload is empty")
+    largest = max(limit for mimes, limit in LIMITS.values() if mime in mimes)
+    if len(content) > largest:
+        raise ApiError("invalid", f"the file is {len(content):,} bytes; {mime} takes {largest:,}")
     state.media[media_id] = mime
     state.uploads += 1
     return media_id

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .media import MEDIA_TYPES
+from .media import LIMITS, MEDIA_TYPES
 from .models import CAPTION_MAX, TEXT_BODY_MAX, check_http_url
 
 # Media ids the sandbox knows without an upload: the one from Meta's examples, used by the
@@ -147,6 +147,8 @@ def check_media(kind: str, obj: Any, media: dict[str, str], dialect: str) -> Non
             raise ApiError("invalid", str(exc)) from None
     elif obj["id"] not in media and obj["id"] not in PRESET_MEDIA:
         raise ApiError("media", f"media id {obj['id']!r} not found (expired, or never uploaded)")
+    elif obj["id"] in media and media[obj["id"]] not in LIMITS[kind][0]:
+        raise ApiError("invalid", f"media id {obj['id']!r} is {media[obj['id']]}, not {kind}")
     allowed = {"id", "link"}
     if dialect == "onprem":
         allowed.add("provider")  # the Cloud API has no media providers

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from runner.cli import cli
-from runner.sandbox import NAMESPACE, PHONE_NUMBER_ID
+from runner.sandbox import NAMESPACE, PHONE_NUMBER_ID, TOKEN
 
 
 def api_section(base: str, kind: str, timeout: float = 2) -> str:
@@ -42,11 +45,11 @@ def write_flow(
     rows = "".join(f"+1 555 010 {i:04d},P{i},{'en' if i % 2 else 'de'}\n" for i in range(people))
     (folder / "people.csv").write_text("phone,name,lang\n" + rows, "utf-8")
     # No pacing unless a test asks for it: the sandbox has no limits.
-    settings = {"rate": "100000/s", "per_recipient_interval": 0, **settings}
+    settings = {"concurrency": 4, "rate": "100000/s", "per_recipient_interval": 0, **settings}
     extra = "".join(f"  {k}: {v}\n" for k, v in settings.items())
     text = (
         f"version: 1\nname: t\n{api_section(base, kind, timeout)}"
-        f"settings:\n  concurrency: 4\n{extra}"
+        f"settings:\n{extra}"
         f"recipients: {{csv: people.csv}}\nmessages:\n{messages}"
     )
     (folder / "flow.yaml").write_text(text, "utf-8")
@@ -81,3 +84,15 @@ def ledger_rows(folder: Path) -> list[tuple[Any, ...]]:
 def post(url: str, body: Any) -> None:
     request = urllib.request.Request(url, json.dumps(body).encode(), method="POST")
     urllib.request.urlopen(request, timeout=5).close()
+
+
+def start(folder: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "WA_TOKEN": TOKEN}
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", "flow.yaml", *args],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

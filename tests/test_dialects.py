@@ -4,6 +4,7 @@ what each classified error code makes flowrun do."""
 from __future__ import annotations
 
 import itertools
+import signal
 import sqlite3
 import threading
 import time
@@ -13,12 +14,15 @@ from typing import Any
 
 import pytest
 
+from runner import sandbox as sandbox_module
 from runner.cloud import Cloud
 from runner.dialect import Verdict
 from runner.ledger import Ledger
 from runner.onprem import OnPrem
+from runner.pacing import Pacer
 from runner.sandbox import NAMESPACE, PHONE_NUMBER_ID, SandboxState
-from tests.sandbox_helpers import count, flowrun, ledger_rows, post, query, write_flow
+from runner.sandbox_checks import check_message
+from tests.sandbox_helpers import count, flowrun, ledger_rows, post, query, start, write_flow
 
 DIALECTS = ("cloud", "onprem")
 
@@ -322,8 +326,9 @@ def test_an_expired_cloud_token_stops_the_run(api: tuple[str, SandboxState], fol
     assert count(folder, "state = 'sent'") == 0
 
 
-def login_flow(folder: Path, base: str, people: int) -> None:
-    write_flow(folder, base, "  - text: {body: 'hi {{ recipient.name }}'}\n", people=people)
+def login_flow(folder: Path, base: str, people: int, **settings: Any) -> None:
+    messages = "  - text: {body: 'hi {{ recipient.name }}'}\n"
+    write_flow(folder, base, messages, people=people, **settings)
     text = (folder / "flow.yaml").read_text("utf-8")
     login = "  login: {username: sandbox, password: '{{ env.WA_PASSWORD }}'}\n"
     text = text.replace("  token: '{{ env.WA_TOKEN }}'\n", login)
@@ -458,3 +463,122 @@ def test_dialect_and_template_rules_are_located(
     code, _out, err = flowrun("validate", "flow.yaml")
     assert code == 2
     assert err.splitlines()[0] == expected, (folder / "flow.yaml").read_text("utf-8")
+
+
+def sending_rows_seen_by_the_api(monkeypatch: pytest.MonkeyPatch, folder: Path) -> list[int]:
+    """Each time the sandbox takes a message, how many rows the ledger holds as `sending`."""
+    seen: list[int] = []
+
+    def counting(body: Any, media: dict[str, str], dialect: str) -> None:
+        seen.append(count(folder, "state = 'sending'"))
+        check_message(body, media, dialect)
+
+    monkeypatch.setattr(sandbox_module, "check_message", counting)
+    return seen
+
+
+@pytest.mark.parametrize("kind", DIALECTS)
+def test_sending_again_after_an_upload_keeps_marks_within_the_slots(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Review finding: a message sent again after its media id was found dead left its slot
+    with its `sending` mark, so a kill -9 could leave more uncertain rows than `concurrency`."""
+    base, _ = api
+    steps = "  - image: {file: assets/welcome.jpg}\n"
+    write_flow(folder, base, steps, people=1, kind=kind)
+    assert flowrun("flow.yaml")[0] == 0
+    post(f"{base}/sandbox/media/expire", {})
+    write_flow(folder, base, steps, people=5, kind=kind, concurrency=1)
+    seen = sending_rows_seen_by_the_api(monkeypatch, folder)
+    assert flowrun("flow.yaml")[0] == 0
+    assert seen
+    assert max(seen) == 1, seen
+
+
+def test_sending_again_after_a_login_keeps_marks_within_the_slots(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, state = api
+    monkeypatch.setenv("WA_PASSWORD", "sandbox")
+    login_flow(folder, base, people=30, concurrency=2)
+    seen = sending_rows_seen_by_the_api(monkeypatch, folder)
+    authorize = sandbox_module._authorize
+
+    def session_ends_once(request: Any) -> None:
+        if len(state.inbox) == 10 and state.logins == 1:
+            state.tokens.clear()
+        authorize(request)
+
+    monkeypatch.setattr(sandbox_module, "_authorize", session_ends_once)
+    code, _out, err = flowrun("flow.yaml")
+    assert code == 0, err
+    assert state.logins == 2
+    assert max(seen) <= 2, seen
+
+
+def test_ctrl_c_while_an_upload_waits_to_retry_is_prompt(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    base, state = api
+    write_flow(folder, base, "  - image: {file: assets/welcome.jpg}\n", people=3, kind="cloud")
+    post(f"{base}/sandbox/faults", {"status": {"code": 429, "count": 3, "retry_after": 60}})
+    process = start(folder)
+    deadline = time.monotonic() + 20
+    while state.requests < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.3)
+    began = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert time.monotonic() - began < 10
+    assert count(folder, "state IN ('sending', 'uncertain', 'failed')") == 0
+
+
+def test_a_failed_upload_is_tried_again_by_the_next_message(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    base, state = api
+    steps = "  - image: {file: assets/welcome.jpg}\n"
+    write_flow(folder, base, steps, people=3, kind="cloud", concurrency=1, retries=0)
+    post(f"{base}/sandbox/faults", {"status": {"code": 400, "count": 1, "error": 131009}})
+    code, out, _err = flowrun("flow.yaml")
+    assert code == 1
+    # the first two recipients (served together) share the failed try; the third tries again
+    assert "sent 1, failed 2" in out
+    assert state.uploads == 1
+
+
+def test_what_the_api_accepted_is_on_disk_while_the_recipient_waits(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    base, state = api
+    steps = "  - name: a\n    text: {body: one}\n  - name: b\n    text: {body: two}\n"
+    write_flow(folder, base, steps, people=1, kind="cloud", per_recipient_interval=30)
+    process = start(folder)
+    deadline = time.monotonic() + 20
+    while not state.inbox:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(1.5)  # well past the flush delay, well before the next step
+    states = query(folder, "SELECT step, state FROM messages")
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=30)
+    assert states == [("a", "sent")]
+
+
+def test_a_burst_of_throttled_answers_halves_the_rate_once() -> None:
+    now = [0.0]
+    pacer = Pacer(80.0, clock=lambda: now[0])
+    for _ in range(16):  # the answers of 16 requests that were in flight together
+        pacer.throttled(1.0)
+    assert pacer.rate == 40.0
+    assert pacer.throttles == 16
+    assert pacer.delay() == pytest.approx(1.0)  # everyone waits the pause out
+    now[0] = 2.0
+    pacer.throttled(1.0)  # a new refusal after the pause: slower again
+    assert pacer.rate == 20.0
+    now[0] = 8.0
+    pacer.delay()
+    assert pacer.rate == 25.0  # climbing back after a quiet spell, a quarter at a time

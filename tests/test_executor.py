@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 
 from runner.sandbox import PHONE_NUMBER_ID, TOKEN, SandboxState
 from tests.conftest import REPO
-from tests.sandbox_helpers import count, flowrun, ledger_rows, post, query, write_flow
+from tests.sandbox_helpers import count, flowrun, ledger_rows, post, query, start, write_flow
 
 STEPS = """\
   - name: hello
@@ -167,18 +166,6 @@ def test_readme_sandbox_run(tmp_path: Path) -> None:
     assert "sent 38, failed 0, skipped 2, uncertain 0, uploads 4" in first.stdout
     assert "ledger: flows/onboarding.sandbox.ledger.sqlite" in first.stdout
     assert first.stderr == ""  # the sandbox needs none of the flow's secrets: no warnings
-
-
-def start(folder: Path, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "WA_TOKEN": TOKEN}
-    return subprocess.Popen(
-        [sys.executable, "-m", "runner", "flow.yaml", *args],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def start_slow_run(

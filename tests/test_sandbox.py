@@ -129,3 +129,15 @@ def test_injected_faults(api: tuple[str, SandboxState]) -> None:
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         call(f"{base}/v1/messages", message())
     assert len(state.inbox) == 1
+
+
+def test_an_uploaded_id_must_match_the_message_type(api: tuple[str, SandboxState]) -> None:
+    base, _ = api
+    _, answer, _ = call(f"{base}/v1/media", raw=b"\xff\xd8\xff data", content_type="image/jpeg")
+    media_id = answer["media"][0]["id"]
+    status, answer, _ = call(f"{base}/v1/messages", message("video", {"id": media_id}))
+    assert (status, answer["errors"][0]["code"]) == (400, 1009)
+    too_big = b"RIFF" + b"\0" * 600 * 1024
+    status, answer, _ = call(f"{base}/v1/media", raw=too_big, content_type="image/webp")
+    assert status == 400
+    assert "bytes" in answer["errors"][0]["details"]
