@@ -266,24 +266,17 @@ class Executor:
         return self.summary
 
     async def _serve_all(self) -> None:
-        """One task per recipient, at most `window()` at once; the producer waits for room."""
-        room = asyncio.Semaphore(self.window())
-        tasks: set[asyncio.Task[None]] = set()
+        """`window()` servers, each taking the next recipient from one shared stream until it
+        runs dry: at most that many recipients in progress, and no task per recipient."""
+        recipients = self._recipients()
 
-        def finished(task: asyncio.Task[None]) -> None:
-            tasks.discard(task)
-            room.release()
+        async def server() -> None:
+            for recipient in recipients:  # next() never awaits: safe to share
+                if self._stopping:
+                    return
+                await self._guarded(recipient)
 
-        for recipient in self._recipients():
-            await room.acquire()
-            if self._stopping:
-                room.release()
-                break
-            task = asyncio.create_task(self._guarded(recipient))
-            tasks.add(task)
-            task.add_done_callback(finished)
-        while tasks:
-            await asyncio.wait(set(tasks))
+        await asyncio.gather(*(server() for _ in range(self.window())))
 
     def _recipients(self) -> Iterator[Recipient]:
         count = 0
@@ -322,8 +315,6 @@ class Executor:
     async def _guarded(self, recipient: Recipient) -> None:
         """Serve one recipient; an error stops the run (raised once everything in progress
         has drained and the ledger is written)."""
-        if self._stopping:
-            return
         try:
             await self._serve(recipient)
         except Exception as exc:
@@ -449,7 +440,8 @@ class Executor:
         """Pace, mark, send (holding a slot): True sent, False uncertain, None stopping, or
         the API's failure."""
         # Paced before the mark: a message held back by the rate is not in flight.
-        if not await self._pause(self.pacer.delay()):
+        delay = self.pacer.delay()
+        if (delay > 0 or self._stopping) and not await self._pause(delay):
             if state.attempt > 1:  # on record as failed from the attempt before
                 self._interrupted(message)
             return None
