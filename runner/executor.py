@@ -126,18 +126,21 @@ class _Commits:
         self.ledger = ledger
         self.marks: list[tuple[str, str, str]] = []
         self.outcomes: list[Outcome] = []
-        self.waiters: list[asyncio.Future[None]] = []
+        self.durable: asyncio.Future[None] | None = None  # done when the pending marks are
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrun-ledger")
         self.running: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
 
     async def mark(self, step: str, recipient: str, digest: str) -> None:
-        future = asyncio.get_running_loop().create_future()
+        """Add a `sending` mark to the next commit and wait until that commit is durable
+        (one future for all marks of a commit)."""
         self.marks.append((step, recipient, digest))
-        self.waiters.append(future)
+        durable = self.durable
+        if durable is None:
+            durable = self.durable = asyncio.get_running_loop().create_future()
         if self.running is None:
             self._start()
-        await future
+        await durable
 
     def record(self, outcome: Outcome) -> None:
         """Kept until the next commit: the one that carries the next mark, or at the latest
@@ -155,21 +158,19 @@ class _Commits:
     def _start(self) -> None:
         marks, self.marks = self.marks, []
         outcomes, self.outcomes = self.outcomes, []
-        waiters, self.waiters = self.waiters, []
+        durable, self.durable = self.durable, None
         loop = asyncio.get_running_loop()
         self.running = loop.run_in_executor(self.writer, self.ledger.commit, outcomes, marks)
-        self.running.add_done_callback(lambda done: self._finished(done, waiters))
+        self.running.add_done_callback(lambda done: self._finished(done, durable))
 
-    def _finished(self, done: asyncio.Future[None], waiters: list[asyncio.Future[None]]) -> None:
+    def _finished(self, done: asyncio.Future[None], durable: asyncio.Future[None] | None) -> None:
         self.running = None
-        error = None if done.cancelled() else done.exception()
-        for waiter in waiters:
-            if waiter.done():
-                continue
+        if durable is not None and not durable.done():
+            error = None if done.cancelled() else done.exception()
             if error is not None:
-                waiter.set_exception(error)
+                durable.set_exception(error)
             else:
-                waiter.set_result(None)
+                durable.set_result(None)
         if self.marks:
             self._start()
 
