@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import textwrap
 from collections.abc import Callable, Iterator
@@ -10,9 +11,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import settings
 
 from runner.cli import cli
 from runner.sandbox import TOKEN, SandboxState, running
+
+# Property tests: derandomized in CI (a failure reproduces), HYPOTHESIS_PROFILE=long to dig.
+settings.register_profile("quick", max_examples=150, derandomize=True)
+settings.register_profile("long", max_examples=3000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "flows" / "assets"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -35,9 +34,6 @@ def outcome(tmp: Path, text: str) -> None:
 
 # CI runs a fixed set of examples (the same every run: a red CI is never luck);
 # HYPOTHESIS_PROFILE=long explores new ones, deeper.
-settings.register_profile("quick", max_examples=150, derandomize=True)
-settings.register_profile("long", max_examples=3000)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
