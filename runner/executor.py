@@ -1,11 +1,11 @@
 """The executor: sends every recipient's messages, at most once each, and records what happened.
 
-Recipients stream from the plan, each served by a task of its own (a bounded window of them at
-once), its steps strictly in order and spaced by the per-recipient interval (a failed step stops
-the later ones). Requests take one of `concurrency` slots. Before a request leaves, its `sending`
-mark is committed together with the outcomes finished so far (one group commit for everyone
-waiting); a message waiting to be retried gives its slot back and is recorded `failed` until its
-next attempt. So after a hard kill at most `concurrency` rows are left `sending`, and the next run
+Recipients stream from the plan to a bounded window of servers, each recipient's steps strictly
+in order and spaced by the per-recipient interval (a failed step stops the later ones). Requests
+take one of `concurrency` slots. Before a request leaves, its `sending` mark is committed
+together with the outcomes finished so far (groupcommit.py: one commit for everyone waiting); a
+message waiting to be retried gives its slot back and is recorded `failed` until its next
+attempt. So after a hard kill at most `concurrency` rows are left `sending`, and the next run
 reports them as `uncertain` instead of sending them again.
 
 What counts as done: `sent`. A step skipped by `when`, or blocked by a failed step, is looked at
@@ -23,7 +23,6 @@ import random
 import signal
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +30,7 @@ import orjson
 
 from .dialect import ApiFailure, Dialect, LoginFailed, Verdict
 from .errors import FlowrunError
+from .groupcommit import GroupCommit
 from .ledger import Ledger, Outcome, State
 from .media import LocalMedia
 from .pacing import Pacer
@@ -43,7 +43,6 @@ BACKOFF_BASE = 0.5  # seconds; doubled per attempt, with full jitter
 BACKOFF_MAX = 30.0
 PAIR_BACKOFF = 6.0  # seconds, doubled per attempt: one recipient messaged too often (131056)
 WINDOW_MAX = 20_000  # recipients in progress at once, at most
-FLUSH_AFTER = 0.5  # seconds an outcome may wait for a commit to carry it
 RETRY_AFTER_MAX = 300.0
 FAILURE_STREAK_LIMIT = 100  # this many failures in a row pause the campaign
 
@@ -117,88 +116,6 @@ def _outcome(message: Message, state: State, **fields: Any) -> Outcome:
     return Outcome(message.step.key, message.recipient.phone, state, **fields)
 
 
-class _Commits:
-    """Group commit on a writer thread: marks and outcomes gathered from all workers are
-    written in one transaction while the event loop goes on sending. A worker waiting for its
-    mark resumes only once the commit that holds it is durable."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-        self.marks: list[tuple[str, str, str]] = []
-        self.outcomes: list[Outcome] = []
-        self.durable: asyncio.Future[None] | None = None  # done when the pending marks are
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrun-ledger")
-        self.running: asyncio.Future[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-
-    async def mark(self, step: str, recipient: str, digest: str) -> None:
-        """Add a `sending` mark to the next commit and wait until that commit is durable
-        (one future for all marks of a commit)."""
-        self.marks.append((step, recipient, digest))
-        durable = self.durable
-        if durable is None:
-            durable = self.durable = asyncio.get_running_loop().create_future()
-        if self.running is None:
-            self._start()
-        await durable
-
-    def record(self, outcome: Outcome) -> None:
-        """Kept until the next commit: the one that carries the next mark, or at the latest
-        FLUSH_AFTER seconds later (when no mark comes: long pauses, few recipients), so that
-        what the API accepted is on disk soon, not `sending` until the run ends."""
-        self.outcomes.append(outcome)
-        if self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._flush)
-
-    def _flush(self) -> None:
-        self.timer = None
-        if self.running is None and self.outcomes:
-            self._start()
-
-    def _start(self) -> None:
-        marks, self.marks = self.marks, []
-        outcomes, self.outcomes = self.outcomes, []
-        durable, self.durable = self.durable, None
-        loop = asyncio.get_running_loop()
-        self.running = loop.run_in_executor(self.writer, self.ledger.commit, outcomes, marks)
-        self.running.add_done_callback(lambda done: self._finished(done, durable))
-
-    def _finished(self, done: asyncio.Future[None], durable: asyncio.Future[None] | None) -> None:
-        self.running = None
-        if durable is not None and not durable.done():
-            error = None if done.cancelled() else done.exception()
-            if error is not None:
-                durable.set_exception(error)
-            else:
-                durable.set_result(None)
-        if self.marks:
-            self._start()
-
-    async def write(self, function: Any, *args: Any) -> Any:
-        """Another write (an upload's media id), on the same writer thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.writer, function, *args)
-
-    async def close(self) -> None:
-        """Commit everything still pending, then stop the writer thread; a failed last commit
-        is raised, never ignored (the run would report messages the ledger does not hold)."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        try:
-            while self.running is not None:
-                await asyncio.wait([self.running])
-            if self.marks or self.outcomes:
-                self._start()
-                last = self.running
-                assert last is not None
-                await asyncio.wait([last])
-                error = None if last.cancelled() else last.exception()
-                if error is not None:
-                    raise error
-        finally:
-            self.writer.shutdown(wait=True)
-
-
 @dataclass
 class _Sending:
     """One message's way through its attempts."""
@@ -227,7 +144,7 @@ class Executor:
         self.options = options
         self.progress = progress
         self.summary = Summary()
-        self.commits = _Commits(ledger)
+        self.commits = GroupCommit(ledger, asyncio.get_running_loop())
         self.retries = plan.flow.settings.retries
         self.pacer = Pacer(options.rate)
         self.slots = asyncio.Semaphore(options.concurrency)
@@ -613,7 +530,7 @@ class Executor:
                 continue
             found = self.dialect.media_id(response.data) if response.status < 300 else None
             if found is not None:
-                await self.commits.write(
+                await self.commits.call(
                     self.ledger.remember_upload, self.dialect.upload_key, media.sha256, found
                 )
                 self.summary.uploads += 1
