@@ -144,7 +144,7 @@ class Executor:
         self.options = options
         self.progress = progress
         self.summary = Summary()
-        self.commits = GroupCommit(ledger, asyncio.get_running_loop())
+        self.commits: GroupCommit
         self.retries = plan.flow.settings.retries
         self.pacer = Pacer(options.rate)
         self.slots = asyncio.Semaphore(options.concurrency)
@@ -170,6 +170,7 @@ class Executor:
     async def run(self) -> Summary:
         started = time.monotonic()
         self.summary.recovered = self.ledger.recover()
+        self.commits = await GroupCommit.start(self.ledger)
         self._install_signals()
         try:
             await self._login()
@@ -530,9 +531,7 @@ class Executor:
                 continue
             found = self.dialect.media_id(response.data) if response.status < 300 else None
             if found is not None:
-                await self.commits.call(
-                    self.ledger.remember_upload, self.dialect.upload_key, media.sha256, found
-                )
+                await self.commits.remember_upload(self.dialect.upload_key, media.sha256, found)
                 self.summary.uploads += 1
                 return found
             failure = self.dialect.failure(response.status, response.data)

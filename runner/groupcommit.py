@@ -1,121 +1,158 @@
 """Group commit: the ledger writes of every message in flight, made durable together.
 
 A message's `sending` mark must be durable before its request leaves, and a commit costs an
-fsync. So marks (and the outcomes finished meanwhile) are gathered from all workers and written
-in one transaction by a writer thread of its own, which starts the next commit the moment the
-last one is done, without waiting for the event loop to notice (the loop is busy sending: a
-mark's wait is what keeps a request slot idle, measured as the largest cost of the ledger).
-The event loop only hears back: one future per commit, for all the marks it carried.
+fsync. So marks (and the outcomes finished meanwhile) are gathered from all workers and sent as
+one batch to the ledger writer process (ledgerwriter.py), which commits it in one transaction;
+while it does, the next batch gathers. One future per batch, for all the marks it carries. A
+mark's wait is what keeps a request slot idle, so it is kept short: the commit runs outside this
+process's GIL, and the next batch leaves the moment the last is durable.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
-from collections.abc import Callable
+import sys
 from typing import Any
 
-from .ledger import Ledger, Outcome
+from .ledger import Ledger, LedgerError, Outcome
+from .ledgerwriter import HEADER, frame
 
 FLUSH_AFTER = 0.5  # seconds an outcome may wait for a mark to carry it to disk
 
 
 class GroupCommit:
-    def __init__(self, ledger: Ledger, loop: asyncio.AbstractEventLoop) -> None:
+    """Batches of ledger writes, one in the writer's hands at a time."""
+
+    def __init__(self, ledger: Ledger, writer: asyncio.subprocess.Process) -> None:
         self.ledger = ledger
-        self.loop = loop
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._marks: list[tuple[str, str, str]] = []
-        self._outcomes: list[Outcome] = []
-        self._calls: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._durable: asyncio.Future[None] | None = None  # for the marks not yet written
-        self._closing = False
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="flowrun-ledger", daemon=True)
-        self._thread.start()
+        self._writer = writer
+        self._marks: list[list[str]] = []
+        self._outcomes: list[list[Any]] = []
+        self._uploads: list[list[str]] = []
+        self._durable: asyncio.Future[None] | None = None  # for what is gathering now
+        self._pump: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._failure: LedgerError | None = None
+
+    # The writer's command line (tests put a failing writer here)
+    COMMAND: tuple[str, ...] = (sys.executable, "-m", "runner.ledgerwriter")
+
+    @classmethod
+    async def start(cls, ledger: Ledger) -> GroupCommit:
+        writer = await asyncio.create_subprocess_exec(
+            *cls.COMMAND,
+            str(ledger.path),
+            ledger.flow,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        return cls(ledger, writer)
 
     async def mark(self, step: str, recipient: str, digest: str) -> None:
-        """Add a `sending` mark to the next commit; return once that commit is durable."""
-        with self._lock:
-            self._marks.append((step, recipient, digest))
-            durable = self._durable
-            if durable is None:
-                durable = self._durable = self.loop.create_future()
-        self._wake.set()
-        await durable
+        """Add a `sending` mark to the next batch; return once that batch is durable."""
+        self._marks.append([step, recipient, digest])
+        await self._next_batch()
 
     def record(self, outcome: Outcome) -> None:
-        """An outcome rides with the next commit (within FLUSH_AFTER seconds at the latest,
+        """An outcome rides with the next batch (within FLUSH_AFTER seconds at the latest,
         so that what the API accepted is on disk soon even when no mark follows)."""
-        with self._lock:
-            self._outcomes.append(outcome)
+        self._outcomes.append(
+            [
+                outcome.step,
+                outcome.recipient,
+                outcome.state,
+                outcome.message_id,
+                outcome.http_status,
+                outcome.error_code,
+                outcome.error_title,
+                outcome.error_details,
+                outcome.attempts,
+            ]
+        )
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._flush)
 
-    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
-        """Another write (an upload's media id), on the writer thread, before the next commit."""
-        future: asyncio.Future[Any] = self.loop.create_future()
-        with self._lock:
-            self._calls.append((function, args, future))
-        self._wake.set()
-        return await future
+    async def remember_upload(self, api: str, sha256: str, media_id: str) -> None:
+        self._uploads.append([api, sha256, media_id])
+        await self._next_batch()
+
+    def _flush(self) -> None:
+        self._timer = None
+        if self._outcomes and self._pump is None:
+            self._pump = asyncio.ensure_future(self._send_batches())
+
+    async def _next_batch(self) -> None:
+        durable = self._durable
+        if durable is None:
+            durable = self._durable = asyncio.get_running_loop().create_future()
+        if self._pump is None:
+            self._pump = asyncio.ensure_future(self._send_batches())
+        await durable
+
+    async def _send_batches(self) -> None:
+        """Hand the writer one batch at a time, as long as anything is gathering."""
+        try:
+            while self._marks or self._outcomes or self._uploads:
+                durable, self._durable = self._durable, None
+                batch = {"marks": self._marks, "outcomes": self._outcomes, "uploads": self._uploads}
+                self._marks, self._outcomes, self._uploads = [], [], []
+                try:
+                    error = await self._commit(batch)
+                except Exception as exc:  # never leave a mark waiting for ever
+                    error = self._failure = LedgerError(f"{self.ledger.path}: {exc}")
+                if durable is not None and not durable.done():
+                    if error is None:
+                        durable.set_result(None)
+                    else:
+                        durable.set_exception(error)
+        finally:
+            self._pump = None
+
+    async def _commit(self, batch: dict[str, Any]) -> LedgerError | None:
+        if self._failure is not None:
+            return self._failure
+        stdin, stdout = self._writer.stdin, self._writer.stdout
+        assert stdin is not None
+        assert stdout is not None
+        try:
+            stdin.write(frame(batch))
+            (size,) = HEADER.unpack(await stdout.readexactly(HEADER.size))
+            answer = await stdout.readexactly(size)
+        # a dead writer: a broken pipe (OSError), an early end (IncompleteReadError), or with
+        # uvloop a write to a pipe already closed (RuntimeError)
+        except (OSError, RuntimeError, asyncio.IncompleteReadError):
+            self._failure = LedgerError(
+                f"{self.ledger.path}: the ledger writer stopped unexpectedly; nothing more is"
+                " sent (run again: messages in flight are reported uncertain)"
+            )
+            return self._failure
+        error = _answer(answer)
+        if error is not None:
+            self._failure = LedgerError(error)
+        return self._failure
 
     async def close(self) -> None:
-        """Write everything still pending and stop the writer; a failed last commit is raised,
+        """Write everything still pending and stop the writer; a failed commit is raised,
         never ignored (the run would report messages the ledger does not hold)."""
-        with self._lock:
-            self._closing = True
-        self._wake.set()
-        await asyncio.to_thread(self._thread.join)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        try:
+            while self._pump is not None:
+                await asyncio.wait([self._pump])
+            if self._marks or self._outcomes or self._uploads:
+                self._pump = asyncio.ensure_future(self._send_batches())
+                await asyncio.wait([self._pump])
+        finally:
+            if self._writer.stdin is not None:
+                self._writer.stdin.close()
+            await self._writer.wait()
         if self._failure is not None:
             raise self._failure
 
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(FLUSH_AFTER)
-            with self._lock:
-                self._wake.clear()
-                marks, self._marks = self._marks, []
-                outcomes, self._outcomes = self._outcomes, []
-                calls, self._calls = self._calls, []
-                durable, self._durable = self._durable, None
-                closing = self._closing
-            for function, args, future in calls:
-                self._call(function, args, future)
-            error = None
-            try:
-                self.ledger.commit(outcomes, marks)
-            except Exception as exc:  # reported to the marks waiting on it, and at close
-                error = exc
-                self._failure = self._failure or exc
-            if durable is not None:
-                self._tell(_settle, durable, error)
-            if closing and not (self._marks or self._outcomes or self._calls):
-                return
 
-    def _call(self, function: Callable[..., Any], args: tuple[Any, ...], future: Any) -> None:
-        try:
-            result = function(*args)
-        except Exception as exc:
-            self._tell(_settle, future, exc)
-        else:
-            self._tell(_resolve, future, result)
+def _answer(data: bytes) -> str | None:
+    import orjson
 
-    def _tell(self, callback: Callable[..., None], *args: Any) -> None:
-        # RuntimeError: the loop is gone (a second Ctrl-C), nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(callback, *args)
-
-
-def _settle(future: asyncio.Future[Any], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(None)
-
-
-def _resolve(future: asyncio.Future[Any], result: Any) -> None:
-    if not future.done():
-        future.set_result(result)
+    error = orjson.loads(data)["error"]
+    return None if error is None else str(error)

@@ -91,14 +91,16 @@ def now() -> str:
 class Ledger:
     """A SQLite ledger for one flow, held by one run at a time."""
 
-    def __init__(self, path: Path, flow: str) -> None:
+    def __init__(self, path: Path, flow: str, *, writer_only: bool = False) -> None:
+        """`writer_only`: the ledger writer process's side (ledgerwriter.py), which writes for
+        a run that holds the lock and does the reading."""
         self.path = path
         self.flow = flow
-        self._lock = _take_lock(path)
+        self._lock = None if writer_only else _take_lock(path)
         try:
-            # Two connections: writes (which the executor runs on a writer thread, so that
-            # fsyncs never stall sending) and reads (on the caller's thread). WAL lets the
-            # reads go on while a write commits.
+            # Two connections: writes (which a run makes in its writer process, so that commits
+            # never stall sending) and reads (the run's own). WAL lets the reads go on while a
+            # write commits.
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -107,8 +109,9 @@ class Ledger:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self._check_version()
-            self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._reader.execute("PRAGMA busy_timeout=10000")
+            if not writer_only:
+                self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+                self._reader.execute("PRAGMA busy_timeout=10000")
         except sqlite3.DatabaseError as exc:
             self.close()
             raise LedgerError(f"{path}: cannot use the ledger: {exc}") from None
@@ -128,7 +131,8 @@ class Ledger:
             connection = getattr(self, name, None)
             if connection is not None:
                 connection.close()
-        os.close(self._lock)
+        if self._lock is not None:
+            os.close(self._lock)
 
     def __enter__(self) -> Ledger:
         return self

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -346,24 +347,11 @@ def test_a_ledger_that_cannot_be_written_stops_the_run_cleanly(
     api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Regression: a failed commit killed a worker, and with every worker dead the run hung
-    on its full queue. Here the disk 'fills up' on the third commit."""
-    from runner.ledger import Ledger, LedgerError
+    on its full queue. Here the disk 'fills up' on the third commit (tests/failing_writer.py)."""
+    from runner.groupcommit import GroupCommit
 
-    commits = 0
-    durable: list[str] = []  # recipients whose mark a successful commit wrote
-    real_commit = Ledger.commit
-
-    def failing_commit(self: Ledger, outcomes: Any, marks: Any) -> None:
-        nonlocal commits
-        if not outcomes and not marks:
-            return
-        commits += 1
-        if commits >= 3:
-            raise LedgerError(f"{self.path}: cannot write the ledger: database or disk is full")
-        real_commit(self, outcomes, marks)
-        durable.extend(recipient for _step, recipient, _hash in marks)
-
-    monkeypatch.setattr(Ledger, "commit", failing_commit)
+    monkeypatch.setattr(GroupCommit, "COMMAND", (sys.executable, "-m", "tests.failing_writer"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
     write_flow(folder, api[0], "  - text: {body: hi}\n", people=50)
     signal.alarm(30)  # a hang fails the test instead of blocking the suite
     try:
@@ -374,9 +362,46 @@ def test_a_ledger_that_cannot_be_written_stops_the_run_cleanly(
     assert (
         err.strip().splitlines()[-1].endswith("cannot write the ledger: database or disk is full")
     )
-    # sent: exactly the messages whose mark was durable; nothing after the failure
-    assert sorted(m["to"] for m in api[1].inbox) == sorted(durable)
-    assert len(durable) <= 2 * 2  # two commits, of at most `concurrency` marks each
+    # sent: exactly the messages whose mark was durable (two commits of at most `concurrency`
+    # marks each); nothing after the failure
+    sending = query(folder, "SELECT recipient FROM messages WHERE state IN ('sending', 'sent')")
+    assert sorted(m["to"] for m in api[1].inbox) == sorted(row[0] for row in sending)
+    assert len(sending) <= 2 * 2
+
+
+def test_the_ledger_writer_dying_stops_the_run_cleanly(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    base, state = api
+    write_flow(folder, base, "  - text: {body: hi}\n", people=200)
+    post(f"{base}/sandbox/faults", {"latency": 0.01})
+    process = start(folder)
+    deadline = time.monotonic() + 20
+    while len(state.inbox) < 10:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    [writer] = children(process.pid)
+    os.kill(writer, signal.SIGKILL)
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == 2, err
+    assert "the ledger writer stopped unexpectedly" in err
+    assert "Traceback" not in err
+    sent = len(state.inbox)
+    assert start(folder).communicate(timeout=60) is not None  # the next run finishes the job
+    assert count(folder, "state = 'sent'") + count(folder, "state = 'uncertain'") == 200
+    assert len(state.inbox) - sent + count(folder, "state = 'uncertain'") <= 200
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry.name))
+    return found
 
 
 def test_ctrl_c_does_not_wait_out_a_long_retry_after(
