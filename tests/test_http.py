@@ -1,0 +1,237 @@
+"""flowrun's HTTP client against real servers on loopback: keep-alive, chunked answers, servers
+that close connections, timeouts, and TLS with certificate checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from runner.http import Client, ConnectFailed, Lost
+from runner.transport import MaybeDelivered, NotDelivered, Transport
+
+
+@contextlib.contextmanager
+def serving(
+    app: web.Application, context: ssl.SSLContext | None = None, keepalive: float = 75
+) -> Iterator[str]:
+    """`app` on 127.0.0.1 in a thread of its own: its base URL while in use."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=keepalive)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"{'https' if context else 'http'}://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+async def echo(request: web.Request) -> web.Response:
+    body = await request.read()
+    return web.json_response(
+        {
+            "got": body.decode(),
+            "type": request.content_type,
+            "auth": request.headers["Authorization"],
+        }
+    )
+
+
+async def chunked(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for piece in (b'{"messages": ', b'[{"id": "x"}]', b"}"):
+        await response.write(piece)
+    await response.write_eof()
+    return response
+
+
+async def closing(_request: web.Request) -> web.Response:
+    return web.json_response({"ok": True}, headers={"Connection": "close"})
+
+
+async def slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(float(request.query.get("s", "0.5")))
+    return web.json_response({"late": True})
+
+
+def app() -> web.Application:
+    application = web.Application()
+    application.router.add_post("/echo", echo)
+    application.router.add_post("/chunked", chunked)
+    application.router.add_post("/closing", closing)
+    application.router.add_post("/slow", slow)
+    return application
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def test_keep_alive_json_and_headers() -> None:
+    async def go(base: str) -> list[Any]:
+        async with Transport(base, "t0k", 5, 2) as transport:
+            answers = [await transport.post_json("/echo", b'{"a": 1}') for _ in range(5)]
+            transport.use_token("t1")
+            answers.append(await transport.post_json("/echo", b"{}"))
+            return answers
+
+    with serving(app()) as base:
+        answers = run(go(base))
+    assert [a.status for a in answers] == [200] * 6
+    assert answers[0].data == {"got": '{"a": 1}', "type": "application/json", "auth": "Bearer t0k"}
+    assert answers[-1].data["auth"] == "Bearer t1"
+
+
+def test_chunked_answers_and_servers_that_close() -> None:
+    async def go(base: str) -> list[Any]:
+        async with Transport(base, "t", 5, 1) as transport:
+            out = [(await transport.post_json("/chunked", b"{}")).data]
+            out += [(await transport.post_json("/closing", b"{}")).data for _ in range(3)]
+            await asyncio.sleep(0.3)  # the server's keep-alive timeout closes idle connections
+            out.append((await transport.post_json("/echo", b"{}")).status)
+            return out
+
+    with serving(app(), keepalive=0.1) as base:
+        assert run(go(base)) == [{"messages": [{"id": "x"}]}, *[{"ok": True}] * 3, 200]
+
+
+def test_a_timeout_is_maybe_delivered_and_the_late_answer_is_never_reused() -> None:
+    async def go(base: str) -> tuple[str, Any]:
+        async with Transport(base, "t", 0.2, 1) as transport:
+            with pytest.raises(MaybeDelivered) as lost:
+                await transport.post_json("/slow?s=0.5", b"{}")
+            await asyncio.sleep(0.5)  # the late answer arrives (on a closed connection)
+            answer = await transport.post_json("/echo", b'"next"')
+            return str(lost.value), answer.data["got"]
+
+    with serving(app()) as base:
+        assert run(go(base)) == ("no answer within the timeout", '"next"')
+
+
+def test_nothing_listening_is_not_delivered() -> None:
+    async def go() -> None:
+        async with Transport("http://127.0.0.1:9", "t", 2, 1) as transport:
+            await transport.post_json("/x", b"{}")
+
+    with pytest.raises(NotDelivered, match=r"cannot connect to http://127\.0\.0\.1:9"):
+        run(go())
+
+
+def test_multipart_upload_reaches_the_server_as_a_form() -> None:
+    from runner.dialect import Upload
+
+    async def form(request: web.Request) -> web.Response:
+        data = await request.post()
+        upload = data["file"]
+        assert isinstance(upload, web.FileField)
+        return web.json_response(
+            {
+                "fields": {k: v for k, v in data.items() if isinstance(v, str)},
+                "file": [upload.filename, upload.content_type, upload.file.read().hex()],
+            }
+        )
+
+    application = web.Application()
+    application.router.add_post("/media", form)
+
+    async def go(base: str) -> Any:
+        async with Transport(base, "t", 5, 1) as transport:
+            upload = Upload(
+                "/media", b"\xff\xd8\x00", "image/jpeg", {"type": "image/jpeg"}, "a.jpg"
+            )
+            return (await transport.upload(upload)).data
+
+    with serving(application) as base:
+        assert run(go(base)) == {
+            "fields": {"type": "image/jpeg"},
+            "file": ["a.jpg", "image/jpeg", "ffd800"],
+        }
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_with_a_trusted_certificate(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # OpenSSL's own way to name trusted CAs
+
+    async def go(base: str) -> Any:
+        client = Client(base, 1, 5)
+        try:
+            return await client.post("/echo", b"{}", "application/json", {"Authorization": "x"})
+        finally:
+            await client.close()
+
+    with serving(app(), context) as base:
+        assert run(go(base)).status == 200
+
+
+def test_tls_with_an_untrusted_certificate_is_refused(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def go(base: str) -> None:
+        client = Client(base, 1, 5)
+        try:
+            await client.post("/echo", b"{}", "application/json", {})
+        finally:
+            await client.close()
+
+    with serving(app(), context) as base, pytest.raises(ConnectFailed, match="CERTIFICATE"):
+        run(go(base))
+
+
+def test_lost_is_what_a_dropped_connection_raises() -> None:
+    async def drop(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        request.transport.close()
+        raise web.HTTPInternalServerError
+
+    application = web.Application()
+    application.router.add_post("/drop", drop)
+
+    async def go(base: str) -> None:
+        client = Client(base, 1, 5)
+        try:
+            await client.post("/drop", b"{}", "application/json", {})
+        finally:
+            await client.close()
+
+    with serving(application) as base, pytest.raises(Lost):
+        run(go(base))
