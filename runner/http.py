@@ -53,7 +53,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
-        self._name = ""
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -70,6 +70,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._fail(Lost("the connection closed before the answer"))
+        if not self.gone.done():
+            self.gone.set_result(None)
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -123,7 +125,8 @@ class Client:
         self._open = 0
         self._room = asyncio.Condition()
         self._waiting = 0  # requests waiting for a connection
-        self._all: set[_Connection] = set()
+        self._all: set[_Connection] = set()  # counted against the limit
+        self._live: set[_Connection] = set()  # not closed yet (closing ones included)
 
     async def post(
         self, path: str, body: bytes, content_type: str, headers: dict[str, str]
@@ -190,6 +193,8 @@ class Client:
         except OSError as exc:  # refused, unreachable, DNS, TLS certificate (ssl.SSLError)
             raise ConnectFailed(str(exc)) from None
         self._all.add(connection)
+        self._live.add(connection)
+        connection.gone.add_done_callback(lambda _: self._live.discard(connection))
         return connection
 
     async def _release(self, connection: _Connection) -> None:
@@ -207,12 +212,16 @@ class Client:
             self._open -= 1
 
     async def close(self) -> None:
-        for connection in list(self._all):
+        """Close every connection and wait until they are closed (a transport left to the
+        garbage collector warns, and with uvloop may outlive its loop)."""
+        connections = list(self._live)
+        for connection in connections:
             connection.close()
         self._all.clear()
         self._idle.clear()
         self._open = 0
-        await asyncio.sleep(0)  # let the transports close
+        if connections:
+            await asyncio.wait([c.gone for c in connections], timeout=5)
 
 
 def _expire(waiter: asyncio.Future[Reply]) -> None:
