@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from runner.recipients import normalize_phone
+from runner.recipients import PhoneSet, normalize_phone
 from tests.conftest import HEADER, RunFlow
 
 CSV_FLOW = (
@@ -116,3 +118,12 @@ def test_missing_csv(run_flowrun: RunFlow) -> None:
 def test_csv_cells_are_data_not_templates(run_flowrun: RunFlow) -> None:
     csv_text = "phone,name\n+15550100001,{{ 7 * 7 }}\n"
     assert texts(rendered_bodies(run_flowrun, csv_text)) == [("15550100001", "Hi {{ 7 * 7 }}")]
+
+
+@given(st.lists(st.integers(min_value=1, max_value=10**15 - 1), max_size=3000))
+def test_the_phone_set_is_a_set(phones: list[int]) -> None:
+    seen, expected = PhoneSet(), set[int]()
+    for phone in phones:
+        assert seen.add(phone) == (phone not in expected)
+        expected.add(phone)
+    assert len(seen) == len(expected)
