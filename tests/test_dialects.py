@@ -22,7 +22,16 @@ from runner.onprem import OnPrem
 from runner.pacing import Pacer
 from runner.sandbox import NAMESPACE, PHONE_NUMBER_ID, SandboxState
 from runner.sandbox_checks import check_message
-from tests.sandbox_helpers import count, flowrun, ledger_rows, post, query, start, write_flow
+from tests.sandbox_helpers import (
+    count,
+    flowrun,
+    ledger_rows,
+    post,
+    query,
+    start,
+    wait_until,
+    write_flow,
+)
 
 DIALECTS = ("cloud", "onprem")
 
@@ -523,10 +532,7 @@ def test_ctrl_c_while_an_upload_waits_to_retry_is_prompt(
     write_flow(folder, base, "  - image: {file: assets/welcome.jpg}\n", people=3, kind="cloud")
     post(f"{base}/sandbox/faults", {"status": {"code": 429, "count": 3, "retry_after": 60}})
     process = start(folder)
-    deadline = time.monotonic() + 20
-    while state.requests < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: state.requests >= 1)
     time.sleep(0.3)
     began = time.monotonic()
     process.send_signal(signal.SIGINT)
@@ -557,10 +563,7 @@ def test_what_the_api_accepted_is_on_disk_while_the_recipient_waits(
     steps = "  - name: a\n    text: {body: one}\n  - name: b\n    text: {body: two}\n"
     write_flow(folder, base, steps, people=1, kind="cloud", per_recipient_interval=30)
     process = start(folder)
-    deadline = time.monotonic() + 20
-    while not state.inbox:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: bool(state.inbox))
     time.sleep(1.5)  # well past the flush delay, well before the next step
     states = query(folder, "SELECT step, state FROM messages")
     process.send_signal(signal.SIGINT)

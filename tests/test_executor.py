@@ -16,7 +16,16 @@ import pytest
 
 from runner.sandbox import PHONE_NUMBER_ID, TOKEN, SandboxState
 from tests.conftest import REPO
-from tests.sandbox_helpers import count, flowrun, ledger_rows, post, query, start, write_flow
+from tests.sandbox_helpers import (
+    count,
+    flowrun,
+    ledger_rows,
+    post,
+    query,
+    start,
+    wait_until,
+    write_flow,
+)
 
 STEPS = """\
   - name: hello
@@ -184,10 +193,7 @@ def start_slow_run(
     write_flow(folder, base, messages, people=people)
     post(f"{base}/sandbox/faults", {"latency": latency})
     process = start(folder)
-    deadline = time.monotonic() + 30
-    while len(state.inbox) < wait_for:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: len(state.inbox) >= wait_for, 30)
     return process
 
 
@@ -376,10 +382,7 @@ def test_the_ledger_writer_dying_stops_the_run_cleanly(
     write_flow(folder, base, "  - text: {body: hi}\n", people=200)
     post(f"{base}/sandbox/faults", {"latency": 0.01})
     process = start(folder)
-    deadline = time.monotonic() + 20
-    while len(state.inbox) < 10:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: len(state.inbox) >= 10)
     [writer] = children(process.pid)
     os.kill(writer, signal.SIGKILL)
     _out, err = process.communicate(timeout=30)
@@ -411,10 +414,9 @@ def test_ctrl_c_does_not_wait_out_a_long_retry_after(
     write_flow(folder, base, "  - text: {body: one}\n", people=3)
     post(f"{base}/sandbox/faults", {"status": {"code": 429, "count": 100, "retry_after": 120}})
     process = start(folder)
-    deadline = time.monotonic() + 20
-    while state.requests < 1:  # refused with "come back in two minutes": everyone waits
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(
+        lambda: state.requests >= 1
+    )  # refused with "come back in two minutes": everyone waits
     time.sleep(0.3)
     started = time.monotonic()
     process.send_signal(signal.SIGINT)
