@@ -33,10 +33,18 @@ def is_template(text: str) -> bool:
 
 
 def check_http_url(text: str) -> str:
-    """WhatsApp fetches links itself and accepts only http(s); checked again after rendering."""
-    if not re.match(r"https?://[^\s/?#]+", text):
+    """WhatsApp fetches links itself and accepts only http(s); checked again after rendering.
+
+    No credentials in a URL (`https://user:pass@host/`): they would travel with every message
+    and land in logs and the ledger; a link must be fetchable as it is, and the API's own
+    credentials belong in api.token."""
+    match = re.match(r"https?://([^\s/?#]+)", text)
+    if not match:
         shown = text if len(text) <= 80 else text[:77] + "..."
         raise ValueError(f"'{shown}' is not an http(s) link")
+    if "@" in match.group(1):
+        host = match.group(1).rsplit("@", 1)[1]
+        raise ValueError(f"the link to {host} carries credentials (user:password@); remove them")
     return text
 
 

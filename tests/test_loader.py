@@ -372,3 +372,31 @@ def test_templated_file_checked_per_recipient(run_flowrun: RunFlow) -> None:
         "flow.yaml:9:19: file 'assets/nope.jpg' not found (first for the recipient at"
         " flow.yaml:7:13)"
     )
+
+
+@pytest.mark.parametrize(
+    ("link", "expected"),
+    [
+        (
+            "https://user:pass@cdn.example.com/a.jpg",
+            "flow.yaml:9:19: the link to cdn.example.com carries credentials (user:password@);"
+            " remove them",
+        ),
+        (
+            "ftp://cdn.example.com/a.jpg",
+            "flow.yaml:9:19: 'ftp://cdn.example.com/a.jpg' is not an http(s) link",
+        ),
+        ("file:///etc/passwd", "flow.yaml:9:19: 'file:///etc/passwd' is not an http(s) link"),
+        (
+            "https://{{ recipient.name }}@cdn.example.com/a.jpg",
+            "flow.yaml:9:19: the link to cdn.example.com carries credentials (user:password@);"
+            " remove them (first for the recipient at flow.yaml:6:12)",
+        ),
+    ],
+)
+def test_links_are_plain_http_without_credentials(
+    run_flowrun: RunFlow, link: str, expected: str
+) -> None:
+    text = HEADER + "recipients:\n  - phone: '+1 555 010 0001'\n    name: a\nmessages:\n"
+    text += f"  - image: {{link: '{link}'}}\n"
+    assert first_error(run_flowrun, text) == expected
