@@ -327,9 +327,12 @@ async def _expire_tokens(request: web.Request) -> web.Response:
 
 
 @contextlib.contextmanager
-def running(port: int = 0) -> Iterator[tuple[str, SandboxState]]:
-    """The sandbox in a background thread on 127.0.0.1: (base URL, its state) while in use."""
-    state = SandboxState()
+def running(
+    port: int = 0, state: SandboxState | None = None
+) -> Iterator[tuple[str, SandboxState]]:
+    """The sandbox in a background thread on 127.0.0.1: (base URL, its state) while in use.
+    Given a port and the state of an earlier one, it is that API restarted."""
+    state = state or SandboxState()
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(build_app(state), access_log=None)
     loop.run_until_complete(runner.setup())

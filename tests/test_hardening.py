@@ -9,13 +9,14 @@ import contextlib
 import random
 import signal
 import sqlite3
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from runner.sandbox import SandboxState
+from runner.sandbox import SandboxState, running
 from tests.sandbox_helpers import count, post, query, start, wait_until, write_flow
 from tests.test_executor import children
 
@@ -89,3 +90,85 @@ def test_twenty_hard_kills_never_duplicate_a_message(
         first, second = rows.get((who, "a")), rows.get((who, "b"))
         assert first in ("sent", "uncertain"), (who, first)
         assert second in ("sent", "uncertain") if first == "sent" else second != "sent"
+
+
+def accounted(folder: Path, state: SandboxState, people: int) -> dict[str, int]:
+    """Every message is in the ledger as sent, failed (with the API's reason), skipped (with
+    why) or uncertain; the API got none twice, and each sent one exactly once."""
+    delivered = Counter(m["to"] for m in state.inbox)
+    assert max(delivered.values(), default=0) == 1, "a message reached the API twice"
+    rows = query(folder, "SELECT recipient, state, error_title, error_details FROM messages")
+    assert len(rows) == people
+    for who, what, title, details in rows:
+        assert what in ("sent", "failed", "skipped", "uncertain"), (who, what)
+        if what == "sent":
+            assert delivered[who] == 1
+        if what in ("failed", "skipped"):
+            assert title or details, f"{who} {what} without a reason"
+    return dict(Counter(what for _, what, _, _ in rows))
+
+
+FAULTS = {  # fault: (what the sandbox does, the step sent to 40 people)
+    "429 storm": ({"status": {"code": 429, "count": 40}}, "text"),
+    "429 storm with Retry-After": (
+        {"status": {"code": 429, "count": 15, "retry_after": 0.1}},
+        "text",
+    ),
+    "500 burst": ({"status": {"code": 500, "count": 30}}, "text"),
+    "503 burst": ({"status": {"code": 503, "count": 30}}, "text"),
+    "dropped connections": ({"drop": 6}, "text"),
+    "answers slower than the timeout": ({"slow": 1.5}, "text"),
+    "a failing upload": ({"status": {"code": 500, "count": 2}}, "image"),
+}
+STEPS = {
+    "text": "  - text: {body: 'hi {{ recipient.name }}'}\n",
+    "image": "  - image: {file: assets/welcome.jpg, caption: 'hi {{ recipient.name }}'}\n",
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_faults_while_sending(api: tuple[str, SandboxState], folder: Path, fault: str) -> None:
+    """After the run and a re-run: no message twice, every one accounted for. Transient
+    faults are retried through; a lost answer leaves the message uncertain, never resent."""
+    base, state = api
+    spec, step = FAULTS[fault]
+    write_flow(folder, base, STEPS[step], people=40, timeout=1, retries=8)
+    post(f"{base}/sandbox/faults", spec)
+    if fault == "answers slower than the timeout":
+        # for a moment: the first answers come late, then the API is well again
+        threading.Timer(1.5, post, (f"{base}/sandbox/faults", {})).start()
+    first = start(folder)
+    _out, err = first.communicate(timeout=120)
+    assert first.returncode in (0, 1), err
+    assert "Traceback" not in err
+    post(f"{base}/sandbox/faults", {})
+    again = start(folder)
+    _out, err = again.communicate(timeout=120)
+    assert "Traceback" not in err
+    states = accounted(folder, state, 40)
+    if fault in ("dropped connections", "answers slower than the timeout"):
+        assert states.get("uncertain", 0) >= 1  # the API may have them: never sent blindly
+        assert states.get("uncertain", 0) + states["sent"] == 40
+        assert "--retry-uncertain" in err  # and the re-run says how to settle them
+    else:
+        assert states == {"sent": 40}  # transient faults are retried through
+
+
+def test_the_api_restarting_mid_run(folder: Path) -> None:
+    with running() as (base, state):
+        port = int(base.rsplit(":", 1)[1])
+        steps = "  - text: {body: 'hi {{ recipient.name }}'}\n"
+        write_flow(folder, base, steps, people=300, timeout=2, retries=10)
+        post(f"{base}/sandbox/faults", {"latency": 0.01})
+        process = start(folder)
+        wait_until(lambda: len(state.inbox) >= 30)
+    # the API is down (its port closed) for a moment, then back with what it had
+    time.sleep(0.5)
+    with running(port, state):
+        _out, err = process.communicate(timeout=120)
+        assert process.returncode in (0, 1), err
+        again = start(folder)
+        again.communicate(timeout=120)
+        states = accounted(folder, state, 300)
+    assert states.get("uncertain", 0) <= 4  # at most the messages in flight at the crash
+    assert states["sent"] + states.get("uncertain", 0) == 300
