@@ -327,9 +327,7 @@ async def _expire_tokens(request: web.Request) -> web.Response:
 
 
 @contextlib.contextmanager
-def running(
-    port: int = 0, state: SandboxState | None = None
-) -> Iterator[tuple[str, SandboxState]]:
+def running(port: int = 0, state: SandboxState | None = None) -> Iterator[tuple[str, SandboxState]]:
     """The sandbox in a background thread on 127.0.0.1: (base URL, its state) while in use.
     Given a port and the state of an earlier one, it is that API restarted."""
     state = state or SandboxState()

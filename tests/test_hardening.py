@@ -6,9 +6,12 @@ Each test runs real `flowrun` processes against the sandbox over loopback, with 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.sandbox import SandboxState, running
+from runner.sandbox import TOKEN, SandboxState, running
 from tests.sandbox_helpers import count, post, query, start, wait_until, write_flow
 from tests.test_executor import children
 
@@ -172,3 +175,102 @@ def test_the_api_restarting_mid_run(folder: Path) -> None:
         states = accounted(folder, state, 300)
     assert states.get("uncertain", 0) <= 4  # at most the messages in flight at the crash
     assert states["sent"] + states.get("uncertain", 0) == 300
+
+
+def outputs_of(folder: Path, *commands: list[str]) -> str:
+    """Everything these flowrun commands print (`[]` runs the flow, `["report", "--csv"]` is
+    `flowrun report flow.yaml --csv`), and every byte of the ledger after them."""
+    printed = []
+    for command in commands:
+        args = (
+            ["flow.yaml", *command]
+            if not command or command[0].startswith("-")
+            else [command[0], "flow.yaml", *command[1:]]
+        )
+        process = subprocess.run(
+            [sys.executable, "-m", "runner", *args],
+            cwd=folder,
+            env={**os.environ, "WA_TOKEN": TOKEN},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        printed += [process.stdout, process.stderr]
+    stored = [path.read_bytes().decode("latin-1") for path in folder.glob("flow.ledger.sqlite*")]
+    return "\n".join(printed + stored)
+
+
+def test_the_token_never_leaves_the_environment(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    """A full run with failures of every kind, its re-run, a refused token, and every
+    command that reads the flow or the ledger: the token appears in none of what they print
+    or store."""
+    base, state = api
+    steps = "  - image: {file: assets/welcome.jpg}\n  - text: {body: 'hi {{ recipient.name }}'}\n"
+    write_flow(folder, base, steps, people=30, kind="cloud", timeout=1)
+    post(
+        f"{base}/sandbox/faults",
+        {
+            "status": {"code": 429, "count": 3, "retry_after": 0.1},
+            "drop": 2,
+            "fail_recipients": {"15550100003": 131047, "15550100004": 131026},
+        },
+    )
+    seen = outputs_of(folder, [], [])
+    post(f"{base}/sandbox/tokens/expire", {})
+    seen += outputs_of(
+        folder,
+        ["--retry-failed"],  # refused: 401 and error 190, a line that names the failure
+        ["--dry-run"],
+    )
+    for command in (["validate"], ["plan"], ["plan", "--jsonl"], ["report"]):
+        seen += outputs_of(folder, command)
+    for command in (["report", "--csv"], ["report", "--jsonl"]):
+        seen += outputs_of(folder, command)
+    assert "the API refused the credentials" in seen  # the failure paths did run
+    assert "Re-engagement message" in seen
+    assert "sandbox-token" not in seen
+    assert "Bearer" not in seen
+    assert len(state.inbox) > 20
+
+
+def test_the_password_and_login_token_never_leave_the_run(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, state = api
+    monkeypatch.setenv("WA_PASSWORD", "sandbox")
+    write_flow(folder, base, "  - text: {body: hi}\n", people=10)
+    text = (folder / "flow.yaml").read_text("utf-8")
+    login = "  login: {username: sandbox, password: '{{ env.WA_PASSWORD }}'}\n"
+    (folder / "flow.yaml").write_text(text.replace("  token: '{{ env.WA_TOKEN }}'\n", login))
+    post(f"{base}/sandbox/faults", {"fail_recipients": {"15550100002": 1013}})
+    seen = outputs_of(folder, [], ["report"], ["report", "--jsonl"], ["plan"])
+    monkeypatch.setenv("WA_PASSWORD", "not-the-password")
+    seen += outputs_of(folder, ["--retry-failed"])
+    assert "the API refused the login" in seen
+    assert state.logins == 1
+    for secret in ("sandbox-token", "c2FuZGJveDpzYW5kYm94", "not-the-password", "Basic "):
+        assert secret not in seen, secret
+
+
+@pytest.mark.parametrize(
+    ("ledger", "expected"),
+    [
+        ("/proc/flowrun.ledger.sqlite", "cannot create the ledger here"),
+        ("no/such/folder/flow.ledger.sqlite", "cannot create the ledger here"),
+        ("flow.yaml", "cannot use the ledger: file is not a database"),
+    ],
+)
+def test_a_ledger_that_cannot_be_written_is_refused_before_sending(
+    api: tuple[str, SandboxState], folder: Path, ledger: str, expected: str
+) -> None:
+    base, state = api
+    write_flow(folder, base, "  - text: {body: hi}\n", people=3)
+    process = start(folder, "--ledger", ledger)
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"{ledger}: {expected}")
+    assert state.inbox == []
