@@ -89,20 +89,30 @@ def _kind(value: Any) -> str:
 
 def _data_path(data: Any, loc: tuple[Any, ...], missing: bool) -> YamlPath:
     """The path in the data that a pydantic `loc` means: union tags and member names, which
-    pydantic inserts into locs, are not keys of the data and are skipped."""
-    path: list[str | int] = []
-    node = data
-    for index, part in enumerate(loc):
-        if (isinstance(node, dict) and part in node) or (
-            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        ):
-            node = node[part]
-        elif missing and index == len(loc) - 1:
-            pass
-        else:
-            continue
-        path.append(part)
-    return tuple(path)
+    pydantic inserts into locs, are not keys of the data and are skipped.
+
+    A tag can also be a key (a step `{name: x, text: {...}}` has the tag `text` and a key
+    `text`), so each part is tried both as a key and as a tag, keeping the reading that
+    places more of the loc; a missing key's name counts as placed."""
+    return tuple(_best_path(data, loc, missing)[1])
+
+
+def _best_path(node: Any, loc: tuple[Any, ...], missing: bool) -> tuple[int, list[str | int]]:
+    """(parts placed, path) for the rest of a loc below `node`."""
+    if not loc:
+        return 0, []
+    part, rest = loc[0], loc[1:]
+    skipped = _best_path(node, rest, missing)
+    present = (isinstance(node, dict) and part in node) or (
+        isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+    )
+    if present:
+        placed, path = _best_path(node[part], rest, missing)
+        if placed + 1 > skipped[0] or (placed + 1 == skipped[0] and not rest):
+            return placed + 1, [part, *path]
+    elif missing and not rest:
+        return 1, [part]
+    return skipped
 
 
 def _problem(document: Document, error: Any) -> Problem:
