@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -96,3 +97,32 @@ def test_mutated_example(tmp_path: Path, data: st.DataObject) -> None:
         insert = data.draw(st.lists(YAMLISH, max_size=3).map("".join))
         text = text[:position] + insert + text[position + cut :]
     outcome(_copy_example(tmp_path), text)
+
+
+CSV_PIECES = st.sampled_from(
+    [",", ";", "\t", "|", '"', '""', "\n", "\r\n", " ", "+1 555 010 0001", "0044 20", "phone",
+     "Phone", "name", "Ольга", "🙂", "\ufeff", "", "x" * 50, "=cmd|' /C calc'!A0", "\x00"]
+)  # fmt: skip
+
+
+@FUZZ
+@given(
+    st.lists(CSV_PIECES, max_size=60), st.sampled_from(["phone,name\n", "", "\ufeffphone;name\r\n"])
+)
+def test_mutated_csv(tmp_path: Path, pieces: list[str], header: str) -> None:
+    """Any CSV, however mangled, gives recipients or located problems: never a crash."""
+    folder = _copy_example(tmp_path)
+    (folder / "contacts.csv").write_text(header + "".join(pieces), "utf-8")
+    outcome(folder, VALID)
+
+
+def test_a_symlink_leading_outside_the_folder_is_outside(tmp_path: Path) -> None:
+    folder = _copy_example(tmp_path)
+    secret = tmp_path.parent / f"{tmp_path.name}-secret.jpg"
+    secret.write_bytes((REPO / "flows" / "assets" / "welcome.jpg").read_bytes())
+    (folder / "assets" / "welcome.jpg").unlink()
+    (folder / "assets" / "welcome.jpg").symlink_to(secret)
+    (folder / "flow.yaml").write_text(VALID, "utf-8")
+    with pytest.raises(FlowrunError) as refused:
+        check(str(folder / "flow.yaml"))
+    assert "'assets/welcome.jpg' is outside the flow's folder" in refused.value.lines()[0]
