@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from runner.sandbox import TOKEN, SandboxState, running
-from tests.sandbox_helpers import count, post, query, start, wait_until, write_flow
+from tests.sandbox_helpers import count, flowrun, post, query, start, wait_until, write_flow
 from tests.test_executor import children
 
 TWO_STEPS = (
@@ -273,4 +273,20 @@ def test_a_ledger_that_cannot_be_written_is_refused_before_sending(
     assert process.returncode == 2
     [line] = err.strip().splitlines()
     assert line.startswith(f"{ledger}: {expected}")
+    assert state.inbox == []
+
+
+def test_a_full_disk_from_the_first_write_sends_nothing(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.groupcommit import GroupCommit
+
+    monkeypatch.setattr(GroupCommit, "COMMAND", (sys.executable, "-m", "tests.failing_writer"))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
+    monkeypatch.setenv("FAIL_AT", "1")
+    base, state = api
+    write_flow(folder, base, "  - text: {body: hi}\n", people=20)
+    code, _out, err = flowrun("flow.yaml")
+    assert code == 2
+    assert err.strip().endswith("cannot write the ledger: database or disk is full")
     assert state.inbox == []
