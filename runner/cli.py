@@ -136,9 +136,10 @@ def report(flow: str | None, ledger_path: str | None, use_sandbox: bool, fmt: st
 @cli.command()
 @click.option("--port", default=8480, show_default=True, help="Port on 127.0.0.1.")
 def sandbox(port: int) -> None:
-    """Serve a WhatsApp Business API (On-Premises shape) on 127.0.0.1 for trying flows.
+    """Serve the WhatsApp Business APIs (Cloud and On-Premises) on 127.0.0.1 for trying flows.
 
-    Its token is 'sandbox-token' (login sandbox/sandbox); GET /sandbox/inbox shows what it got.
+    Its token is 'sandbox-token' (login sandbox/sandbox, phone number id 106540352242922);
+    GET /sandbox/inbox shows what it got.
     """
     from .sandbox import TOKEN, serve
 
@@ -149,6 +150,22 @@ def sandbox(port: int) -> None:
         return 0
 
     sys.exit(_handled(serve_until_stopped))
+
+
+@cli.command()
+@click.argument("flow", required=False, type=click.Path(dir_okay=False))
+@click.option("--ledger", "ledger_path", help="Ledger file (default: the FLOW's).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8481, show_default=True, help="Port to listen on.")
+def listen(flow: str | None, ledger_path: str | None, host: str, port: int) -> None:
+    """Receive WhatsApp status webhooks and record delivered, read and failed in the ledger.
+
+    Signatures are checked with the app secret in WA_APP_SECRET; Meta's verification
+    handshake answers with WA_VERIFY_TOKEN.
+    """
+    from .commands import listen_for_statuses
+
+    sys.exit(_handled(lambda: listen_for_statuses(flow, ledger_path, host, port)))
 
 
 @cli.command()

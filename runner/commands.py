@@ -353,3 +353,34 @@ def report_ledger(
         for line in summary_lines(path, name):
             click.echo(line)
     return EXIT_OK
+
+
+def _ledger_of(flow_file: str | None, ledger_path: str | None, use_sandbox: bool) -> Path:
+    if flow_file is None and ledger_path is None:
+        raise FlowrunError("name a FLOW or a --ledger PATH")
+    if ledger_path is not None:
+        return Path(ledger_path)
+    assert flow_file is not None
+    return default_ledger(load_flow(flow_file).path, use_sandbox)
+
+
+def listen_for_statuses(
+    flow_file: str | None, ledger_path: str | None, host: str, port: int
+) -> int:
+    from .listen import Receiver, serve
+
+    path = _ledger_of(flow_file, ledger_path, use_sandbox=False)
+    secret = os.environ.get("WA_APP_SECRET") or None
+    receiver = Receiver(path, secret, os.environ.get("WA_VERIFY_TOKEN") or None)
+    checked = "signatures checked" if secret else "signatures NOT checked: set WA_APP_SECRET"
+    click.echo(f"listening on http://{host}:{port} for status webhooks ({checked}); ledger: {path}")
+    try:
+        serve(receiver, host, port)
+    finally:
+        counts = receiver.counts
+        receiver.close()
+        click.echo(
+            f"received {counts.callbacks:,} callbacks, {counts.statuses:,} statuses;"
+            f" refused {counts.refused:,} (signature), {counts.unreadable:,} (not JSON)"
+        )
+    return EXIT_OK

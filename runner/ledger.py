@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
+from . import statuses
 from .errors import FlowrunError
 
 State = Literal["sending", "sent", "failed", "skipped", "uncertain"]
@@ -107,7 +108,7 @@ class Ledger:
             # FULL: a committed `sending` mark must survive power loss too, or a sent message
             # could later look unsent; group commits keep the number of fsyncs small.
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA + statuses.SCHEMA)
             self._check_version()
             if not writer_only:
                 self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

@@ -343,6 +343,8 @@ def running(port: int = 0, state: SandboxState | None = None) -> Iterator[tuple[
         yield f"http://127.0.0.1:{bound}", state
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        # closed connections finish closing on the loop's next turns: give them those
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()

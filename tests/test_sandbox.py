@@ -43,7 +43,8 @@ def call(
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read() or b"{}"), dict(response.headers)
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}"), dict(error.headers)
+        with error:  # it holds the connection
+            return error.code, json.loads(error.read() or b"{}"), dict(error.headers)
 
 
 def message(kind: str = "image", obj: Any = None, to: str = "15550100001") -> dict[str, Any]:

@@ -1,0 +1,163 @@
+"""`flowrun listen`: the webhook receiver that turns "accepted" into delivered, read or failed.
+
+Point the WhatsApp webhook (Cloud: the app's Webhooks settings; On-Premises:
+/v1/settings/application `webhooks.url`) at it, through whatever exposes it to the internet.
+It takes status callbacks of both dialects on any path, checks Cloud signatures
+(`X-Hub-Signature-256`, HMAC-SHA256 of the raw body with the app secret from WA_APP_SECRET)
+and answers Meta's verification handshake (WA_VERIFY_TOKEN).
+
+A callback is answered 200 only once its statuses are durable in the ledger (a group commit
+for everything received meanwhile, a few milliseconds): a receiver that died after saying 200
+would lose what Meta will not send again. A callback with a bad or missing signature is refused
+(401) and counted, never recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+from . import statuses
+from .statuses import Status
+
+
+@dataclass
+class Counts:
+    callbacks: int = 0
+    statuses: int = 0
+    refused: int = 0  # bad or missing signature
+    unreadable: int = 0  # not JSON
+
+
+@dataclass
+class Receiver:
+    ledger: Path
+    secret: str | None = field(default=None, repr=False)
+    verify_token: str | None = field(default=None, repr=False)
+    counts: Counts = field(default_factory=Counts)
+
+    def __post_init__(self) -> None:
+        self._db = sqlite3.connect(self.ledger, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(statuses.SCHEMA)
+        self._pending: list[Status] = []
+        self._durable: asyncio.Future[None] | None = None
+        self._writing: asyncio.Task[None] | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app.router.add_get("/{path:.*}", self._handshake)
+        app.router.add_post("/{path:.*}", self._callback)
+        return app
+
+    async def _handshake(self, request: web.Request) -> web.Response:
+        """Meta's GET ?hub.mode=subscribe&hub.verify_token=..&hub.challenge=.. when the
+        webhook is set up: echo the challenge if the token is ours."""
+        query = request.query
+        token = query.get("hub.verify_token", "")
+        expected = self.verify_token
+        if query.get("hub.mode") == "subscribe" and expected and _same(token, expected):
+            return web.Response(text=query.get("hub.challenge", ""))
+        return web.Response(status=403, text="verification failed")
+
+    async def _callback(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.counts.callbacks += 1
+        if self.secret is not None and not statuses.signature_ok(
+            self.secret, body, request.headers.get("X-Hub-Signature-256")
+        ):
+            self.counts.refused += 1
+            return web.Response(status=401, text="bad signature")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            self.counts.unreadable += 1
+            return web.Response(status=400, text="not JSON")
+        found = statuses.parse(payload)
+        if found:
+            await self._record(found)
+        self.counts.statuses += len(found)
+        return web.Response(text="ok")
+
+    async def _record(self, found: list[Status]) -> None:
+        """Into the next group commit; back once it is durable."""
+        self._pending.extend(found)
+        durable = self._durable
+        if durable is None:
+            durable = self._durable = asyncio.get_running_loop().create_future()
+        if self._writing is None:
+            self._writing = asyncio.ensure_future(self._write_batches())
+        await durable
+
+    async def _write_batches(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                durable, self._durable = self._durable, None
+                error: BaseException | None = None
+                try:
+                    await asyncio.to_thread(self._commit, batch)
+                except Exception as exc:  # the callbacks waiting get a 500: Meta retries
+                    error = exc
+                if durable is not None and not durable.done():
+                    if error is None:
+                        durable.set_result(None)
+                    else:
+                        durable.set_exception(error)
+        finally:
+            self._writing = None
+
+    def _commit(self, batch: list[Status]) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            statuses.apply(self._db, batch)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _same(given: str, expected: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+@contextlib.contextmanager
+def running(receiver: Receiver, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """The receiver in a thread of its own: its base URL while in use (tests, --listen)."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(receiver.app(), access_log=None)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, host, port)
+    loop.run_until_complete(site.start())
+    bound = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, name="flowrun-listen", daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        # closed connections finish closing on the loop's next turns: give them those
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def serve(receiver: Receiver, host: str, port: int) -> None:
+    """`flowrun listen`: serve until interrupted."""
+    web.run_app(receiver.app(), host=host, port=port, print=None, access_log=None)

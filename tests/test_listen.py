@@ -1,0 +1,208 @@
+"""`flowrun listen`: status webhooks of both dialects recorded in the ledger, whatever their
+order and however often they come; forged ones refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sqlite3
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.http import Client
+from runner.ledger import Ledger, Outcome
+from runner.listen import Receiver, running
+from runner.report import summary_lines, write_rows
+from runner.statuses import parse, sign
+
+SECRET = "app-secret-for-tests"
+
+
+def cloud(*statuses: dict[str, Any]) -> dict[str, Any]:
+    value = {"messaging_product": "whatsapp", "statuses": list(statuses)}
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
+    }
+
+
+def status(message_id: str, what: str, at: int, code: int | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {"id": message_id, "status": what, "timestamp": str(at)}
+    item["recipient_id"] = "15550100001"
+    if code is not None:
+        item["errors"] = [{"code": code, "title": "Receiver Incapable"}]
+    return item
+
+
+def post(url: str, payload: Any, secret: str | None = SECRET, raw: bytes | None = None) -> int:
+    body = raw if raw is not None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    if secret is not None:
+        request.add_header("X-Hub-Signature-256", sign(secret, body))
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        error.close()  # it holds the connection
+        return int(error.code)
+
+
+def table(path: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as db:
+        return db.execute(
+            "SELECT message_id, status, error_code, sent_at, delivered_at, read_at, failed_at"
+            " FROM statuses ORDER BY message_id"
+        ).fetchall()
+
+
+def test_both_dialects_parse() -> None:
+    onprem = {"statuses": [status("gBGG1", "delivered", 1700000000)]}
+    found = parse(onprem) + parse(cloud(status("wamid.A", "failed", 1700000001, 131026)))
+    assert [(s.message_id, s.status, s.code) for s in found] == [
+        ("gBGG1", "delivered", None),
+        ("wamid.A", "failed", 131026),
+    ]
+    assert found[0].at == "2023-11-14T22:13:20+00:00"
+    assert parse({"entry": [{"changes": [{"value": {"messages": [{"text": "hi"}]}}]}]}) == []
+    assert parse([1, 2]) == parse("x") == parse({"statuses": [{"id": 3}]}) == []
+
+
+def callbacks() -> list[dict[str, Any]]:
+    """Each message's statuses, one callback each: 40 delivered and read, 10 failed."""
+    out = []
+    for i in range(50):
+        mid = f"wamid.M{i:03d}"
+        out.append(cloud(status(mid, "sent", 1000 + i)))
+        if i < 40:
+            out += [cloud(status(mid, "delivered", 2000 + i)), cloud(status(mid, "read", 3000 + i))]
+        else:
+            out.append(cloud(status(mid, "failed", 2500 + i, 131026)))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_shuffled_and_repeated_callbacks_give_the_same_ledger(tmp_path: Path, seed: int) -> None:
+    ordered, shuffled = tmp_path / "ordered.sqlite", tmp_path / "shuffled.sqlite"
+    for path in (ordered, shuffled):
+        Ledger(path, "f").close()
+    mixed = callbacks() * 3  # Meta retries for a day: each comes again
+    random.Random(seed).shuffle(mixed)
+    for path, sequence in ((ordered, callbacks()), (shuffled, mixed)):
+        receiver = Receiver(path, SECRET)
+        with running(receiver) as url:
+            assert all(post(f"{url}/webhook", payload) == 200 for payload in sequence)
+        receiver.close()
+    assert table(shuffled) == table(ordered)
+    rows = table(ordered)
+    assert rows[0] == (
+        "wamid.M000",
+        "read",
+        None,
+        "1970-01-01T00:16:40+00:00",
+        "1970-01-01T00:33:20+00:00",
+        "1970-01-01T00:50:00+00:00",
+        None,
+    )
+    assert rows[45][1:3] == ("failed", 131026)
+
+
+def test_forged_or_missing_signatures_are_refused_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    Ledger(path, "f").close()
+    receiver = Receiver(path, SECRET)
+    payload = cloud(status("wamid.X", "read", 5))
+    with running(receiver) as url:
+        assert post(url, payload, secret="not-the-secret") == 401
+        assert post(url, payload, secret=None) == 401
+        body = json.dumps(payload).encode()
+        tampered = body.replace(b"read", b"sent")
+        request = urllib.request.Request(url, tampered, method="POST")
+        request.add_header("X-Hub-Signature-256", sign(SECRET, body))
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        refused.value.close()
+        assert post(url, None, raw=b"{not json") == 400
+        assert table(path) == []
+        assert post(url, payload) == 200
+    assert receiver.counts.refused == 3
+    assert [row[:2] for row in table(path)] == [("wamid.X", "read")]
+
+
+def test_the_verification_handshake(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    Ledger(path, "f").close()
+    receiver = Receiver(path, SECRET, verify_token="tok")
+    with running(receiver) as url:
+        query = "hub.mode=subscribe&hub.challenge=12345&hub.verify_token="
+        with urllib.request.urlopen(f"{url}/webhook?{query}tok", timeout=10) as answer:
+            assert answer.read() == b"12345"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{url}/webhook?{query}wrong", timeout=10)
+        refused.value.close()
+        assert refused.value.code == 403
+
+
+def test_a_status_before_its_message_is_kept_and_matched(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    with Ledger(path, "f") as ledger:
+        ledger.commit([], [("hello", "15550100001", "h")])  # the webhook beats the outcome
+        receiver = Receiver(path, SECRET)
+        with running(receiver) as url:
+            assert post(url, cloud(status("wamid.EARLY", "delivered", 10))) == 200
+        receiver.close()
+        ledger.commit([Outcome("hello", "15550100001", "sent", message_id="wamid.EARLY")], [])
+    lines = summary_lines(path, "f")
+    funnel = lines[lines.index(next(x for x in lines if x.startswith("delivery"))) + 2]
+    assert funnel.split() == ["f/hello", "0", "1", "0", "0", "0"]
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+
+def test_a_callback_storm_loses_nothing(tmp_path: Path) -> None:
+    """3,000 callbacks from 50 connections at once: every one answered 200, every status
+    recorded (each answer comes only once its status is durable)."""
+    path = tmp_path / "l.sqlite"
+    with Ledger(path, "f") as ledger:
+        ledger.commit(
+            [Outcome("s", f"1555{i:07d}", "sent", message_id=f"wamid.S{i}") for i in range(3000)],
+            [],
+        )
+    receiver = Receiver(path, SECRET)
+
+    async def storm(url: str) -> list[int]:
+        client = Client(url, 50, 30)  # flowrun's own HTTP client: 50 connections at once
+
+        async def one(i: int) -> int:
+            body = json.dumps(cloud(status(f"wamid.S{i}", "delivered", i))).encode()
+            headers = {"X-Hub-Signature-256": sign(SECRET, body)}
+            return (await client.post("/", body, "application/json", headers)).status
+
+        try:
+            return list(await asyncio.gather(*(one(i) for i in range(3000))))
+        finally:
+            await client.close()
+
+    with running(receiver) as url:
+        answers = asyncio.run(storm(url))
+    receiver.close()
+    assert answers == [200] * 3000
+    assert len(table(path)) == 3000
+    out = Collect()
+    write_rows(path, "f", "csv", out)  # type: ignore[arg-type]
+    assert out.text.splitlines()[0].endswith(
+        "delivery,delivered_at,read_at,delivery_error_code,delivery_error"
+    )
+    assert out.text.count(",delivered,") == 3000
