@@ -86,6 +86,13 @@ def cli() -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be sent (= flowrun plan).")
 @click.option(
+    "--listen",
+    "listen_port",
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="Receive status webhooks on 127.0.0.1:PORT during the run (= flowrun listen).",
+)
+@click.option(
     "--sandbox",
     "use_sandbox",
     is_flag=True,

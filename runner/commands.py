@@ -4,10 +4,11 @@ exit codes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,12 +144,12 @@ def run_flow(
     retry_failed: bool = False,
     retry_uncertain: bool = False,
     use_sandbox: bool = False,
+    listen_port: int | None = None,
 ) -> int:
     """Validate the whole flow, then send what the ledger says is not sent yet."""
-    import contextlib
-
     from .executor import RunOptions
     from .ledger import Ledger
+    from .ledger import now as ledger_now
 
     # nothing leaves before every recipient rendered
     plan, result, _ = check(flow_file, api=not use_sandbox)
@@ -180,8 +181,13 @@ def run_flow(
         path = Path(ledger_path) if ledger_path else default_ledger(plan.loaded.path, use_sandbox)
         ledger = stack.enter_context(Ledger(path, plan.loaded.name))
         _check_renamed(ledger, path, chosen=ledger_path is not None)
+        if listen_port is not None:
+            stack.enter_context(_listening(path, listen_port))
+        started = ledger_now()
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             summary = runner.run(_execute(plan, target, ledger, options, result.messages))
+        if listen_port is not None:
+            _await_statuses(path, plan.loaded.name, started)
     _print_summary(flow_file, summary, path)
     return summary.exit_code
 
@@ -196,6 +202,55 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+LISTEN_GRACE = 10.0  # seconds a run with --listen waits for the last messages' statuses
+
+
+@contextlib.contextmanager
+def _listening(path: Path, port: int) -> Iterator[None]:
+    """`flowrun listen` for the ledger at `path`, as a process of its own (receiving must not
+    slow sending: no GIL shared), from before the first message to after the run."""
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    command = [sys.executable, "-m", "runner", "listen", "--ledger", str(path)]
+    listener = subprocess.Popen([*command, "--port", str(port)])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if listener.poll() is not None or time.monotonic() > deadline:
+                raise FlowrunError(f"--listen {port}: the receiver did not start (port in use?)")
+            time.sleep(0.05)
+        yield
+    finally:
+        if listener.poll() is None:
+            listener.send_signal(signal.SIGINT)  # it finishes what it holds, then says so
+        listener.wait(30)
+
+
+def _await_statuses(path: Path, flow: str, since: str) -> None:
+    """After a run with --listen: until every message it sent has its final status (read,
+    failed, deleted) or LISTEN_GRACE seconds pass; later ones need `flowrun listen`."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + LISTEN_GRACE
+    query = (
+        "SELECT count(*) FROM messages m LEFT JOIN statuses s ON s.message_id = m.message_id"
+        " WHERE m.flow = ? AND m.state = 'sent' AND m.last_attempt >= ?"
+        " AND coalesce(s.rank, 0) < 3"
+    )
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        while time.monotonic() < deadline:
+            if db.execute(query, (flow, since)).fetchone()[0] == 0:
+                return
+            time.sleep(0.1)
 
 
 def _check_only(plan: Plan, only: str, flow_file: str) -> None:

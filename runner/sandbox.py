@@ -13,6 +13,8 @@ Control endpoints (not part of the WhatsApp API) live under /sandbox/:
   "fail_recipients": {"<wa id>": 1013, "<wa id>": {"error": 131056, "count": 2, "status": 400}}}
 - POST /sandbox/media/expire: forget uploaded media (the Cloud API's 30 days, at once)
 - POST /sandbox/tokens/expire: every token stops working (logging in again gives a new one)
+- POST /sandbox/webhook {"url", "secret", "delay", "fail_share", "seed"}: status callbacks for
+  what it accepts (sandbox_webhooks.py); GET: the final status it decided for each message
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from aiohttp import BodyPartReader, web
 
 from .media import LIMITS
 from .sandbox_checks import NAMESPACE, ApiError, check_message
+from .sandbox_webhooks import Webhook
 
 __all__ = ["LOGIN", "NAMESPACE", "PHONE_NUMBER_ID", "TOKEN", "SandboxState", "running", "serve"]
 
@@ -66,6 +69,7 @@ class SandboxState:
     uploads: int = 0
     logins: int = 0
     ids: Iterator[int] = field(default_factory=itertools.count)
+    webhook: Webhook | None = None  # where status callbacks go, if anywhere
 
 
 STATE = web.AppKey("state", SandboxState)
@@ -107,6 +111,8 @@ def build_app(state: SandboxState | None = None) -> web.Application:
     app.router.add_post("/sandbox/faults", _set_faults)
     app.router.add_post("/sandbox/media/expire", _expire_media)
     app.router.add_post("/sandbox/tokens/expire", _expire_tokens)
+    app.router.add_post("/sandbox/webhook", _set_webhook)
+    app.router.add_get("/sandbox/webhook", _webhook_decisions)
     return app
 
 
@@ -243,6 +249,8 @@ async def _send(request: web.Request) -> web.Response:
     state.inbox.append({"id": _message_id(dialect, number), **body})
     state.received.append(time.monotonic())
     message_id = state.inbox[-1]["id"]
+    if state.webhook is not None:
+        state.webhook.accepted(message_id, body["to"], dialect)
     if dialect == "cloud":
         return web.json_response(
             {
@@ -312,6 +320,28 @@ def _failure_rule(rule: Any) -> list[Any]:
     if isinstance(rule, int):
         return [rule, None, 400]
     return [int(rule["error"]), rule.get("count"), int(rule.get("status", 400))]
+
+
+async def _set_webhook(request: web.Request) -> web.Response:
+    """{"url": ..., "secret": ..., "delay": s, "fail_share": 0.2, "seed": "..."}: status
+    callbacks for every message accepted from now on ({} turns them off)."""
+    spec = await request.json()
+    state: SandboxState = request.app[STATE]
+    state.webhook = None
+    if spec.get("url"):
+        state.webhook = Webhook(
+            url=str(spec["url"]),
+            secret=spec.get("secret"),
+            delay=float(spec.get("delay", 0.05)),
+            fail_share=float(spec.get("fail_share", 0.0)),
+            seed=str(spec.get("seed", "flowrun")),
+        )
+    return web.json_response({})
+
+
+async def _webhook_decisions(request: web.Request) -> web.Response:
+    webhook = request.app[STATE].webhook
+    return web.json_response(webhook.decided if webhook else {})
 
 
 async def _expire_media(request: web.Request) -> web.Response:

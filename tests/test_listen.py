@@ -18,7 +18,10 @@ from runner.http import Client
 from runner.ledger import Ledger, Outcome
 from runner.listen import Receiver, running
 from runner.report import summary_lines, write_rows
+from runner.sandbox import SandboxState
 from runner.statuses import parse, sign
+from tests.sandbox_helpers import post as sandbox_post
+from tests.sandbox_helpers import start, wait_until, write_flow
 
 SECRET = "app-secret-for-tests"
 
@@ -206,3 +209,77 @@ def test_a_callback_storm_loses_nothing(tmp_path: Path) -> None:
         "delivery,delivered_at,read_at,delivery_error_code,delivery_error"
     )
     assert out.text.count(",delivered,") == 3000
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_run_with_listen_records_what_the_api_decided(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole loop on one machine: the sandbox accepts, then calls back (signed) with
+    delivered and read, or failed for a quarter; `flowrun FLOW --listen` ends with the
+    ledger holding exactly what the sandbox decided."""
+    base, _ = api
+    port = free_port()
+    steps = "  - name: a\n    text: {body: one}\n  - name: b\n    text: {body: two}\n"
+    write_flow(folder, base, steps, people=40, kind="cloud")
+    webhook = {"url": f"http://127.0.0.1:{port}/hook", "secret": SECRET, "fail_share": 0.25}
+    sandbox_post(f"{base}/sandbox/webhook", {**webhook, "delay": 0.02})
+    monkeypatch.setenv("WA_APP_SECRET", SECRET)
+    process = start(folder, "--listen", str(port))
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    with urllib.request.urlopen(f"{base}/sandbox/webhook", timeout=10) as answer:
+        decided = json.loads(answer.read())
+    assert len(decided) == 80
+    recorded = {row[0]: row[1] for row in table(folder / "flow.ledger.sqlite")}
+    assert recorded == decided
+    assert 5 < list(decided.values()).count("failed") < 35
+    assert "received" in out  # the receiver's own summary
+    lines = summary_lines(folder / "flow.ledger.sqlite", "t")
+    assert any(line.startswith("delivery (from status webhooks") for line in lines)
+
+
+def test_a_callback_storm_during_a_run_stalls_no_send(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3,000 callbacks for other messages hit the receiver while a run sends 800 messages:
+    the run goes through (the receiver is a process of its own) and nothing is lost."""
+    base, state = api
+    port = free_port()
+    write_flow(folder, base, "  - text: {body: hi}\n", people=800, kind="cloud")
+    sandbox_post(f"{base}/sandbox/faults", {"latency": 0.02})  # a run of several seconds
+    sandbox_post(f"{base}/sandbox/webhook", {"url": f"http://127.0.0.1:{port}/", "secret": SECRET})
+    monkeypatch.setenv("WA_APP_SECRET", SECRET)
+    process = start(folder, "--listen", str(port))
+    wait_until(lambda: len(state.inbox) > 0)
+
+    async def storm() -> list[int]:
+        client = Client(f"http://127.0.0.1:{port}", 20, 30)
+
+        async def one(i: int) -> int:
+            body = json.dumps(cloud(status(f"wamid.OTHER{i}", "read", i))).encode()
+            headers = {"X-Hub-Signature-256": sign(SECRET, body)}
+            return (await client.post("/", body, "application/json", headers)).status
+
+        try:
+            return list(await asyncio.gather(*(one(i) for i in range(3000))))
+        finally:
+            await client.close()
+
+    answers = asyncio.run(storm())
+    assert process.poll() is None  # the storm came and went while the run was sending
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert answers == [200] * 3000
+    assert len(state.inbox) == 800
+    rows = table(folder / "flow.ledger.sqlite")
+    assert sum(1 for row in rows if row[0].startswith("wamid.OTHER")) == 3000
+    ours = [row for row in rows if not row[0].startswith("wamid.OTHER")]
+    assert [row[1] for row in ours] == ["read"] * 800
