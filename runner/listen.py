@@ -15,18 +15,17 @@ would lose what Meta will not send again. A callback with a bad or missing signa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from . import statuses
 from .statuses import Status
+from .threadserver import serving
 
 
 @dataclass
@@ -136,26 +135,9 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-@contextlib.contextmanager
-def running(receiver: Receiver, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """The receiver in a thread of its own: its base URL while in use (tests, --listen)."""
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(receiver.app(), access_log=None)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, host, port)
-    loop.run_until_complete(site.start())
-    bound = runner.addresses[0][1]
-    thread = threading.Thread(target=loop.run_forever, name="flowrun-listen", daemon=True)
-    thread.start()
-    try:
-        yield f"http://{host}:{bound}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-        # closed connections finish closing on the loop's next turns: give them those
-        asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
+def running(receiver: Receiver, host: str = "127.0.0.1", port: int = 0) -> Any:
+    """The receiver in a thread of its own: a context giving its base URL (tests)."""
+    return serving(receiver.app(), host, port)
 
 
 def serve(receiver: Receiver, host: str, port: int) -> None:

@@ -23,7 +23,6 @@ import asyncio
 import base64
 import contextlib
 import itertools
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from aiohttp import BodyPartReader, web
 from .media import LIMITS
 from .sandbox_checks import NAMESPACE, ApiError, check_message
 from .sandbox_webhooks import Webhook
+from .threadserver import serving
 
 __all__ = ["LOGIN", "NAMESPACE", "PHONE_NUMBER_ID", "TOKEN", "SandboxState", "running", "serve"]
 
@@ -361,23 +361,8 @@ def running(port: int = 0, state: SandboxState | None = None) -> Iterator[tuple[
     """The sandbox in a background thread on 127.0.0.1: (base URL, its state) while in use.
     Given a port and the state of an earlier one, it is that API restarted."""
     state = state or SandboxState()
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(build_app(state), access_log=None)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    loop.run_until_complete(site.start())
-    bound = runner.addresses[0][1]
-    thread = threading.Thread(target=loop.run_forever, name="flowrun-sandbox", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{bound}", state
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-        # closed connections finish closing on the loop's next turns: give them those
-        asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
+    with serving(build_app(state), "127.0.0.1", port) as url:
+        yield url, state
 
 
 def serve(port: int) -> None:

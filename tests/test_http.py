@@ -4,41 +4,23 @@ that close connections, timeouts, and TLS with certificate checks."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from runner import threadserver
 from runner.http import Client, ConnectFailed, Lost
 from runner.transport import MaybeDelivered, NotDelivered, Transport
 
 
-@contextlib.contextmanager
 def serving(
     app: web.Application, context: ssl.SSLContext | None = None, keepalive: float = 75
-) -> Iterator[str]:
-    """`app` on 127.0.0.1 in a thread of its own: its base URL while in use."""
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=keepalive)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    loop.run_until_complete(site.start())
-    port = runner.addresses[0][1]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"{'https' if context else 'http'}://127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
+) -> Any:
+    return threadserver.serving(app, ssl_context=context, keepalive_timeout=keepalive)
 
 
 async def echo(request: web.Request) -> web.Response:

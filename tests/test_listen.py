@@ -165,6 +165,22 @@ def test_a_status_before_its_message_is_kept_and_matched(tmp_path: Path) -> None
     assert funnel.split() == ["f/hello", "0", "1", "0", "0", "0"]
 
 
+async def storm(url: str, connections: int, prefix: str, what: str) -> list[int]:
+    """3,000 signed callbacks at once over `connections` connections (flowrun's own HTTP
+    client); the status answered to each."""
+    client = Client(url, connections, 30)
+
+    async def one(i: int) -> int:
+        body = json.dumps(cloud(status(f"{prefix}{i}", what, i))).encode()
+        headers = {"X-Hub-Signature-256": sign(SECRET, body)}
+        return (await client.post("/", body, "application/json", headers)).status
+
+    try:
+        return list(await asyncio.gather(*(one(i) for i in range(3000))))
+    finally:
+        await client.close()
+
+
 class Collect:
     def __init__(self) -> None:
         self.text = ""
@@ -185,21 +201,8 @@ def test_a_callback_storm_loses_nothing(tmp_path: Path) -> None:
         )
     receiver = Receiver(path, SECRET)
 
-    async def storm(url: str) -> list[int]:
-        client = Client(url, 50, 30)  # flowrun's own HTTP client: 50 connections at once
-
-        async def one(i: int) -> int:
-            body = json.dumps(cloud(status(f"wamid.S{i}", "delivered", i))).encode()
-            headers = {"X-Hub-Signature-256": sign(SECRET, body)}
-            return (await client.post("/", body, "application/json", headers)).status
-
-        try:
-            return list(await asyncio.gather(*(one(i) for i in range(3000))))
-        finally:
-            await client.close()
-
     with running(receiver) as url:
-        answers = asyncio.run(storm(url))
+        answers = asyncio.run(storm(url, 50, "wamid.S", "delivered"))
     receiver.close()
     assert answers == [200] * 3000
     assert len(table(path)) == 3000
@@ -260,20 +263,7 @@ def test_a_callback_storm_during_a_run_stalls_no_send(
     process = start(folder, "--listen", str(port))
     wait_until(lambda: len(state.inbox) > 0)
 
-    async def storm() -> list[int]:
-        client = Client(f"http://127.0.0.1:{port}", 20, 30)
-
-        async def one(i: int) -> int:
-            body = json.dumps(cloud(status(f"wamid.OTHER{i}", "read", i))).encode()
-            headers = {"X-Hub-Signature-256": sign(SECRET, body)}
-            return (await client.post("/", body, "application/json", headers)).status
-
-        try:
-            return list(await asyncio.gather(*(one(i) for i in range(3000))))
-        finally:
-            await client.close()
-
-    answers = asyncio.run(storm())
+    answers = asyncio.run(storm(f"http://127.0.0.1:{port}", 20, "wamid.OTHER", "read"))
     assert process.poll() is None  # the storm came and went while the run was sending
     _out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
