@@ -53,6 +53,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
+        self._headers_done = False
         self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # asyncio.Protocol
@@ -69,21 +70,36 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._headers_done and self._ends_with_connection():
+            self.on_message_complete()  # a body without a length ends where the connection does
         self._fail(Lost("the connection closed before the answer"))
         if not self.gone.done():
             self.gone.set_result(None)
+
+    def _ends_with_connection(self) -> bool:
+        return (
+            "content-length" not in self._headers
+            and "chunked" not in self._headers.get("transfer-encoding", "").lower()
+        )
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        status = self.parser.get_status_code()
+        headers, body = self._headers, b"".join(self._body)
+        self._headers, self._body, self._headers_done = {}, [], False
+        if 100 <= status < 200 and status != 101:
+            return  # an interim answer (100 Continue, 103): the real one follows
         waiter, self.waiter = self.waiter, None
-        reply = Reply(self.parser.get_status_code(), self._headers, b"".join(self._body))
-        self._headers, self._body = {}, []
+        reply = Reply(status, headers, body)
         if not self.parser.should_keep_alive():
             self.close()
         if waiter is not None and not waiter.done():
@@ -122,10 +138,10 @@ class Client:
         self.timeout = timeout
         self._ssl = ssl.create_default_context() if self.https else None
         self._idle: collections.deque[_Connection] = collections.deque()
-        self._open = 0
-        self._room = asyncio.Condition()
-        self._waiting = 0  # requests waiting for a connection
-        self._all: set[_Connection] = set()  # counted against the limit
+        # A slot per request in flight: a request takes an idle connection or makes one, so
+        # there are never more connections than slots; the semaphore does the waking (a failed
+        # connect or a cancelled waiter passes its turn on).
+        self._slots = asyncio.Semaphore(limit)
         self._live: set[_Connection] = set()  # not closed yet (closing ones included)
 
     async def post(
@@ -140,40 +156,27 @@ class Client:
             *(f"{name}: {value}" for name, value in headers.items()),
         ]
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
-        connection = await self._acquire()
-        loop = asyncio.get_running_loop()
-        waiter = connection.exchange(data)
-        timer = loop.call_later(self.timeout, _expire, waiter)
-        try:
-            reply = await waiter
-        except BaseException:
-            connection.close()  # a late answer must not be taken for the next request's
-            raise
-        finally:
-            timer.cancel()
-            await self._release(connection)
-        return reply
+        async with self._slots:
+            connection = await self._acquire()
+            loop = asyncio.get_running_loop()
+            waiter = connection.exchange(data)
+            timer = loop.call_later(self.timeout, _expire, waiter)
+            try:
+                return await waiter
+            except BaseException:
+                connection.close()  # a late answer must not be taken for the next request's
+                raise
+            finally:
+                timer.cancel()
+                if not connection.closed:
+                    self._idle.append(connection)
 
     async def _acquire(self) -> _Connection:
-        while True:
-            while self._idle:
-                connection = self._idle.pop()
-                if not connection.closed:
-                    return connection
-                self._forget(connection)
-            if self._open < self.limit:
-                self._open += 1
-                try:
-                    return await self._connect()
-                except BaseException:
-                    self._open -= 1
-                    raise
-            self._waiting += 1
-            try:
-                async with self._room:
-                    await self._room.wait()
-            finally:
-                self._waiting -= 1
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.closed:
+                return connection
+        return await self._connect()
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -192,24 +195,9 @@ class Client:
             raise ConnectFailed(f"no connection within {self.timeout:g} s") from None
         except OSError as exc:  # refused, unreachable, DNS, TLS certificate (ssl.SSLError)
             raise ConnectFailed(str(exc)) from None
-        self._all.add(connection)
         self._live.add(connection)
         connection.gone.add_done_callback(lambda _: self._live.discard(connection))
         return connection
-
-    async def _release(self, connection: _Connection) -> None:
-        if connection.closed:
-            self._forget(connection)
-        else:
-            self._idle.append(connection)
-        if self._waiting:  # only when someone waits: the common path stays cheap
-            async with self._room:
-                self._room.notify()
-
-    def _forget(self, connection: _Connection) -> None:
-        if connection in self._all:
-            self._all.discard(connection)
-            self._open -= 1
 
     async def close(self) -> None:
         """Close every connection and wait until they are closed (a transport left to the
@@ -217,9 +205,7 @@ class Client:
         connections = list(self._live)
         for connection in connections:
             connection.close()
-        self._all.clear()
         self._idle.clear()
-        self._open = 0
         if connections:
             await asyncio.wait([c.gone for c in connections], timeout=5)
 

@@ -4,7 +4,8 @@ A 200 from `/messages` means the API accepted a message; whether it reached the 
 later, as a status callback: On-Premises `{"statuses": [...]}`, Cloud
 `{"entry": [{"changes": [{"value": {"statuses": [...]}}]}]}`. They arrive out of order and more
 than once (Meta retries for a day), so applying them is idempotent and monotonic: a status only
-ever moves forward (sent → delivered → read; failed is final), each kept with its first time.
+ever moves forward (sent → delivered → read → deleted; failed is final), each kept with its
+first time.
 
 They are kept in their own table, keyed by the API's message id, not written into `messages`:
 a status whose message the ledger does not know yet (the webhook was faster than the group
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 # How far along a message is; a status never replaces a further one.
-RANK = {"sent": 1, "delivered": 2, "read": 3, "failed": 4, "deleted": 5}
+RANK = {"sent": 1, "delivered": 2, "read": 3, "deleted": 4, "failed": 5}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS statuses (
@@ -152,8 +153,9 @@ def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
     constant time."""
     if not header or not header.startswith("sha256="):
         return False
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header.removeprefix("sha256="))
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest().encode()
+    given = header.removeprefix("sha256=").encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(expected, given)  # bytes: any header, even a non-ASCII one
 
 
 def sign(secret: str, body: bytes) -> str:

@@ -4,6 +4,7 @@ that close connections, timeouts, and TLS with certificate checks."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import subprocess
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from runner import threadserver
-from runner.http import Client, ConnectFailed, Lost
+from runner.http import Client, ConnectFailed, Lost, Reply
 from runner.transport import MaybeDelivered, NotDelivered, Transport
 
 
@@ -217,3 +218,97 @@ def test_lost_is_what_a_dropped_connection_raises() -> None:
 
     with serving(application) as base, pytest.raises(Lost):
         run(go(base))
+
+
+async def raw_server(answer: Any) -> tuple[asyncio.Server, str]:
+    """A bare TCP server: `answer(reader, writer, n)` for the n-th request."""
+    count = [0]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                size = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                await reader.readexactly(size)
+                count[0] += 1
+                if not await answer(writer, count[0]):
+                    break
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def test_an_interim_answer_is_not_taken_for_the_answer() -> None:
+    """Review finding: a 100 Continue was taken as the answer, and every later answer on the
+    connection went to the request after its own."""
+
+    async def answer(writer: asyncio.StreamWriter, n: int) -> bool:
+        if n == 1:
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = b'{"req": %d}' % n
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        return True
+
+    async def go() -> list[Any]:
+        server, url = await raw_server(answer)
+        client = Client(url, 1, 5)
+        try:
+            return [(await client.post("/x", b"{}", "application/json", {})).body for _ in "ab"]
+        finally:
+            await client.close()
+            server.close()
+
+    assert run(go()) == [b'{"req": 1}', b'{"req": 2}']
+
+
+def test_an_answer_that_ends_with_the_connection_is_an_answer() -> None:
+    """Review finding: a body without Content-Length or chunking (it ends where the
+    connection does) was reported lost, so an accepted message became uncertain."""
+
+    async def answer(writer: asyncio.StreamWriter, _n: int) -> bool:
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"ok": 1}')
+        return False  # and close
+
+    async def go() -> Any:
+        server, url = await raw_server(answer)
+        client = Client(url, 1, 5)
+        try:
+            return await client.post("/x", b"{}", "application/json", {})
+        finally:
+            await client.close()
+            server.close()
+
+    reply = run(go())
+    assert (reply.status, reply.body) == (200, b'{"ok": 1}')
+
+
+def test_a_failed_connect_does_not_strand_the_requests_waiting() -> None:
+    """Review finding: with every connection in use, a waiter whose connect failed left the
+    others asleep for ever."""
+    state: dict[str, Any] = {}
+
+    async def answer(writer: asyncio.StreamWriter, _n: int) -> bool:
+        await asyncio.sleep(0.1)
+        state["server"].close()  # stop listening: the next connects are refused
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        return False
+
+    async def go() -> list[str]:
+        server, url = await raw_server(answer)
+        state["server"] = server
+        client = Client(url, 1, 2)
+        tasks = [client.post("/x", b"{}", "application/json", {}) for _ in range(3)]
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*tasks, return_exceptions=True), timeout=10
+            )
+        finally:
+            await client.close()
+        return [str(r.status) if isinstance(r, Reply) else type(r).__name__ for r in results]
+
+    assert run(go()) == ["200", "ConnectFailed", "ConnectFailed"]

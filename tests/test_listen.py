@@ -273,3 +273,21 @@ def test_a_callback_storm_during_a_run_stalls_no_send(
     assert sum(1 for row in rows if row[0].startswith("wamid.OTHER")) == 3000
     ours = [row for row in rows if not row[0].startswith("wamid.OTHER")]
     assert [row[1] for row in ours] == ["read"] * 800
+
+
+def test_failed_is_final_and_odd_signatures_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    Ledger(path, "f").close()
+    receiver = Receiver(path, SECRET)
+    with running(receiver) as url:
+        assert post(url, cloud(status("wamid.F", "failed", 2, 131026))) == 200
+        assert post(url, {"statuses": [status("wamid.F", "deleted", 3)]}) == 200
+        body = json.dumps(cloud(status("wamid.G", "read", 4))).encode()
+        request = urllib.request.Request(url, body, method="POST")
+        request.add_header("X-Hub-Signature-256", "sha256=" + "é" * 64)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        refused.value.close()
+        assert refused.value.code == 401  # refused, not a 500
+    receiver.close()
+    assert [row[:2] for row in table(path)] == [("wamid.F", "failed")]
