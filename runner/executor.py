@@ -263,16 +263,7 @@ class Executor:
                 self.summary.held += 1
                 return  # later steps wait until this one is settled
             if isinstance(item, Skipped):
-                self.commits.record(
-                    Outcome(
-                        item.step.key,
-                        recipient.phone,
-                        "skipped",
-                        error_title="when",
-                        error_details=item.reason,
-                        attempts=0,
-                    )
-                )
+                self.commits.record(_skipped(item.step.key, recipient.phone, "when", item.reason))
                 self.summary.skipped += 1
                 continue
             if last_request is not None and not await self._pause(
@@ -296,17 +287,9 @@ class Executor:
 
     def _block_rest(self, items: list[Message | Skipped], failed: Message, who: Recipient) -> None:
         later = items[items.index(failed) + 1 :]
+        why = f"step {failed.step.key} did not go through"
         for item in later:
-            self.commits.record(
-                Outcome(
-                    item.step.key,
-                    who.phone,
-                    "skipped",
-                    error_title="blocked",
-                    error_details=f"step {failed.step.key} did not go through",
-                    attempts=0,
-                )
-            )
+            self.commits.record(_skipped(item.step.key, who.phone, "blocked", why))
             self.summary.blocked += 1
 
     async def _pause(self, seconds: float) -> bool:
@@ -344,10 +327,7 @@ class Executor:
                     # Waiting for the next attempt: the slot goes back, and the message is on
                     # record as failed (the API refused it) until its next mark.
                     self.commits.record(_failure_outcome(message, failure, 1))
-                delay = self._retry_delay(failure, state.attempt)
-                if failure.verdict is Verdict.THROTTLED:
-                    self.pacer.throttled(delay)
-                if not await self._pause(delay):
+                if not await self._wait_to_retry(failure, state.attempt):
                     self._interrupted(message)
                     return None
         except UploadFailed as exc:
@@ -394,10 +374,13 @@ class Executor:
             return False
         if 200 <= response.status < 300:
             return self._sent(message, response)
+        return self._refusal(response)
+
+    def _refusal(self, response: Response) -> ApiFailure:
+        """What the API's refusal means; a Retry-After it gave replaces the back-off."""
         failure = self.dialect.failure(response.status, response.data)
         if response.retry_after is not None and failure.retry:
-            # The API said when: that replaces the back-off (kept on the failure for _send).
-            return _with_retry_after(failure, response.retry_after)
+            return dataclasses.replace(failure, retry_after=response.retry_after)
         return failure
 
     def _sent(self, message: Message, response: Response) -> bool:
@@ -415,6 +398,14 @@ class Executor:
         self.progress.update(self.summary)
         return True
 
+    async def _wait_to_retry(self, failure: ApiFailure, attempt: int) -> bool:
+        """Wait before the next try (the whole run slows down too, if the API said it was
+        too fast); whether the run goes on."""
+        delay = self._retry_delay(failure, attempt)
+        if failure.verdict is Verdict.THROTTLED:
+            self.pacer.throttled(delay)
+        return await self._pause(delay)
+
     def _retry_delay(self, failure: ApiFailure, attempt: int) -> float:
         if failure.retry_after is not None:
             return min(failure.retry_after, RETRY_AFTER_MAX)
@@ -427,12 +418,11 @@ class Executor:
         """Ctrl-C while a message waited for a retry: it was not accepted, so it is recorded
         as skipped ('interrupted') and the next run sends it."""
         self.commits.record(
-            _outcome(
-                message,
-                "skipped",
-                error_title="interrupted",
-                error_details="the run stopped before a retry",
-                attempts=0,
+            _skipped(
+                message.step.key,
+                message.recipient.phone,
+                "interrupted",
+                "the run stopped before a retry",
             )
         )
         self.summary.unsent += 1
@@ -534,30 +524,25 @@ class Executor:
                 await self.commits.remember_upload(self.dialect.upload_key, media.sha256, found)
                 self.summary.uploads += 1
                 return found
-            failure = self.dialect.failure(response.status, response.data)
+            failure = self._refusal(response)
             if failure.verdict is Verdict.AUTH:
                 if await self._login_again(login):
                     continue
                 self._stop(StopRun(_auth_message(failure, self.dialect)))
             elif failure.retry and attempt <= self.retries:
-                if response.retry_after is not None:
-                    failure = _with_retry_after(failure, response.retry_after)
                 await self._upload_pause(failure, attempt)
                 continue
             raise UploadFailed(failure)
 
     async def _upload_pause(self, failure: ApiFailure, attempt: int) -> None:
-        """Wait before an upload's next try (slowing the run if the API said so); raises
-        UploadInterrupted when the run stops meanwhile."""
-        delay = self._retry_delay(failure, attempt)
-        if failure.verdict is Verdict.THROTTLED:
-            self.pacer.throttled(delay)
-        if not await self._pause(delay):
+        """Wait before an upload's next try; raises UploadInterrupted when the run stops."""
+        if not await self._wait_to_retry(failure, attempt):
             raise UploadInterrupted
 
 
-def _with_retry_after(failure: ApiFailure, seconds: float) -> ApiFailure:
-    return dataclasses.replace(failure, retry_after=seconds)
+def _skipped(step: str, recipient: str, title: str, why: str) -> Outcome:
+    """Not sent, and why (`when`, `blocked`, `interrupted`): looked at again next run."""
+    return Outcome(step, recipient, "skipped", error_title=title, error_details=why, attempts=0)
 
 
 def _failure_outcome(message: Message, failure: ApiFailure, attempts: int) -> Outcome:
