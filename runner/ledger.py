@@ -271,6 +271,14 @@ class Ledger:
         except sqlite3.Error as exc:
             raise LedgerError(f"{self.path}: cannot write the ledger: {exc}") from None
 
+    def record_statuses(self, batch: list[statuses.Status]) -> None:
+        """Delivery statuses from the webhooks (flowrun listen), in one durable transaction."""
+        try:
+            with self._transaction():
+                statuses.apply(self._db, batch)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path}: cannot write the ledger: {exc}") from None
+
     def counts(self) -> dict[str, int]:
         rows = self._reader.execute(
             "SELECT state, count(*) FROM messages WHERE flow = ? GROUP BY state", (self.flow,)

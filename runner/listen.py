@@ -15,7 +15,6 @@ would lose what Meta will not send again. A callback with a bad or missing signa
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import orjson
 from aiohttp import web
 
 from . import statuses
+from .ledger import Ledger
 from .statuses import Status
 from .threadserver import serving
 
@@ -44,11 +44,8 @@ class Receiver:
     counts: Counts = field(default_factory=Counts)
 
     def __post_init__(self) -> None:
-        self._db = sqlite3.connect(self.ledger, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(statuses.SCHEMA)
+        # The ledger's own writing side (no lock: a run may hold it; statuses are not its)
+        self._ledger = Ledger(self.ledger, "", writer_only=True)
         self._pending: list[Status] = []
         self._durable: asyncio.Future[None] | None = None
         self._writing: asyncio.Task[None] | None = None
@@ -105,7 +102,7 @@ class Receiver:
                 durable, self._durable = self._durable, None
                 error: BaseException | None = None
                 try:
-                    await asyncio.to_thread(self._commit, batch)
+                    await asyncio.to_thread(self._ledger.record_statuses, batch)
                 except Exception as exc:  # the callbacks waiting get a 500: Meta retries
                     error = exc
                 if durable is not None and not durable.done():
@@ -116,17 +113,8 @@ class Receiver:
         finally:
             self._writing = None
 
-    def _commit(self, batch: list[Status]) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            statuses.apply(self._db, batch)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
     def close(self) -> None:
-        self._db.close()
+        self._ledger.close()
 
 
 def _same(given: str, expected: str) -> bool:
