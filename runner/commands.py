@@ -151,8 +151,9 @@ def run_flow(
     from .ledger import Ledger
     from .ledger import now as ledger_now
 
-    # nothing leaves before every recipient rendered
-    plan, result, _ = check(flow_file, api=not use_sandbox)
+    # nothing leaves before every recipient rendered; the api section is rendered below, once,
+    # as the run needs it (not also as validate does, which would say a missing token twice)
+    plan, result, _ = check(flow_file, api=False)
     if only is not None:
         _check_only(plan, only, flow_file)
     with contextlib.ExitStack() as stack:
@@ -240,15 +241,17 @@ def _await_statuses(path: Path, flow: str, since: str) -> None:
     import sqlite3
     import time
 
+    from .statuses import RANK
+
     deadline = time.monotonic() + LISTEN_GRACE
     query = (
         "SELECT count(*) FROM messages m LEFT JOIN statuses s ON s.message_id = m.message_id"
         " WHERE m.flow = ? AND m.state = 'sent' AND m.last_attempt >= ?"
-        " AND coalesce(s.rank, 0) < 3"
+        " AND coalesce(s.rank, 0) < ?"
     )
     with contextlib.closing(sqlite3.connect(path)) as db:
         while time.monotonic() < deadline:
-            if db.execute(query, (flow, since)).fetchone()[0] == 0:
+            if db.execute(query, (flow, since, RANK["read"])).fetchone()[0] == 0:
                 return
             time.sleep(0.1)
 
@@ -392,16 +395,7 @@ def report_ledger(
 ) -> int:
     from .report import summary_lines, write_rows
 
-    if flow_file is None and ledger_path is None:
-        raise FlowrunError("name a FLOW or a --ledger PATH to report on")
-    name = None
-    path = Path(ledger_path) if ledger_path else None
-    if flow_file is not None:
-        loaded = load_flow(flow_file)
-        name = loaded.name
-        if path is None:
-            path = default_ledger(loaded.path, use_sandbox)
-    assert path is not None
+    path, name = _ledger_of(flow_file, ledger_path, use_sandbox)
     if fmt is not None:
         write_rows(path, name, fmt, sys.stdout)
     else:
@@ -410,13 +404,20 @@ def report_ledger(
     return EXIT_OK
 
 
-def _ledger_of(flow_file: str | None, ledger_path: str | None, use_sandbox: bool) -> Path:
+def _ledger_of(
+    flow_file: str | None, ledger_path: str | None, use_sandbox: bool
+) -> tuple[Path, str | None]:
+    """The ledger a command reads (--ledger, else the FLOW's), and the FLOW's name if given."""
     if flow_file is None and ledger_path is None:
         raise FlowrunError("name a FLOW or a --ledger PATH")
-    if ledger_path is not None:
-        return Path(ledger_path)
-    assert flow_file is not None
-    return default_ledger(load_flow(flow_file).path, use_sandbox)
+    name = None
+    path = Path(ledger_path) if ledger_path else None
+    if flow_file is not None:
+        loaded = load_flow(flow_file)
+        name = loaded.name
+        path = path or default_ledger(loaded.path, use_sandbox)
+    assert path is not None
+    return path, name
 
 
 def listen_for_statuses(
@@ -424,7 +425,7 @@ def listen_for_statuses(
 ) -> int:
     from .listen import Receiver, serve
 
-    path = _ledger_of(flow_file, ledger_path, use_sandbox=False)
+    path, _ = _ledger_of(flow_file, ledger_path, use_sandbox=False)
     secret = os.environ.get("WA_APP_SECRET") or None
     receiver = Receiver(path, secret, os.environ.get("WA_VERIFY_TOKEN") or None)
     checked = "signatures checked" if secret else "signatures NOT checked: set WA_APP_SECRET"
