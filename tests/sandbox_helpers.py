@@ -58,6 +58,21 @@ def write_flow(
     return folder / "flow.yaml"
 
 
+def login_flow(
+    folder: Path,
+    base: str,
+    people: int,
+    messages: str = "  - text: {body: 'hi {{ recipient.name }}'}\n",
+    **settings: Any,
+) -> None:
+    """An On-Premises flow that logs in (user sandbox, password from WA_PASSWORD)."""
+    write_flow(folder, base, messages, people=people, **settings)
+    text = (folder / "flow.yaml").read_text("utf-8")
+    login = "  login: {username: sandbox, password: '{{ env.WA_PASSWORD }}'}\n"
+    text = text.replace("  token: '{{ env.WA_TOKEN }}'\n", login)
+    (folder / "flow.yaml").write_text(text, "utf-8")
+
+
 def flowrun(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(cli, list(args))
     if result.exception and not isinstance(result.exception, SystemExit):

@@ -26,6 +26,7 @@ from tests.sandbox_helpers import (
     count,
     flowrun,
     ledger_rows,
+    login_flow,
     post,
     query,
     start,
@@ -333,15 +334,6 @@ def test_an_expired_cloud_token_stops_the_run(api: tuple[str, SandboxState], fol
     assert "check what the flow's api.token reads" in err
     assert state.inbox == []
     assert count(folder, "state = 'sent'") == 0
-
-
-def login_flow(folder: Path, base: str, people: int, **settings: Any) -> None:
-    messages = "  - text: {body: 'hi {{ recipient.name }}'}\n"
-    write_flow(folder, base, messages, people=people, **settings)
-    text = (folder / "flow.yaml").read_text("utf-8")
-    login = "  login: {username: sandbox, password: '{{ env.WA_PASSWORD }}'}\n"
-    text = text.replace("  token: '{{ env.WA_TOKEN }}'\n", login)
-    (folder / "flow.yaml").write_text(text, "utf-8")
 
 
 def test_onprem_logs_in_and_again_when_the_session_ends(

@@ -20,7 +20,16 @@ from pathlib import Path
 import pytest
 
 from runner.sandbox import TOKEN, SandboxState, running
-from tests.sandbox_helpers import count, flowrun, post, query, start, wait_until, write_flow
+from tests.sandbox_helpers import (
+    count,
+    flowrun,
+    login_flow,
+    post,
+    query,
+    start,
+    wait_until,
+    write_flow,
+)
 from tests.test_executor import children
 
 TWO_STEPS = (
@@ -241,10 +250,7 @@ def test_the_password_and_login_token_never_leave_the_run(
 ) -> None:
     base, state = api
     monkeypatch.setenv("WA_PASSWORD", "sandbox")
-    write_flow(folder, base, "  - text: {body: hi}\n", people=10)
-    text = (folder / "flow.yaml").read_text("utf-8")
-    login = "  login: {username: sandbox, password: '{{ env.WA_PASSWORD }}'}\n"
-    (folder / "flow.yaml").write_text(text.replace("  token: '{{ env.WA_TOKEN }}'\n", login))
+    login_flow(folder, base, people=10)
     post(f"{base}/sandbox/faults", {"fail_recipients": {"15550100002": 1013}})
     seen = outputs_of(folder, [], ["report"], ["report", "--jsonl"], ["plan"])
     monkeypatch.setenv("WA_PASSWORD", "not-the-password")
