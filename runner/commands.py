@@ -186,7 +186,8 @@ def run_flow(
             stack.enter_context(_listening(path, listen_port))
         started = ledger_now()
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            summary = runner.run(_execute(plan, target, ledger, options, result.messages))
+            run = _execute(plan, target, dialect, ledger, options, total=result.messages)
+            summary = runner.run(run)
         if listen_port is not None:
             _await_statuses(path, plan.loaded.name, started)
     _print_summary(flow_file, summary, path)
@@ -320,7 +321,13 @@ def default_ledger(flow_path: Path, sandbox: bool) -> Path:
 
 
 async def _execute(
-    plan: Plan, target: ApiTarget, ledger: Ledger, options: RunOptions, total: int
+    plan: Plan,
+    target: ApiTarget,
+    dialect: Dialect,
+    ledger: Ledger,
+    options: RunOptions,
+    *,
+    total: int,
 ) -> Summary:
     from .executor import Executor
     from .progress import Progress
@@ -334,7 +341,7 @@ async def _execute(
             executor = Executor(
                 plan,
                 transport=transport,
-                dialect=target.dialect(),
+                dialect=dialect,
                 ledger=ledger,
                 options=options,
                 progress=progress,

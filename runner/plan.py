@@ -375,11 +375,13 @@ class Plan:
         except RENDER_ERRORS as exc:
             self.problems.add(Problem(self.loaded.locate(where), describe(exc)))
             return None
-        error = _check_api_value(name, value.strip() if name in _SECRETS else value)
+        if name in _SECRETS:
+            value = value.strip()
+        error = _check_api_value(name, value)
         if error:
             self.problems.add(Problem(self.loaded.locate(where), error))
             return None
-        return value.strip() if name in _SECRETS else value
+        return value
 
 
 _SECRETS = ("token", "password")  # a token file's trailing newline is stripped
