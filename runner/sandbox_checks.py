@@ -253,15 +253,14 @@ def _check_buttons(spec: TemplateSpec, buttons: list[dict[str, Any]]) -> None:
         if button.get("sub_type") != sub_type:
             raise ApiError("invalid", f"button {position} is a {sub_type} button")
         parameters = _parameters(button)
-        key = "text" if sub_type == "url" else "payload"
-        expected = "text" if sub_type == "url" else "payload"
+        kind = "text" if sub_type == "url" else "payload"  # the parameter's type and its key
         if (
             len(parameters) != 1
-            or parameters[0].get("type") != expected
-            or not isinstance(parameters[0].get(key), str)
-            or not parameters[0][key]
+            or parameters[0].get("type") != kind
+            or not isinstance(parameters[0].get(kind), str)
+            or not parameters[0][kind]
         ):
-            raise ApiError("template_params", f"button {position} takes one {expected} parameter")
+            raise ApiError("template_params", f"button {position} takes one {kind} parameter")
     if len(seen) != len(spec.buttons):
         raise ApiError(
             "template_params", f"the template's {len(spec.buttons)} button(s) need parameters"
