@@ -20,7 +20,7 @@ from .loader import load_flow
 if TYPE_CHECKING:
     from .dialect import Dialect
     from .executor import RunOptions, Summary
-    from .ledger import Ledger
+    from .ledger import RunLedger
     from .models import CloudApi, OnPremApi
 from .plan import ApiTarget, Message, Plan, Skipped, Survey, compile_plan, survey
 
@@ -148,7 +148,7 @@ def run_flow(
 ) -> int:
     """Validate the whole flow, then send what the ledger says is not sent yet."""
     from .executor import RunOptions
-    from .ledger import Ledger
+    from .ledger import default_path, open_for_run
     from .ledger import now as ledger_now
 
     # nothing leaves before every recipient rendered; the api section is rendered below, once,
@@ -179,8 +179,8 @@ def run_flow(
             rate=rate or None,
             interval=interval,
         )
-        path = Path(ledger_path) if ledger_path else default_ledger(plan.loaded.path, use_sandbox)
-        ledger = stack.enter_context(Ledger(path, plan.loaded.name))
+        path = Path(ledger_path) if ledger_path else default_path(plan.loaded.path, use_sandbox)
+        ledger = stack.enter_context(open_for_run(path, plan.loaded.name))
         _check_renamed(ledger, path, chosen=ledger_path is not None)
         if listen_port is not None:
             stack.enter_context(_listening(path, listen_port))
@@ -239,20 +239,14 @@ def _listening(path: Path, port: int) -> Iterator[None]:
 def _await_statuses(path: Path, flow: str, since: str) -> None:
     """After a run with --listen: until every message it sent has its final status (read,
     failed, deleted) or LISTEN_GRACE seconds pass; later ones need `flowrun listen`."""
-    import sqlite3
     import time
 
-    from .statuses import RANK
+    from .ledger import SETTLED_RANK, LedgerReader
 
     deadline = time.monotonic() + LISTEN_GRACE
-    query = (
-        "SELECT count(*) FROM messages m LEFT JOIN statuses s ON s.message_id = m.message_id"
-        " WHERE m.flow = ? AND m.state = 'sent' AND m.last_attempt >= ?"
-        " AND coalesce(s.rank, 0) < ?"
-    )
-    with contextlib.closing(sqlite3.connect(path)) as db:
+    with LedgerReader(path) as ledger:
         while time.monotonic() < deadline:
-            if db.execute(query, (flow, since, RANK["read"])).fetchone()[0] == 0:
+            if ledger.unsettled(flow, since, SETTLED_RANK) == 0:
                 return
             time.sleep(0.1)
 
@@ -284,7 +278,7 @@ def sandbox_target(api: CloudApi | OnPremApi, base_url: str) -> ApiTarget:
     return ApiTarget("onprem", base_url, sandbox.TOKEN, template_namespace=sandbox.NAMESPACE)
 
 
-def _check_renamed(ledger: Ledger, path: Path, chosen: bool) -> None:
+def _check_renamed(ledger: RunLedger, path: Path, chosen: bool) -> None:
     """A ledger knows messages by flow name: a renamed flow would send everything again.
 
     The default ledger belongs to one flow file, so other names in it mean a rename: refused.
@@ -313,18 +307,11 @@ def _phone_option(only: str | None) -> str | None:
         raise FlowrunError(f"--only: {exc}") from None
 
 
-def default_ledger(flow_path: Path, sandbox: bool) -> Path:
-    """Beside the flow, named after it; sandbox runs keep their own, so that trying a flow on
-    the sandbox never marks a real customer's message as sent."""
-    suffix = ".sandbox.ledger.sqlite" if sandbox else ".ledger.sqlite"
-    return flow_path.with_name(flow_path.stem + suffix)
-
-
 async def _execute(
     plan: Plan,
     target: ApiTarget,
     dialect: Dialect,
-    ledger: Ledger,
+    ledger: RunLedger,
     options: RunOptions,
     *,
     total: int,
@@ -415,6 +402,8 @@ def _ledger_of(
     flow_file: str | None, ledger_path: str | None, use_sandbox: bool
 ) -> tuple[Path, str | None]:
     """The ledger a command reads (--ledger, else the FLOW's), and the FLOW's name if given."""
+    from .ledger import default_path
+
     if flow_file is None and ledger_path is None:
         raise FlowrunError("name a FLOW or a --ledger PATH")
     name = None
@@ -422,7 +411,7 @@ def _ledger_of(
     if flow_file is not None:
         loaded = load_flow(flow_file)
         name = loaded.name
-        path = path or default_ledger(loaded.path, use_sandbox)
+        path = path or default_path(loaded.path, use_sandbox)
     assert path is not None
     return path, name
 
@@ -430,7 +419,7 @@ def _ledger_of(
 def listen_for_statuses(
     flow_file: str | None, ledger_path: str | None, host: str, port: int
 ) -> int:
-    from .listen import Receiver, serve
+    from .receiver import Receiver, serve
 
     path, _ = _ledger_of(flow_file, ledger_path, use_sandbox=False)
     secret = os.environ.get("WA_APP_SECRET") or None

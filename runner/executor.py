@@ -30,8 +30,7 @@ import orjson
 
 from .dialect import ApiFailure, Dialect, LoginFailed, Verdict
 from .errors import FlowrunError
-from .groupcommit import GroupCommit
-from .ledger import Ledger, Outcome, State
+from .ledger import GroupCommit, Outcome, RunLedger, State
 from .media import LocalMedia
 from .pacing import Pacer
 from .plan import Message, Plan, RenderFailure, Skipped
@@ -133,7 +132,7 @@ class Executor:
         *,
         transport: Transport,
         dialect: Dialect,
-        ledger: Ledger,
+        ledger: RunLedger,
         options: RunOptions,
         progress: Progress,
     ) -> None:
@@ -170,7 +169,7 @@ class Executor:
     async def run(self) -> Summary:
         started = time.monotonic()
         self.summary.recovered = self.ledger.recover()
-        self.commits = await GroupCommit.start(self.ledger)
+        self.commits = await GroupCommit.start(self.ledger.location, self.ledger.flow)
         self._install_signals()
         try:
             await self._login()

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from runner import ledgerwriter
-from runner.ledger import Ledger, LedgerError
+from runner.ledger import Batch, LedgerError, SqliteLedger, writer
 
-real_commit = Ledger.commit
+real_commit = SqliteLedger.commit
 made = [0]  # commits so far
 
 
-def failing_commit(self: Ledger, outcomes: Any, marks: Any) -> None:
-    if not outcomes and not marks:
+def failing_commit(self: SqliteLedger, batch: Batch) -> None:
+    if not batch:
         return
     made[0] += 1
     if made[0] >= int(os.environ.get("FAIL_AT", "3")):
         raise LedgerError(f"{self.path}: cannot write the ledger: database or disk is full")
-    real_commit(self, outcomes, marks)
+    real_commit(self, batch)
 
 
 if __name__ == "__main__":
-    Ledger.commit = failing_commit  # type: ignore[method-assign]
-    ledgerwriter.main()
+    SqliteLedger.commit = failing_commit  # type: ignore[method-assign]
+    writer.main()

@@ -17,7 +17,7 @@ import pytest
 from runner import sandbox as sandbox_module
 from runner.cloud import Cloud
 from runner.dialect import Verdict
-from runner.ledger import Ledger
+from runner.ledger import Batch, SqliteLedger, Uploaded
 from runner.onprem import OnPrem
 from runner.pacing import Pacer
 from runner.sandbox import NAMESPACE, PHONE_NUMBER_ID, SandboxState
@@ -203,8 +203,8 @@ def test_uploads_are_cached_per_dialect_and_phone_number(
 
 def test_a_cached_media_id_ages_out(tmp_path: Path) -> None:
     """The clock is moved, not waited for: the Cloud API forgets media after 30 days."""
-    with Ledger(tmp_path / "l.sqlite", "t") as ledger:
-        ledger.remember_upload("k", "sha", "id-1")
+    with SqliteLedger.for_run(tmp_path / "l.sqlite", "t") as ledger:
+        ledger.commit(Batch(uploads=[Uploaded("k", "sha", "id-1")]))
         ttl = Cloud("http://x", "v23.0", "1").media_ttl
         assert ttl is not None
         assert ttl < timedelta(days=30)  # a margin, so that a long run never meets the end

@@ -354,7 +354,7 @@ def test_a_ledger_that_cannot_be_written_stops_the_run_cleanly(
 ) -> None:
     """Regression: a failed commit killed a worker, and with every worker dead the run hung
     on its full queue. Here the disk 'fills up' on the third commit (tests/failing_writer.py)."""
-    from runner.groupcommit import GroupCommit
+    from runner.ledger import GroupCommit
 
     monkeypatch.setattr(GroupCommit, "COMMAND", (sys.executable, "-m", "tests.failing_writer"))
     monkeypatch.setenv("PYTHONPATH", str(REPO))

@@ -285,7 +285,7 @@ def test_a_ledger_that_cannot_be_written_is_refused_before_sending(
 def test_a_full_disk_from_the_first_write_sends_nothing(
     api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runner.groupcommit import GroupCommit
+    from runner.ledger import GroupCommit
 
     monkeypatch.setattr(GroupCommit, "COMMAND", (sys.executable, "-m", "tests.failing_writer"))
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent.parent))

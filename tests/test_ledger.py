@@ -1,80 +1,235 @@
-"""The ledger on a real SQLite file: states, crash recovery, the upload cache, the run lock."""
+"""The ledger package on real files: the store's methods, migrations, the writer's wire format,
+the group commit, the run lock and the reader reports use.
+
+The store tests take a `store` fixture so that every backend runs the same tests (SQLite
+today; a PostgreSQL store joins the parametrisation).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from runner.ledger import Ledger, LedgerError, Outcome
+from runner.ledger import (
+    Batch,
+    Batcher,
+    LedgerError,
+    LedgerReader,
+    Mark,
+    Outcome,
+    SqliteLedger,
+    Status,
+    Uploaded,
+    default_path,
+)
+from runner.ledger.schema import VERSION
+from runner.ledger.wire import batch_from_wire, to_wire
+
+OpenStore = Callable[[str], SqliteLedger]
 
 
-def test_outcomes_are_recorded(tmp_path: Path) -> None:
-    path = tmp_path / "flow.ledger.sqlite"
-    with Ledger(path, "onboarding") as ledger:
-        ledger.commit([], [("welcome", "15550100001", "h1"), ("welcome", "15550100002", "h2")])
-        ledger.commit(
+@pytest.fixture(params=["sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
+    """Opens a run's ledger of the given flow on a fresh store of the parametrised backend;
+    every one opened is closed at the end."""
+    opened: list[SqliteLedger] = []
+
+    def open_store(flow: str) -> SqliteLedger:
+        ledger = SqliteLedger.for_run(tmp_path / "ledger.sqlite", flow)
+        opened.append(ledger)
+        return ledger
+
+    yield open_store
+    for ledger in opened:
+        ledger.close()
+
+
+def marks(*who: str, step: str = "welcome") -> Batch:
+    return Batch(marks=[Mark(step, phone, f"h{phone[-1]}") for phone in who])
+
+
+def test_outcomes_are_recorded(store: OpenStore) -> None:
+    ledger = store("onboarding")
+    ledger.commit(marks("15550100001", "15550100002"))
+    sent = Outcome("welcome", "15550100001", "sent", message_id="gBGG1", http_status=201)
+    failed = Outcome(
+        "welcome", "15550100002", "failed", http_status=400, error_code=1013, error_title="x"
+    )
+    ledger.commit(Batch(outcomes=[sent, failed]))
+    assert ledger.counts() == {"sent": 1, "failed": 1}
+    assert ledger.recipient_states("15550100001") == {"welcome": ("sent", "h1")}
+    assert ledger.recipient_states("15550100002") == {"welcome": ("failed", "h2")}
+    assert ledger.has_rows()
+
+
+def test_attempts_add_up_and_a_mark_keeps_the_first_attempt(store: OpenStore) -> None:
+    ledger = store("f")
+    ledger.commit(marks("15550100001"))
+    ledger.commit(Batch(outcomes=[Outcome("welcome", "15550100001", "failed")]))
+    ledger.commit(marks("15550100001"))
+    ledger.commit(Batch(outcomes=[Outcome("welcome", "15550100001", "sent", message_id="m")]))
+    with LedgerReader(Path(ledger.location)) as reader:
+        row = dict(zip(reader.columns, next(reader.rows("f")), strict=True))
+    assert row["attempts"] == 2
+    assert row["state"] == "sent"
+    assert str(row["first_attempt"]) <= str(row["last_attempt"])
+
+
+def test_sending_rows_of_a_dead_run_become_uncertain(store: OpenStore) -> None:
+    first = store("f")
+    first.commit(marks("15550100001"))
+    first.close()
+    again = store("f")
+    assert again.recover() == 1
+    assert again.states() == {("welcome", "15550100001"): "uncertain"}
+    assert again.recover() == 0
+
+
+def test_flows_share_a_ledger_without_mixing(store: OpenStore) -> None:
+    a = store("a")
+    a.commit(Batch(outcomes=[Outcome("1", "15550100001", "sent", message_id="x")]))
+    a.close()
+    b = store("b")
+    assert b.states() == {}
+    assert not b.has_rows()
+    assert b.other_flows() == ["a"]
+
+
+def test_upload_cache_per_api_and_its_age(store: OpenStore) -> None:
+    ledger = store("f")
+    assert ledger.media_id("http://127.0.0.1:1", "abc") is None
+    ledger.commit(Batch(uploads=[Uploaded("http://127.0.0.1:1", "abc", "media-1")]))
+    assert ledger.media_id("http://127.0.0.1:1", "abc") == "media-1"
+    assert ledger.media_id("http://127.0.0.1:2", "abc") is None
+    later = datetime.now(UTC) + timedelta(days=2)
+    assert ledger.media_id("http://127.0.0.1:1", "abc", timedelta(days=1), at=later) is None
+    assert ledger.media_id("http://127.0.0.1:1", "abc", timedelta(days=3), at=later) == "media-1"
+
+
+def test_statuses_move_forward_only_and_keep_their_first_time(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    with SqliteLedger.for_run(path, "f") as run:
+        run.commit(Batch(outcomes=[Outcome("s", "15550100001", "sent", message_id="wamid.A")]))
+    with SqliteLedger.for_writer(path) as receiver:
+        receiver.record_statuses([Status("wamid.A", "read", "2026-01-01T00:00:03+00:00")])
+        receiver.record_statuses(
             [
-                Outcome("welcome", "15550100001", "sent", message_id="gBGG1", http_status=201),
-                Outcome(
-                    "welcome",
-                    "15550100002",
-                    "failed",
-                    http_status=400,
-                    error_code=1013,
-                    error_title="User is not valid",
-                    error_details="not on WhatsApp",
-                ),
-            ],
-            [],
+                Status("wamid.A", "delivered", "2026-01-01T00:00:02+00:00"),
+                Status("wamid.A", "delivered", "2026-01-01T00:00:01+00:00"),  # earlier repeat
+            ]
         )
-        assert ledger.counts() == {"sent": 1, "failed": 1}
-        assert ledger.state("welcome", "15550100001") == "sent"
+    with LedgerReader(path) as reader:
+        row = dict(zip(reader.columns, next(reader.rows("f")), strict=True))
+    assert row["delivery"] == "read"
+    assert row["delivered_at"] == "2026-01-01T00:00:01+00:00"
+    assert row["read_at"] == "2026-01-01T00:00:03+00:00"
+
+
+def test_records_cross_the_writer_pipe_by_name() -> None:
+    batch = Batch(
+        [Mark("s", "1", "h")],
+        [Outcome("s", "1", "failed", error_code=131026, error_title="t", attempts=2)],
+        [Uploaded("api", "sha", "id")],
+    )
+    wire = to_wire(batch)
+    assert wire["outcomes"][0]["error_code"] == 131026  # a name, not a position
+    assert batch_from_wire(wire) == batch
+    wire["outcomes"][0]["surprise"] = 1
+    with pytest.raises(TypeError):
+        batch_from_wire(wire)
+
+
+def legacy_ledger(path: Path, with_statuses: bool) -> None:
+    """A ledger as flowrun wrote it before schema versions: user_version 0, meta schema 1."""
     db = sqlite3.connect(path)
-    row = db.execute(
-        "SELECT state, message_id, attempts, body_hash, first_attempt IS NOT NULL"
-        " FROM messages WHERE recipient = '15550100001'"
-    ).fetchone()
-    assert row == ("sent", "gBGG1", 1, "h1", 1)
-    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema', '1');"
+        "CREATE TABLE messages (flow TEXT NOT NULL, step TEXT NOT NULL, recipient TEXT NOT NULL,"
+        " state TEXT NOT NULL, message_id TEXT, http_status INTEGER, error_code INTEGER,"
+        " error_title TEXT, error_details TEXT, attempts INTEGER NOT NULL DEFAULT 0,"
+        " first_attempt TEXT, last_attempt TEXT, body_hash TEXT,"
+        " PRIMARY KEY (flow, recipient, step)) WITHOUT ROWID;"
+        "CREATE TABLE uploads (api TEXT NOT NULL, sha256 TEXT NOT NULL, media_id TEXT NOT NULL,"
+        " uploaded_at TEXT NOT NULL, PRIMARY KEY (api, sha256));"
+        "INSERT INTO messages (flow, step, recipient, state, message_id, attempts)"
+        " VALUES ('f', 'hello', '15550100001', 'sent', 'wamid.OLD', 1);"
+    )
+    if with_statuses:
+        db.execute(
+            "CREATE TABLE statuses (message_id TEXT PRIMARY KEY, status TEXT NOT NULL,"
+            " rank INTEGER NOT NULL, recipient TEXT, error_code INTEGER, error_title TEXT,"
+            " error_details TEXT, sent_at TEXT, delivered_at TEXT, read_at TEXT,"
+            " failed_at TEXT, received_at TEXT NOT NULL) WITHOUT ROWID"
+        )
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("with_statuses", [False, True])
+def test_a_ledger_from_before_schema_versions_keeps_working(
+    tmp_path: Path, with_statuses: bool
+) -> None:
+    path = tmp_path / "old.sqlite"
+    legacy_ledger(path, with_statuses)
+    with LedgerReader(path) as reader:  # read-only: works before any migration
+        assert [c.count for c in reader.state_counts("f")] == [1]
+    with SqliteLedger.for_run(path, "f") as ledger:
+        assert ledger.recipient_states("15550100001") == {"hello": ("sent", None)}
+    with SqliteLedger.for_writer(path) as receiver:
+        receiver.record_statuses([Status("wamid.OLD", "delivered", "2026-01-01T00:00:00+00:00")])
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone() == (VERSION,)
+    assert db.execute("SELECT status FROM statuses").fetchall() == [("delivered",)]
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
 
 
-def test_sending_rows_of_a_dead_run_become_uncertain(tmp_path: Path) -> None:
+def test_a_ledger_from_a_newer_flowrun_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite"
+    SqliteLedger.for_run(path, "f").close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {VERSION + 1}")
+    db.close()
+    with pytest.raises(LedgerError, match="written by a newer flowrun"):
+        SqliteLedger.for_run(path, "f")
+
+
+def test_a_database_of_another_program_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "crm.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE customers (id INTEGER)")
+    db.commit()
+    db.close()
+    with pytest.raises(LedgerError, match="not a flowrun ledger"):
+        SqliteLedger.for_run(path, "f")
+    db = sqlite3.connect(path)
+    assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["customers"]
+    db.close()
+
+
+def test_the_ledger_file_is_durable_wal(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite"
-    with Ledger(path, "f") as ledger:
-        ledger.commit([], [("1", "15550100001", "h")])
-    with Ledger(path, "f") as ledger:
-        assert ledger.recover() == 1
-        assert ledger.states() == {("1", "15550100001"): "uncertain"}
-        assert ledger.recover() == 0
-
-
-def test_flows_share_a_ledger_without_mixing(tmp_path: Path) -> None:
-    path = tmp_path / "l.sqlite"
-    with Ledger(path, "a") as ledger:
-        ledger.commit([Outcome("1", "15550100001", "sent", message_id="x")], [])
-    with Ledger(path, "b") as ledger:
-        assert ledger.states() == {}
-
-
-def test_upload_cache(tmp_path: Path) -> None:
-    with Ledger(tmp_path / "l.sqlite", "f") as ledger:
-        assert ledger.media_id("http://127.0.0.1:1", "abc") is None
-        ledger.remember_upload("http://127.0.0.1:1", "abc", "media-1")
-        assert ledger.media_id("http://127.0.0.1:1", "abc") == "media-1"
-        assert ledger.media_id("http://127.0.0.1:2", "abc") is None
+    SqliteLedger.for_run(path, "f").close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()
 
 
 def test_second_run_on_one_ledger_refuses(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite"
-    with Ledger(path, "f"):
+    with SqliteLedger.for_run(path, "f"):
         script = (
-            "import sys; from pathlib import Path; from runner.ledger import Ledger, LedgerError\n"
-            "try:\n    Ledger(Path(sys.argv[1]), 'f')\n"
+            "import sys; from pathlib import Path\n"
+            "from runner.ledger import LedgerError, open_for_run\n"
+            "try:\n    open_for_run(Path(sys.argv[1]), 'f')\n"
             "except LedgerError as e:\n    print(e); sys.exit(2)\n"
         )
         other = subprocess.run(
@@ -82,18 +237,26 @@ def test_second_run_on_one_ledger_refuses(tmp_path: Path) -> None:
         )
         assert other.returncode == 2
         assert "another flowrun is using this ledger" in other.stdout
-    Ledger(path, "f").close()  # free again once the first run is done
+        # the receiver and the reports work beside a run
+        SqliteLedger.for_writer(path).close()
+        LedgerReader(path).close()
+    SqliteLedger.for_run(path, "f").close()  # free again once the first run is done
 
 
 def test_unwritable_place_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="cannot create the ledger here"):
-        Ledger(tmp_path / "missing-folder" / "l.sqlite", "f")
+        SqliteLedger.for_run(tmp_path / "missing-folder" / "l.sqlite", "f")
+
+
+def test_no_ledger_to_read_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError, match="no ledger here; run the flow first"):
+        LedgerReader(tmp_path / "nothing.sqlite")
 
 
 def test_a_recipients_rows_are_an_index_lookup(tmp_path: Path) -> None:
     """Regression: the lookup once scanned the whole table, quadratic over a campaign."""
     path = tmp_path / "l.sqlite"
-    Ledger(path, "f").close()
+    SqliteLedger.for_run(path, "f").close()
     db = sqlite3.connect(path)
     plan = db.execute(
         "EXPLAIN QUERY PLAN SELECT step, state FROM messages WHERE flow = ? AND recipient = ?",
@@ -102,3 +265,47 @@ def test_a_recipients_rows_are_an_index_lookup(tmp_path: Path) -> None:
     detail = " ".join(row[-1] for row in plan)
     assert "SEARCH" in detail
     assert "recipient=?" in detail  # not just a search on flow=? and a scan of all its rows
+
+
+def test_default_ledger_sits_beside_the_flow(tmp_path: Path) -> None:
+    flow = tmp_path / "flows" / "onboarding.yaml"
+    assert default_path(flow, sandbox=False) == flow.with_name("onboarding.ledger.sqlite")
+    assert default_path(flow, sandbox=True) == flow.with_name("onboarding.sandbox.ledger.sqlite")
+
+
+def test_the_batcher_commits_what_gathers_while_one_commit_runs() -> None:
+    """One commit in flight; everything written meanwhile goes in the next one, together."""
+    committed: list[list[int]] = []
+
+    async def commit(batch: list[int]) -> None:
+        committed.append(batch)
+        await asyncio.sleep(0.01)
+
+    async def scenario() -> None:
+        batcher: Batcher[int] = Batcher(commit)
+        first = asyncio.ensure_future(batcher.write(0))
+        await asyncio.sleep(0)  # the first commit is under way
+        await asyncio.gather(first, *(batcher.write(i) for i in range(1, 6)))
+        batcher.add(99)  # nobody waits: committed at close (or within FLUSH_AFTER)
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert committed == [[0], [1, 2, 3, 4, 5], [99]]
+
+
+def test_a_failed_commit_reaches_its_waiters_and_the_next_batch_tries_again() -> None:
+    calls = [0]
+
+    async def commit(batch: list[int]) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise LedgerError("disk full")
+
+    async def scenario() -> None:
+        batcher: Batcher[int] = Batcher(commit)
+        with pytest.raises(LedgerError, match="disk full"):
+            await batcher.write(1)
+        await batcher.write(2)  # the receiver's case: Meta sends the refused one again
+
+    asyncio.run(scenario())
+    assert calls[0] == 2

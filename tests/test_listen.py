@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from runner.http import Client
-from runner.ledger import Ledger, Outcome
-from runner.listen import Receiver, running
+from runner.ledger import Batch, Mark, Outcome, SqliteLedger
+from runner.receiver import Receiver, running
+from runner.receiver.callbacks import parse, sign
 from runner.report import summary_lines, write_rows
 from runner.sandbox import SandboxState
-from runner.statuses import parse, sign
 from tests.sandbox_helpers import post as sandbox_post
 from tests.sandbox_helpers import start, wait_until, write_flow
 
@@ -93,7 +93,7 @@ def callbacks() -> list[dict[str, Any]]:
 def test_shuffled_and_repeated_callbacks_give_the_same_ledger(tmp_path: Path, seed: int) -> None:
     ordered, shuffled = tmp_path / "ordered.sqlite", tmp_path / "shuffled.sqlite"
     for path in (ordered, shuffled):
-        Ledger(path, "f").close()
+        SqliteLedger.for_run(path, "f").close()
     mixed = callbacks() * 3  # Meta retries for a day: each comes again
     random.Random(seed).shuffle(mixed)
     for path, sequence in ((ordered, callbacks()), (shuffled, mixed)):
@@ -117,7 +117,7 @@ def test_shuffled_and_repeated_callbacks_give_the_same_ledger(tmp_path: Path, se
 
 def test_forged_or_missing_signatures_are_refused_and_counted(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite"
-    Ledger(path, "f").close()
+    SqliteLedger.for_run(path, "f").close()
     receiver = Receiver(path, SECRET)
     payload = cloud(status("wamid.X", "read", 5))
     with running(receiver) as url:
@@ -139,7 +139,7 @@ def test_forged_or_missing_signatures_are_refused_and_counted(tmp_path: Path) ->
 
 def test_the_verification_handshake(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite"
-    Ledger(path, "f").close()
+    SqliteLedger.for_run(path, "f").close()
     receiver = Receiver(path, SECRET, verify_token="tok")
     with running(receiver) as url:
         query = "hub.mode=subscribe&hub.challenge=12345&hub.verify_token="
@@ -153,13 +153,17 @@ def test_the_verification_handshake(tmp_path: Path) -> None:
 
 def test_a_status_before_its_message_is_kept_and_matched(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite"
-    with Ledger(path, "f") as ledger:
-        ledger.commit([], [("hello", "15550100001", "h")])  # the webhook beats the outcome
+    with SqliteLedger.for_run(path, "f") as ledger:
+        ledger.commit(
+            Batch(marks=[Mark("hello", "15550100001", "h")])
+        )  # the webhook beats the outcome
         receiver = Receiver(path, SECRET)
         with running(receiver) as url:
             assert post(url, cloud(status("wamid.EARLY", "delivered", 10))) == 200
         receiver.close()
-        ledger.commit([Outcome("hello", "15550100001", "sent", message_id="wamid.EARLY")], [])
+        ledger.commit(
+            Batch(outcomes=[Outcome("hello", "15550100001", "sent", message_id="wamid.EARLY")])
+        )
     lines = summary_lines(path, "f")
     funnel = lines[lines.index(next(x for x in lines if x.startswith("delivery"))) + 2]
     assert funnel.split() == ["f/hello", "0", "1", "0", "0", "0"]
@@ -194,11 +198,9 @@ def test_a_callback_storm_loses_nothing(tmp_path: Path) -> None:
     """3,000 callbacks from 50 connections at once: every one answered 200, every status
     recorded (each answer comes only once its status is durable)."""
     path = tmp_path / "l.sqlite"
-    with Ledger(path, "f") as ledger:
-        ledger.commit(
-            [Outcome("s", f"1555{i:07d}", "sent", message_id=f"wamid.S{i}") for i in range(3000)],
-            [],
-        )
+    with SqliteLedger.for_run(path, "f") as ledger:
+        sent = [Outcome("s", f"1555{i:07d}", "sent", message_id=f"wamid.S{i}") for i in range(3000)]
+        ledger.commit(Batch(outcomes=sent))
     receiver = Receiver(path, SECRET)
 
     with running(receiver) as url:
@@ -277,7 +279,7 @@ def test_a_callback_storm_during_a_run_stalls_no_send(
 
 def test_failed_is_final_and_odd_signatures_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite"
-    Ledger(path, "f").close()
+    SqliteLedger.for_run(path, "f").close()
     receiver = Receiver(path, SECRET)
     with running(receiver) as url:
         assert post(url, cloud(status("wamid.F", "failed", 2, 131026))) == 200

@@ -22,10 +22,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from . import statuses
-from .ledger import Ledger
-from .statuses import Status
-from .threadserver import serving
+from runner.ledger import Batcher, SqliteLedger, Status
+from runner.threadserver import serving
+
+from . import callbacks
 
 
 @dataclass
@@ -44,11 +44,14 @@ class Receiver:
     counts: Counts = field(default_factory=Counts)
 
     def __post_init__(self) -> None:
-        # The ledger's own writing side (no lock: a run may hold it; statuses are not its)
-        self._ledger = Ledger(self.ledger, "", writer_only=True)
-        self._pending: list[Status] = []
-        self._durable: asyncio.Future[None] | None = None
-        self._writing: asyncio.Task[None] | None = None
+        # The ledger's writing side, without the run lock: a run may hold it, and statuses
+        # are not the run's rows.
+        self._ledger = SqliteLedger.for_writer(self.ledger)
+        self._batches: Batcher[Status] = Batcher(self._commit)
+
+    async def _commit(self, batch: list[Status]) -> None:
+        # In a thread: the commit's fsync must not stop the loop from taking callbacks
+        await asyncio.to_thread(self._ledger.record_statuses, batch)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=4 * 1024 * 1024)
@@ -69,7 +72,7 @@ class Receiver:
     async def _callback(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.counts.callbacks += 1
-        if self.secret is not None and not statuses.signature_ok(
+        if self.secret is not None and not callbacks.signature_ok(
             self.secret, body, request.headers.get("X-Hub-Signature-256")
         ):
             self.counts.refused += 1
@@ -79,39 +82,12 @@ class Receiver:
         except orjson.JSONDecodeError:
             self.counts.unreadable += 1
             return web.Response(status=400, text="not JSON")
-        found = statuses.parse(payload)
+        found = callbacks.parse(payload)
         if found:
-            await self._record(found)
+            # answered once durable; a failed commit is a 500, and Meta sends it again
+            await self._batches.write(*found)
         self.counts.statuses += len(found)
         return web.Response(text="ok")
-
-    async def _record(self, found: list[Status]) -> None:
-        """Into the next group commit; back once it is durable."""
-        self._pending.extend(found)
-        durable = self._durable
-        if durable is None:
-            durable = self._durable = asyncio.get_running_loop().create_future()
-        if self._writing is None:
-            self._writing = asyncio.ensure_future(self._write_batches())
-        await durable
-
-    async def _write_batches(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                durable, self._durable = self._durable, None
-                error: BaseException | None = None
-                try:
-                    await asyncio.to_thread(self._ledger.record_statuses, batch)
-                except Exception as exc:  # the callbacks waiting get a 500: Meta retries
-                    error = exc
-                if durable is not None and not durable.done():
-                    if error is None:
-                        durable.set_result(None)
-                    else:
-                        durable.set_exception(error)
-        finally:
-            self._writing = None
 
     def close(self) -> None:
         self._ledger.close()

@@ -1,0 +1,96 @@
+"""The ledger: what happened to every message, and the memory that makes re-runs safe.
+
+This package owns every byte of SQL in flowrun. The rest of flowrun sees the records
+(records.py), a store's methods (`RunLedger`: what a run reads and writes), the group commit
+(batcher.py) and the reader for reports (reading.py). SQLite is the store today (sqlite.py,
+schema.py); a second store (PostgreSQL, for runners on several machines) is one more module
+with the same methods, and the ledger tests run against each.
+
+Where a flow's ledger lives is decided here too (`default_path`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+from .batcher import Batcher, GroupCommit
+from .reading import LedgerReader
+from .records import (
+    DONE_STATES,
+    RANK,
+    SETTLED_RANK,
+    Batch,
+    LedgerError,
+    Mark,
+    Outcome,
+    State,
+    Status,
+    Uploaded,
+    now,
+)
+from .sqlite import SqliteLedger
+
+__all__ = [
+    "DONE_STATES",
+    "RANK",
+    "SETTLED_RANK",
+    "Batch",
+    "Batcher",
+    "GroupCommit",
+    "LedgerError",
+    "LedgerReader",
+    "Mark",
+    "Outcome",
+    "RunLedger",
+    "SqliteLedger",
+    "State",
+    "Status",
+    "Uploaded",
+    "default_path",
+    "now",
+    "open_for_run",
+]
+
+
+class RunLedger(Protocol):
+    """What a run needs of its ledger. Writes go through `GroupCommit` (started with
+    `location` and `flow`), which commits `Batch`es in a process of its own."""
+
+    @property
+    def flow(self) -> str: ...
+
+    @property
+    def location(self) -> str:
+        """How people and the writer process find it: a path (or, later, a URL without its
+        password)."""
+
+    def recover(self) -> int:
+        """`sending` rows of a dead run → `uncertain`; how many."""
+
+    def recipient_states(self, recipient: str) -> dict[str, tuple[State, str | None]]: ...
+
+    def other_flows(self) -> list[str]: ...
+
+    def has_rows(self) -> bool: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def media_id(
+        self, api: str, sha256: str, max_age: timedelta | None = None, at: datetime | None = None
+    ) -> str | None: ...
+
+    def close(self) -> None: ...
+
+
+def open_for_run(path: Path, flow: str) -> SqliteLedger:
+    """A run's ledger, locked against a second run of it."""
+    return SqliteLedger.for_run(path, flow)
+
+
+def default_path(flow_path: Path, sandbox: bool) -> Path:
+    """Beside the flow, named after it; sandbox runs keep their own, so that trying a flow on
+    the sandbox never marks a real customer's message as sent."""
+    suffix = ".sandbox.ledger.sqlite" if sandbox else ".ledger.sqlite"
+    return flow_path.with_name(flow_path.stem + suffix)

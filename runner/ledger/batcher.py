@@ -1,0 +1,178 @@
+"""Group commit: writes from many waiters made durable together, one commit in flight at once.
+
+A commit costs an fsync, and the writes that wait for one (a message's `sending` mark before
+its request leaves; a webhook callback before it is answered 200) keep something idle while
+they wait. So writes are gathered while the previous commit runs, and the next commit leaves
+the moment it is done: one future per batch for everyone in it. `Batcher` is that mechanism,
+whatever commits; `GroupCommit` is a run's, committing through the writer process (writer.py),
+and the webhook receiver commits statuses with a `Batcher` of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+import orjson
+
+from .records import Batch, LedgerError, Mark, Outcome, Uploaded
+from .wire import HEADER, frame, to_wire
+
+T = TypeVar("T")
+FLUSH_AFTER = 0.5  # seconds a write that nobody waits for may wait for a commit to carry it
+
+
+class Batcher(Generic[T]):
+    """Writes gathered into batches; `commit` makes one batch durable (or raises)."""
+
+    def __init__(self, commit: Callable[[list[T]], Awaitable[None]]) -> None:
+        self._commit = commit
+        self._pending: list[T] = []
+        self._durable: asyncio.Future[None] | None = None  # for what is gathering now
+        self._pump: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def write(self, *items: T) -> None:
+        """Add to the next batch; return once that batch is durable (its error is raised)."""
+        self._pending.extend(items)
+        durable = self._durable
+        if durable is None:
+            durable = self._durable = asyncio.get_running_loop().create_future()
+        if self._pump is None:
+            self._pump = asyncio.ensure_future(self._commit_batches())
+        await durable
+
+    def add(self, item: T) -> None:
+        """Add to the next batch without waiting; it is committed within FLUSH_AFTER seconds
+        at the latest, so what happened is on disk soon even when no waited write follows."""
+        self._pending.append(item)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_AFTER, self._flush)
+
+    def _flush(self) -> None:
+        self._timer = None
+        if self._pending and self._pump is None:
+            self._pump = asyncio.ensure_future(self._commit_batches())
+
+    async def _commit_batches(self) -> None:
+        """Commit one batch at a time, as long as anything is gathering."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                durable, self._durable = self._durable, None
+                error: BaseException | None = None
+                try:
+                    await self._commit(batch)
+                except Exception as exc:  # never leave a waiter waiting for ever
+                    error = exc
+                if durable is not None and not durable.done():
+                    if error is None:
+                        durable.set_result(None)
+                    else:
+                        durable.set_exception(error)
+        finally:
+            self._pump = None
+
+    async def close(self) -> None:
+        """Commit everything still pending."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._pump is not None:
+            await asyncio.wait([self._pump])
+        if self._pending:
+            self._pump = asyncio.ensure_future(self._commit_batches())
+            await asyncio.wait([self._pump])
+
+
+class GroupCommit:
+    """A run's ledger writes, committed by the writer process (writer.py), one batch at a
+    time. After a failed commit every later one fails too: the run must stop, since messages
+    it would send could not be marked."""
+
+    # The writer's command line (tests put a failing writer here)
+    COMMAND: tuple[str, ...] = (sys.executable, "-m", "runner.ledger.writer")
+
+    def __init__(self, location: str, writer: asyncio.subprocess.Process) -> None:
+        self.location = location
+        self._writer = writer
+        self._failure: LedgerError | None = None
+        self._batches: Batcher[Mark | Outcome | Uploaded] = Batcher(self._commit)
+
+    @classmethod
+    async def start(cls, location: str, flow: str) -> GroupCommit:
+        writer = await asyncio.create_subprocess_exec(
+            *cls.COMMAND,
+            location,
+            flow,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        return cls(location, writer)
+
+    async def mark(self, step: str, recipient: str, body_hash: str) -> None:
+        """A `sending` mark; back once it is durable."""
+        await self._batches.write(Mark(step, recipient, body_hash))
+
+    def record(self, outcome: Outcome) -> None:
+        """An outcome: it rides with the next batch."""
+        self._batches.add(outcome)
+
+    async def remember_upload(self, api: str, sha256: str, media_id: str) -> None:
+        await self._batches.write(Uploaded(api, sha256, media_id))
+
+    async def _commit(self, items: list[Mark | Outcome | Uploaded]) -> None:
+        if self._failure is not None:
+            raise self._failure
+        batch = Batch()
+        for item in items:
+            if isinstance(item, Mark):
+                batch.marks.append(item)
+            elif isinstance(item, Outcome):
+                batch.outcomes.append(item)
+            else:
+                batch.uploads.append(item)
+        try:
+            error = await self._exchange(batch)
+        except Exception as exc:  # unexpected: still stops the run, with one line
+            error = f"{self.location}: {exc}"
+        if error is not None:
+            self._failure = LedgerError(error)
+            raise self._failure
+
+    async def _exchange(self, batch: Batch) -> str | None:
+        """One frame to the writer, its answer back: the error it met, if any."""
+        stdin, stdout = self._writer.stdin, self._writer.stdout
+        assert stdin is not None
+        assert stdout is not None
+        try:
+            stdin.write(frame(to_wire(batch)))
+            (size,) = HEADER.unpack(await stdout.readexactly(HEADER.size))
+            answer = await stdout.readexactly(size)
+        # a dead writer: a broken pipe (OSError), an early end (IncompleteReadError), or with
+        # uvloop a write to a pipe already closed (RuntimeError)
+        except (OSError, RuntimeError, asyncio.IncompleteReadError):
+            return (
+                f"{self.location}: the ledger writer stopped unexpectedly; nothing more is"
+                " sent (run again: messages in flight are reported uncertain)"
+            )
+        return _error_of(answer)
+
+    async def close(self) -> None:
+        """Write everything still pending and stop the writer; a failed commit is raised,
+        never ignored (the run would report messages the ledger does not hold)."""
+        try:
+            await self._batches.close()
+        finally:
+            if self._writer.stdin is not None:
+                self._writer.stdin.close()
+            await self._writer.wait()
+        if self._failure is not None:
+            raise self._failure
+
+
+def _error_of(answer: bytes) -> str | None:
+    error = orjson.loads(answer)["error"]
+    return None if error is None else str(error)

@@ -1,0 +1,136 @@
+"""Reading a ledger for people and tools: `flowrun report`, and a run waiting for statuses.
+
+Opened read-only (`mode=ro`), so a report can run while a campaign is sending and the
+receiver is recording; it never migrates or creates anything in the file. Every query that
+joins a message to what the webhooks said of it is here, once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .records import LedgerError
+from .schema import DELIVERY_COLUMNS, MESSAGE_COLUMNS, STATUSES
+
+_JOIN = "FROM messages m LEFT JOIN statuses s ON s.message_id = m.message_id"
+_DELIVERY = (  # in DELIVERY_COLUMNS' order
+    "s.status",
+    "s.delivered_at",
+    "s.read_at",
+    "s.error_code",
+    "coalesce(s.error_title, '') || coalesce(': ' || s.error_details, '')",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    flow: str
+    step: str
+    state: str  # a message state, or a delivery status ('waiting': nothing heard yet)
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FailureGroup:
+    http_status: int | None
+    code: int | None
+    title: str | None
+    count: int
+    recipients: tuple[str, ...]  # the first few
+
+
+class LedgerReader:
+    """A ledger file, read-only. `flow` None: every flow in it."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise LedgerError(
+                f"{path}: no ledger here; run the flow first, or name one with --ledger"
+            )
+        self.path = path
+        try:
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            self._db.execute("SELECT 1 FROM messages LIMIT 1")
+            if not self._has("statuses"):  # a ledger no run or listener opened since statuses
+                self._db.executescript(STATUSES.replace("CREATE TABLE", "CREATE TEMP TABLE"))
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{path}: not a flowrun ledger ({exc})") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> LedgerReader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _has(self, table: str) -> bool:
+        found = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,))
+        return found.fetchone() is not None
+
+    @staticmethod
+    def _where(flow: str | None, *more: str) -> tuple[str, tuple[str, ...]]:
+        clauses = (["m.flow = ?"] if flow is not None else []) + list(more)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        return where, ((flow,) if flow is not None else ())
+
+    def rows(self, flow: str | None) -> Iterator[tuple[object, ...]]:
+        """Every message with its delivery columns (MESSAGE_COLUMNS + DELIVERY_COLUMNS)."""
+        where, args = self._where(flow)
+        selected = ", ".join([f"m.{name}" for name in MESSAGE_COLUMNS] + list(_DELIVERY))
+        yield from self._db.execute(
+            f"SELECT {selected} {_JOIN} {where} ORDER BY m.flow, m.recipient, m.step", args
+        )
+
+    columns = (*MESSAGE_COLUMNS, *DELIVERY_COLUMNS)
+
+    def state_counts(self, flow: str | None) -> list[Count]:
+        where, args = self._where(flow)
+        query = f"SELECT m.flow, m.step, m.state, count(*) FROM messages m {where} GROUP BY 1, 2, 3"
+        return [Count(*row) for row in self._db.execute(query, args)]
+
+    def failures(self, flow: str | None, sample: int = 5) -> list[FailureGroup]:
+        """Failed messages grouped by the API's answer, largest group first."""
+        where, args = self._where(flow, "m.state = 'failed'")
+        query = (
+            "SELECT m.http_status, m.error_code, m.error_title, count(*),"
+            f" group_concat(m.recipient, char(31)) FROM messages m {where}"
+            " GROUP BY 1, 2, 3 ORDER BY 4 DESC"
+        )
+        return [
+            FailureGroup(status, code, title, count, tuple(who.split("\x1f")[:sample]))
+            for status, code, title, count, who in self._db.execute(query, args)
+        ]
+
+    def uncertain(self, flow: str | None, limit: int = 20) -> list[tuple[str, str]]:
+        """(step, recipient) of messages that may or may not have reached the API."""
+        where, args = self._where(flow, "m.state IN ('uncertain', 'sending')")
+        query = f"SELECT m.step, m.recipient FROM messages m {where} ORDER BY 2 LIMIT {limit:d}"
+        return [(step, who) for step, who in self._db.execute(query, args)]
+
+    def delivery_counts(self, flow: str | None) -> list[Count]:
+        """What the webhooks said of the sent messages, per step ('waiting': nothing yet)."""
+        where, args = self._where(flow, "m.state = 'sent'")
+        query = (
+            f"SELECT m.flow, m.step, coalesce(s.status, 'waiting'), count(*) {_JOIN} {where}"
+            " GROUP BY 1, 2, 3"
+        )
+        return [Count(*row) for row in self._db.execute(query, args)]
+
+    def delivery_failures(self, flow: str | None) -> list[tuple[int | None, str | None, int]]:
+        """(error code, title, count) of sent messages the webhooks said failed."""
+        where, args = self._where(flow, "m.state = 'sent'", "s.status = 'failed'")
+        query = f"SELECT s.error_code, s.error_title, count(*) {_JOIN} {where} GROUP BY 1, 2"
+        rows = [(code, title, count) for code, title, count in self._db.execute(query, args)]
+        return sorted(rows, key=lambda row: -row[2])
+
+    def unsettled(self, flow: str, since: str, settled_rank: int) -> int:
+        """Messages sent since `since` whose webhooks have not yet said anything final."""
+        where, args = self._where(flow, "m.state = 'sent'", "m.last_attempt >= ?")
+        query = f"SELECT count(*) {_JOIN} {where} AND coalesce(s.rank, 0) < ?"
+        count: int = self._db.execute(query, (*args, since, settled_rank)).fetchone()[0]
+        return count

@@ -1,0 +1,94 @@
+"""What the ledger holds, as typed records: the only shapes that cross its boundary.
+
+The executor, the receiver and the reports speak these; every store (SQLite today) turns them
+into rows, and the writer process receives them by field name (wire.py), so adding a field
+never shifts another one silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from runner.errors import FlowrunError
+
+State = Literal["sending", "sent", "failed", "skipped", "uncertain"]
+STATES: tuple[State, ...] = ("sending", "sent", "failed", "skipped", "uncertain")
+DONE_STATES: tuple[State, ...] = ("sent", "skipped")  # never sent again
+
+# How far along a delivered message is; a status never replaces a further one
+# (docs/whatsapp-api.md: callbacks come out of order and more than once).
+RANK = {"sent": 1, "delivered": 2, "read": 3, "deleted": 4, "failed": 5}
+SETTLED_RANK = RANK["read"]  # read, deleted, failed: nothing more will be heard
+
+
+class LedgerError(FlowrunError):
+    """The ledger cannot be used: busy, unwritable, or not a flowrun ledger."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A message about to be sent: durable before its request leaves."""
+
+    step: str
+    recipient: str
+    body_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt at one message ended in."""
+
+    step: str
+    recipient: str
+    state: State
+    message_id: str | None = None
+    http_status: int | None = None
+    error_code: int | None = None
+    error_title: str | None = None
+    error_details: str | None = None
+    attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    """A local file's media id at one API (`api` is the dialect's upload key)."""
+
+    api: str
+    sha256: str
+    media_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A delivery status from a webhook, for the message the API knows by `message_id`."""
+
+    message_id: str
+    status: str
+    at: str  # ISO 8601 UTC, from the callback's timestamp
+    recipient: str | None = None
+    code: int | None = None
+    title: str | None = None
+    details: str | None = None
+
+    @property
+    def rank(self) -> int:
+        return RANK[self.status]
+
+
+@dataclass(slots=True)
+class Batch:
+    """Writes committed together in one durable transaction (a group commit)."""
+
+    marks: list[Mark] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    uploads: list[Uploaded] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.marks or self.outcomes or self.uploads)
+
+
+def now() -> str:
+    """The ledger's time stamps: UTC ISO 8601 to the millisecond (they sort as text)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,94 @@
+"""The SQLite ledger's schema, and the migrations that bring an older ledger up to it.
+
+The version lives in `PRAGMA user_version` (SQLite's own slot for it, readable by any tool).
+Ledgers written before it existed have `user_version` 0 and a `meta` row `schema = 1`; they are
+version 1, or version 2 if a flowrun that knew statuses opened them (the statuses table is
+created idempotently). Each migration is idempotent and runs in the same transaction as the
+version bump, so a crash or a second process opening the file at the same moment leaves either
+the old version or the new one.
+
+The `meta` row stays `1`: flowrun releases before `user_version` check it, and every migration
+so far only adds tables, which they ignore.
+
+Tables, for people who query them (README.md, "The ledger"):
+- messages: one row per (flow, step, recipient): its state and the API's answer
+- uploads: a local file's media id per API (and phone number, on Cloud)
+- statuses: what the delivery webhooks said of each message id
+"""
+
+from __future__ import annotations
+
+MESSAGES = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('schema', '1');
+CREATE TABLE IF NOT EXISTS messages (
+    flow TEXT NOT NULL,
+    step TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('sending', 'sent', 'failed', 'skipped', 'uncertain')),
+    message_id TEXT,
+    http_status INTEGER,
+    error_code INTEGER,
+    error_title TEXT,
+    error_details TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_attempt TEXT,
+    last_attempt TEXT,
+    body_hash TEXT,
+    -- recipient before step: each recipient's rows are read with one index lookup
+    PRIMARY KEY (flow, recipient, step)
+) WITHOUT ROWID;
+-- No secondary indexes: each would be updated twice per message (mark, outcome), a measured
+-- 3% of a run's time; recovery and counts scan one flow's rows, once per run.
+DROP INDEX IF EXISTS messages_state;
+DROP INDEX IF EXISTS messages_message_id;
+CREATE TABLE IF NOT EXISTS uploads (
+    api TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    media_id TEXT NOT NULL,
+    uploaded_at TEXT NOT NULL,
+    PRIMARY KEY (api, sha256)
+);
+"""
+
+# Keyed by the API's message id, not joined into `messages`: a status may arrive before the
+# message's outcome is committed (the webhook beat the group commit) and is matched later.
+STATUSES = """
+CREATE TABLE IF NOT EXISTS statuses (
+    message_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    recipient TEXT,
+    error_code INTEGER,
+    error_title TEXT,
+    error_details TEXT,
+    sent_at TEXT,
+    delivered_at TEXT,
+    read_at TEXT,
+    failed_at TEXT,
+    received_at TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+# MIGRATIONS[n] brings a ledger from version n to n + 1.
+MIGRATIONS: tuple[str, ...] = (MESSAGES, STATUSES)
+VERSION = len(MIGRATIONS)
+
+# The columns of `messages`, in table order (report --csv writes them in this order).
+MESSAGE_COLUMNS = (
+    "flow",
+    "step",
+    "recipient",
+    "state",
+    "message_id",
+    "http_status",
+    "error_code",
+    "error_title",
+    "error_details",
+    "attempts",
+    "first_attempt",
+    "last_attempt",
+    "body_hash",
+)
+# What the status webhooks added, per message (report --csv's last columns).
+DELIVERY_COLUMNS = ("delivery", "delivered_at", "read_at", "delivery_error_code", "delivery_error")

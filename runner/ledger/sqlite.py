@@ -1,0 +1,354 @@
+"""The ledger in one SQLite file: WAL mode, `synchronous=FULL`, batched transactions.
+
+The guarantee it carries: a message is marked `sending` and committed *before* its request
+leaves. A run that dies after that point leaves `sending` rows, which the next run turns into
+`uncertain` (the API may or may not have the message) and never resends unless asked. No
+token, password or header is ever stored: rows hold ids, states and the API's error fields.
+
+Three kinds of user open the same file, each with only the connections it needs:
+- a run (`SqliteLedger.for_run`): holds the lock, reads; its writes go through the writer
+  process (writer.py), which opens the file with `for_writer`;
+- the webhook receiver (`for_writer` too): writes statuses only, and takes no lock, since a
+  run may hold it;
+- reports (reading.py): read-only, alongside all of these.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from .records import Batch, LedgerError, Outcome, State, Status, now
+from .schema import MIGRATIONS, VERSION
+
+BUSY_TIMEOUT_MS = 10_000  # a report or receiver holding the file briefly: wait, not fail
+
+_MARK = (
+    "INSERT INTO messages (flow, step, recipient, state, attempts, first_attempt,"
+    " last_attempt, body_hash) VALUES (?, ?, ?, 'sending', 0, ?, ?, ?)"
+    " ON CONFLICT (flow, step, recipient) DO UPDATE SET state = 'sending',"
+    " last_attempt = excluded.last_attempt, body_hash = excluded.body_hash"
+)
+_OUTCOME = (
+    "INSERT INTO messages (flow, step, recipient, state, message_id, http_status,"
+    " error_code, error_title, error_details, attempts, first_attempt, last_attempt)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (flow, step, recipient) DO UPDATE SET state = excluded.state,"
+    " message_id = excluded.message_id, http_status = excluded.http_status,"
+    " error_code = excluded.error_code, error_title = excluded.error_title,"
+    " error_details = excluded.error_details,"
+    " attempts = messages.attempts + excluded.attempts,"
+    " last_attempt = excluded.last_attempt"
+)
+_UPLOAD = "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?)"
+
+_TIMES = ("sent_at", "delivered_at", "read_at", "failed_at")
+_FIRST_TIME = ",\n".join(  # the earliest time seen of each status: repeats change nothing
+    f"{c} = min(coalesce(statuses.{c}, excluded.{c}), coalesce(excluded.{c}, statuses.{c}))"
+    for c in _TIMES
+)
+# Idempotent and monotonic: any order, any repetition, the same row.
+_STATUS = f"""
+INSERT INTO statuses (message_id, status, rank, recipient, error_code, error_title,
+    error_details, sent_at, delivered_at, read_at, failed_at, received_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (message_id) DO UPDATE SET
+    status = CASE WHEN excluded.rank > statuses.rank THEN excluded.status ELSE statuses.status END,
+    rank = max(statuses.rank, excluded.rank),
+    recipient = coalesce(statuses.recipient, excluded.recipient),
+    error_code = coalesce(statuses.error_code, excluded.error_code),
+    error_title = coalesce(statuses.error_title, excluded.error_title),
+    error_details = coalesce(statuses.error_details, excluded.error_details),
+    {_FIRST_TIME},
+    received_at = excluded.received_at
+"""
+
+
+class SqliteLedger:
+    """One flow's view of a SQLite ledger (the receiver's view spans every flow: `flow` "")."""
+
+    def __init__(self, path: Path, flow: str, *, lock: bool, reads: bool) -> None:
+        self.path = path
+        self.flow = flow
+        self._lock = _take_lock(path) if lock else None
+        self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        try:
+            self._db = _connect(path)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed `sending` mark must survive power loss too, or a sent message
+            # could later look unsent; group commits keep the number of fsyncs small.
+            self._db.execute("PRAGMA synchronous=FULL")
+            migrate(self._db, path)
+            if reads:
+                # Reads on a connection of their own: WAL lets them go on while a write commits.
+                self._reader = _connect(path)
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise LedgerError(f"{path}: cannot use the ledger: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def for_run(cls, path: Path, flow: str) -> SqliteLedger:
+        """A run's ledger: locked against a second run, readable; written through a writer
+        process (writer.py)."""
+        return cls(path, flow, lock=True, reads=True)
+
+    @classmethod
+    def for_writer(cls, path: Path, flow: str = "") -> SqliteLedger:
+        """The writing side only: the run's writer process, or the webhook receiver."""
+        return cls(path, flow, lock=False, reads=False)
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def close(self) -> None:
+        for connection in (self._reader, self._db):
+            if connection is not None:
+                connection.close()
+        self._reader = self._db = None
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> SqliteLedger:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # Reads (a run's)
+
+    def recipient_states(self, recipient: str) -> dict[str, tuple[State, str | None]]:
+        """step → (state, body hash) of one recipient's messages (one indexed query)."""
+        rows = self._reads().execute(
+            "SELECT step, state, body_hash FROM messages WHERE flow = ? AND recipient = ?",
+            (self.flow, recipient),
+        )
+        return {step: (state, body_hash) for step, state, body_hash in rows}
+
+    def states(self) -> dict[tuple[str, str], State]:
+        """(step, recipient) → state of every message of this flow."""
+        rows = self._reads().execute(
+            "SELECT step, recipient, state FROM messages WHERE flow = ?", (self.flow,)
+        )
+        return {(step, recipient): state for step, recipient, state in rows}
+
+    def other_flows(self) -> list[str]:
+        """Flow names this ledger holds besides this one's (to notice a renamed flow)."""
+        rows = self._reads().execute(
+            "SELECT DISTINCT flow FROM messages WHERE flow != ? ORDER BY flow", (self.flow,)
+        )
+        return [name for (name,) in rows]
+
+    def has_rows(self) -> bool:
+        row = (
+            self._reads()
+            .execute("SELECT 1 FROM messages WHERE flow = ? LIMIT 1", (self.flow,))
+            .fetchone()
+        )
+        return row is not None
+
+    def counts(self) -> dict[str, int]:
+        rows = self._reads().execute(
+            "SELECT state, count(*) FROM messages WHERE flow = ? GROUP BY state", (self.flow,)
+        )
+        return dict(rows)
+
+    def media_id(
+        self, api: str, sha256: str, max_age: timedelta | None = None, at: datetime | None = None
+    ) -> str | None:
+        """The media id this file was uploaded as, unless older than `max_age` at `at` (the
+        Cloud API forgets media after 30 days: an older id would fail every message)."""
+        row = (
+            self._reads()
+            .execute(
+                "SELECT media_id, uploaded_at FROM uploads WHERE api = ? AND sha256 = ?",
+                (api, sha256),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        media_id, uploaded_at = row
+        if max_age is not None:
+            try:
+                uploaded = datetime.fromisoformat(uploaded_at)
+            except ValueError:
+                return None  # unreadable: upload again rather than trust it
+            if (at or datetime.now(UTC)) - uploaded >= max_age:
+                return None
+        return str(media_id)
+
+    # Writes
+
+    def recover(self) -> int:
+        """Turn the `sending` rows a dead run left behind into `uncertain`; how many."""
+        with self._writing():
+            cursor = self._writes().execute(
+                "UPDATE messages SET state = 'uncertain' WHERE flow = ? AND state = 'sending'",
+                (self.flow,),
+            )
+        return cursor.rowcount
+
+    def commit(self, batch: Batch) -> None:
+        """Marks, outcomes and uploads in one durable transaction (the run's group commit)."""
+        if not batch:
+            return
+        stamp = now()
+        db = self._writes()
+        with self._writing(), _transaction(db):
+            db.executemany(_OUTCOME, [_outcome_row(self.flow, o, stamp) for o in batch.outcomes])
+            db.executemany(
+                _MARK,
+                [(self.flow, m.step, m.recipient, stamp, stamp, m.body_hash) for m in batch.marks],
+            )
+            db.executemany(_UPLOAD, [(u.api, u.sha256, u.media_id, stamp) for u in batch.uploads])
+
+    def record_statuses(self, statuses: list[Status]) -> None:
+        """Delivery statuses from the webhooks, in one durable transaction."""
+        received = now()
+        db = self._writes()
+        with self._writing(), _transaction(db):
+            db.executemany(_STATUS, [_status_row(s, received) for s in statuses])
+
+    # Plumbing
+
+    def _reads(self) -> sqlite3.Connection:
+        assert self._reader is not None, "this ledger was opened for writing only"
+        return self._reader
+
+    def _writes(self) -> sqlite3.Connection:
+        assert self._db is not None, "the ledger is closed"
+        return self._db
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path}: cannot write the ledger: {exc}") from None
+
+
+def _outcome_row(flow: str, o: Outcome, stamp: str) -> tuple[object, ...]:
+    return (
+        flow,
+        o.step,
+        o.recipient,
+        o.state,
+        o.message_id,
+        o.http_status,
+        o.error_code,
+        o.error_title,
+        o.error_details,
+        o.attempts,
+        stamp,
+        stamp,
+    )
+
+
+def _status_row(s: Status, received: str) -> tuple[object, ...]:
+    times = tuple(s.at if column == f"{s.status}_at" else None for column in _TIMES)
+    return (
+        s.message_id,
+        s.status,
+        s.rank,
+        s.recipient,
+        s.code,
+        s.title,
+        s.details,
+        *times,
+        received,
+    )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return db
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the ledger to the current schema (see schema.py), or refuse one from a newer
+    flowrun or another program."""
+    if db.execute("PRAGMA user_version").fetchone()[0] == VERSION:
+        return  # the common case: no write lock taken
+    with _transaction(db):
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > VERSION:
+            raise LedgerError(
+                f"{path}: this ledger was written by a newer flowrun (schema {version}, this"
+                f" one knows {VERSION}); upgrade flowrun, or use a new --ledger"
+            )
+        _check_legacy(db, path)
+        for script in MIGRATIONS[version:]:
+            for statement in _statements(script):
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {VERSION}")
+
+
+def _check_legacy(db: sqlite3.Connection, path: Path) -> None:
+    """A file with tables that are not a flowrun ledger's (or a ledger of an unknown older
+    format) is refused rather than written into."""
+    has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
+    if has_meta is None:
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone():
+            raise LedgerError(f"{path}: not a flowrun ledger (it holds other tables)")
+        return
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if row is not None and row[0] != "1":
+        raise LedgerError(
+            f"{path}: ledger schema {row[0]} is not 1; use a flowrun of the version that wrote"
+            " it, or a new --ledger"
+        )
+
+
+def _statements(script: str) -> list[str]:
+    """A script's statements, for running inside a transaction (executescript would commit
+    first)."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    return [s for s in statements if s]
+
+
+def _take_lock(path: Path) -> int:
+    """An exclusive lock beside the ledger, held while a run uses it: two runs of one
+    campaign at once would each think the other's `sending` rows were their own."""
+    real = path.resolve()  # a symlink to the same ledger must meet the same lock
+    lock_path = real.with_name(real.name + ".lock")
+    try:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise LedgerError(f"{path}: cannot create the ledger here: {exc.strerror}") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise LedgerError(
+            f"{path}: another flowrun is using this ledger; wait for it to finish "
+            "(or stop it) before running again"
+        ) from None
+    return descriptor
