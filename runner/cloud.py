@@ -2,7 +2,7 @@
 
 Paths `/{version}/{phone_number_id}/messages` and `/media` (multipart), the Graph error envelope,
 and the error codes that mean "slow down" (whole number, or one recipient) as opposed to "this
-message cannot go". Facts and sources: ../shared/whatsapp-api.md.
+message cannot go". Facts and sources: docs/whatsapp-api.md#dialects, #cloud-api-errors.
 """
 
 from __future__ import annotations

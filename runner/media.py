@@ -2,8 +2,8 @@
 
 The limits come from Meta's media reference, the same on both API dialects except stickers
 (On-Premises: static only, 100 KB):
-https://developers.facebook.com/documentation/business-messaging/whatsapp/business-phone-numbers/media/
-and the summary in ../shared/whatsapp-api.md. Checking them before a run matters: the API would
+docs/whatsapp-api.md#media-types-and-limits,
+which names each source. Checking them before a run matters: the API would
 reject the upload, or worse accept the send and fail it later by webhook.
 
 The MIME type comes from the file's extension through an explicit table, not `mimetypes` (whose

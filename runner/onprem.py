@@ -1,7 +1,7 @@
 """The On-Premises WhatsApp Business API dialect: request shapes under /v1.
 
-What the seed page describes; Meta ended it on 2025-10-23, some providers still serve it.
-Shapes: ../shared/whatsapp-api.md and https://developers.facebook.com/docs/whatsapp/api/messages
+What Meta's On-Premises pages describe; Meta ended it on 2025-10-23, some providers still serve it.
+Shapes: docs/whatsapp-api.md#dialects and #message-bodies
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 MESSAGES_PATH = "/v1/messages"
 MEDIA_PATH = "/v1/media"
 LOGIN_PATH = "/v1/users/login"
-RATE = 250.0  # messages/s: the On-Premises API's documented ceiling (whatsapp-api.md)
+RATE = 250.0  # messages/s: the documented ceiling (docs/whatsapp-api.md#rate-limits)
 
-# Error codes (../shared/whatsapp-api.md): not ready, internal, overloaded, not primary,
+# Codes (docs/whatsapp-api.md#on-premises-errors): not ready, internal, overloaded, not primary,
 # "message not valid: resend" are worth another try; 1015 "too many requests" is throttling.
 RETRY_CODES = frozenset({1011, 1014, 1016, 1017, 1018, 408})
 THROTTLE_CODES = frozenset({1015})

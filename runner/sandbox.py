@@ -4,7 +4,7 @@ and for testing flowrun over real HTTP instead of mocks.
 The On-Premises API under /v1 (login, raw uploads, `{"errors": [...]}`) and the Cloud API under
 /{version}/{PHONE_NUMBER_ID}/ (multipart uploads, the Graph `{"error": {...}}` envelope, `wamid.`
 ids). Requests are checked as strictly as the real APIs do (sandbox_checks.py); what is accepted
-goes to an inbox; faults are injected on request. Shapes: ../shared/whatsapp-api.md.
+goes to an inbox; faults are injected on request. Shapes: docs/whatsapp-api.md#message-bodies.
 
 Control endpoints (not part of the WhatsApp API) live under /sandbox/:
 - GET /sandbox/inbox: the accepted messages, in order; DELETE clears inbox and faults
