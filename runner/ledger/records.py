@@ -18,7 +18,7 @@ STATES: tuple[State, ...] = ("sending", "sent", "failed", "skipped", "uncertain"
 DONE_STATES: tuple[State, ...] = ("sent", "skipped")  # never sent again
 
 # How far along a delivered message is; a status never replaces a further one
-# (docs/whatsapp-api.md: callbacks come out of order and more than once).
+# (docs/whatsapp-api.md#webhook-delivery: callbacks come out of order and more than once).
 RANK = {"sent": 1, "delivered": 2, "read": 3, "deleted": 4, "failed": 5}
 SETTLED_RANK = RANK["read"]  # read, deleted, failed: nothing more will be heard
 

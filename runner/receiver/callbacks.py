@@ -3,13 +3,13 @@ their signatures checked.
 
 A 200 from `/messages` means the API accepted a message; whether it reached the customer comes
 later, as a status callback: On-Premises `{"statuses": [...]}`, Cloud
-`{"entry": [{"changes": [{"value": {"statuses": [...]}}]}]}`. They arrive out of order and more
-than once (Meta retries for a day), so applying them is idempotent and monotonic: a status only
-ever moves forward (sent → delivered → read → deleted; failed is final), each kept with its
-first time.
+`{"entry": [{"changes": [{"value": {"statuses": [...]}}]}]}`. They arrive out of order and
+more than once (Meta retries for up to 7 days), so applying them is idempotent and monotonic:
+a status only ever moves forward (sent → delivered → read → deleted; failed is final), each
+kept with its first time.
 
 The ledger keeps them by the API's message id (runner/ledger/schema.py says why); shapes and
-sources: docs/whatsapp-api.md.
+sources: docs/whatsapp-api.md#status-webhooks and #webhook-verification-and-signatures.
 """
 
 from __future__ import annotations
