@@ -12,7 +12,6 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable
-from typing import Any
 
 import click
 
@@ -98,20 +97,45 @@ def cli() -> None:
     is_flag=True,
     help="Send to a built-in sandbox API on 127.0.0.1 instead of the flow's API.",
 )
-def run(flow: str, dry_run: bool, **options: Any) -> None:
+def run(
+    flow: str,
+    *,
+    dry_run: bool,
+    ledger_path: str | None,
+    concurrency: int | None,
+    limit: int | None,
+    only: str | None,
+    retry_failed: bool,
+    retry_uncertain: bool,
+    listen_port: int | None,
+    use_sandbox: bool,
+) -> None:
     """Send every message of FLOW that the ledger does not show as sent."""
-    from .commands import plan_flow, run_flow
-
     if dry_run:
-        sys.exit(_handled(lambda: plan_flow(flow, 2, False)))
-    sys.exit(_handled(lambda: run_flow(flow, **options)))
+        from .commands.plan import plan as show_plan
+
+        sys.exit(_handled(lambda: show_plan(flow, 2, False)))
+    from .commands.run import RunRequest
+    from .commands.run import run as run_flow
+
+    request = RunRequest(
+        ledger_path=ledger_path,
+        concurrency=concurrency,
+        limit=limit,
+        only=only,
+        retry_failed=retry_failed,
+        retry_uncertain=retry_uncertain,
+        use_sandbox=use_sandbox,
+        listen_port=listen_port,
+    )
+    sys.exit(_handled(lambda: run_flow(flow, request)))
 
 
 @cli.command()
 @click.argument("flows", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate(flows: tuple[str, ...]) -> None:
     """Check each FLOW completely: structure, files, and every template for every recipient."""
-    from .commands import validate_flows
+    from .commands.validate import validate as validate_flows
 
     sys.exit(_handled(lambda: validate_flows(flows)))
 
@@ -122,9 +146,9 @@ def validate(flows: tuple[str, ...]) -> None:
 @click.option("--jsonl", is_flag=True, help="Write every request body, one JSON per line.")
 def plan(flow: str, sample: int, jsonl: bool) -> None:
     """Show what running FLOW would do, without sending anything (the dry run)."""
-    from .commands import plan_flow
+    from .commands.plan import plan as show_plan
 
-    sys.exit(_handled(lambda: plan_flow(flow, sample, jsonl)))
+    sys.exit(_handled(lambda: show_plan(flow, sample, jsonl)))
 
 
 @cli.command()
@@ -135,7 +159,7 @@ def plan(flow: str, sample: int, jsonl: bool) -> None:
 @click.option("--jsonl", "fmt", flag_value="jsonl", help="Every message row as JSON lines.")
 def report(flow: str | None, ledger_path: str | None, use_sandbox: bool, fmt: str | None) -> None:
     """What the ledger says: counts per step and state, failures by reason, uncertain ones."""
-    from .commands import report_ledger
+    from .commands.report import report as report_ledger
 
     sys.exit(_handled(lambda: report_ledger(flow, ledger_path, use_sandbox, fmt)))
 
@@ -148,15 +172,9 @@ def sandbox(port: int) -> None:
     Its token is 'sandbox-token' (login sandbox/sandbox, phone number id 106540352242922);
     GET /sandbox/inbox shows what it got.
     """
-    from .sandbox import TOKEN, serve
+    from .commands.sandbox import serve_sandbox
 
-    click.echo(f"sandbox API on http://127.0.0.1:{port} (token {TOKEN}); Ctrl-C stops it")
-
-    def serve_until_stopped() -> int:
-        serve(port)
-        return 0
-
-    sys.exit(_handled(serve_until_stopped))
+    sys.exit(_handled(lambda: serve_sandbox(port)))
 
 
 @cli.command()
@@ -170,7 +188,7 @@ def listen(flow: str | None, ledger_path: str | None, host: str, port: int) -> N
     Signatures are checked with the app secret in WA_APP_SECRET; Meta's verification
     handshake answers with WA_VERIFY_TOKEN.
     """
-    from .commands import listen_for_statuses
+    from .commands.listen import listen as listen_for_statuses
 
     sys.exit(_handled(lambda: listen_for_statuses(flow, ledger_path, host, port)))
 
@@ -178,10 +196,10 @@ def listen(flow: str | None, ledger_path: str | None, host: str, port: int) -> N
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of the flow format (for editors: schemas/flow.schema.json)."""
-    from .commands import print_schema
+    from .commands.schema import print_schema
 
     sys.exit(_handled(print_schema))
 
 
-def main(argv: Any = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="flowrun")

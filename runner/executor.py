@@ -33,9 +33,10 @@ from .errors import FlowrunError
 from .ledger import GroupCommit, Outcome, RunLedger, State
 from .media import LocalMedia
 from .pacing import Pacer
-from .plan import Message, Plan, RenderFailure, Skipped
+from .plan import Plan
 from .progress import Progress
 from .recipients import Recipient
+from .render import Message, Renderer, RenderFailure, Skipped
 from .transport import MaybeDelivered, NotDelivered, Response, Transport
 
 BACKOFF_BASE = 0.5  # seconds; doubled per attempt, with full jitter
@@ -137,6 +138,7 @@ class Executor:
         progress: Progress,
     ) -> None:
         self.plan = plan
+        self.renderer = Renderer(plan)
         self.transport = transport
         self.dialect = dialect
         self.ledger = ledger
@@ -243,7 +245,7 @@ class Executor:
         # the first run of a campaign skips a query per recipient.
         states = self.ledger.recipient_states(recipient.phone) if self._history else {}
         try:
-            items = list(self.plan.messages(recipient))
+            items = list(self.renderer.messages(recipient))
         except RenderFailure as failure:  # validated before the run; kept for safety
             raise StopRun(failure.problem.format()) from None
         last_request: float | None = None

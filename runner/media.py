@@ -198,3 +198,38 @@ def _near_names(path: Path) -> str | None:
 
 def _size(n: int) -> str:
     return f"{n / MB:.1f} MB" if n >= MB else f"{n / KB:.0f} KB"
+
+
+class LocalFiles:
+    """The local files of one flow, each checked once (by the path as written: no path
+    arithmetic per recipient), remembered up to a bound so that a templated `file:` that names
+    a different file per recipient cannot grow memory without end."""
+
+    REMEMBERED = 10_000
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self._checked: dict[str, LocalMedia | MediaError] = {}
+
+    def check(self, relative: str, media_type: str) -> LocalMedia:
+        """The checked file; raises MediaError (remembered too: a missing file is looked up
+        once, not once per recipient)."""
+        checked = self._checked.get(relative)
+        if checked is None:
+            try:
+                checked = check_file(self.base, relative, media_type)
+            except MediaError as exc:
+                checked = exc
+            if len(self._checked) < self.REMEMBERED:
+                self._checked[relative] = checked
+        if isinstance(checked, MediaError):
+            raise checked
+        return checked
+
+    def uploads(self) -> list[LocalMedia]:
+        """The distinct files checked so far (by content), in first-use order."""
+        seen: dict[str, LocalMedia] = {}
+        for checked in self._checked.values():
+            if isinstance(checked, LocalMedia):
+                seen.setdefault(checked.sha256, checked)
+        return list(seen.values())

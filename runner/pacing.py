@@ -67,3 +67,23 @@ class Pacer:
             self.rate = None  # far above anything refused: back to no limit
         else:
             self.rate = raised
+
+
+def run_pace(
+    flow_rate: float | None,
+    flow_interval: float | None,
+    dialect_rate: float | None,
+    dialect_interval: float,
+    *,
+    sandbox: bool,
+) -> tuple[float | None, float]:
+    """A run's rate (messages/s, None: none) and per-recipient interval (s): the flow's, else
+    the dialect's documented limits. The sandbox has no limits, so trying a flow there is
+    quick."""
+    rate = flow_rate
+    if rate is None and not sandbox:
+        rate = dialect_rate
+    interval = flow_interval
+    if interval is None:
+        interval = 0.0 if sandbox else dialect_interval
+    return rate or None, interval

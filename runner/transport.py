@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from .dialect import Upload
 from .http import Client, ConnectFailed, Lost
 
 
@@ -30,6 +29,17 @@ def public_url(url: str) -> str:
     if parts.port is not None:
         host += f":{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """One media upload request: a raw body (On-Premises) or a multipart form (Cloud)."""
+
+    path: str
+    data: bytes
+    mime: str
+    form: dict[str, str] | None = None  # extra form fields; None: send `data` as the raw body
+    filename: str = "file"
 
 
 class NotDelivered(Exception):
@@ -47,7 +57,31 @@ class Response:
     retry_after: float | None
 
 
-class Transport:
+class Transport(Protocol):
+    """What the executor and the dialects need of HTTP: JSON posts, uploads, a token to send.
+    `HttpTransport` is the real one; tests may put one in memory here."""
+
+    def use_token(self, token: str) -> None:
+        """Send `token` from now on (after an On-Premises login)."""
+
+    async def post_json(self, path: str, body: bytes) -> Response:
+        """POST an already encoded JSON body."""
+        ...
+
+    async def post(
+        self,
+        path: str,
+        body: bytes = b"",
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> Response: ...
+
+    async def upload(self, upload: Upload) -> Response: ...
+
+
+class HttpTransport:
+    """Transport over flowrun's own HTTP client (http.py), to one API origin."""
+
     def __init__(self, base_url: str, token: str | None, timeout: float, concurrency: int) -> None:
         self._base = base_url.rstrip("/")
         # The token is kept here, and nowhere else (None: a login gives it, see use_token).
@@ -56,7 +90,7 @@ class Transport:
         self._limit = concurrency + 2  # + uploads
         self._client: Client | None = None
 
-    async def __aenter__(self) -> Transport:
+    async def __aenter__(self) -> HttpTransport:
         self._client = Client(self._base, self._limit, self._timeout)
         return self
 

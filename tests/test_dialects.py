@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from runner import sandbox as sandbox_module
-from runner.cloud import Cloud
 from runner.dialect import Verdict
+from runner.dialect.cloud import Cloud
+from runner.dialect.onprem import OnPrem
 from runner.ledger import Batch, SqliteLedger, Uploaded
-from runner.onprem import OnPrem
 from runner.pacing import Pacer
 from runner.sandbox import NAMESPACE, PHONE_NUMBER_ID, SandboxState
-from runner.sandbox_checks import check_message
+from runner.sandbox import server as sandbox_module
+from runner.sandbox.checks import check_message
 from tests.sandbox_helpers import (
     count,
     flowrun,

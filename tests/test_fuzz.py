@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner.commands import check
+from runner.commands.checking import check
 from runner.errors import FlowrunError
 from tests.conftest import REPO
 

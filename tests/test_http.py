@@ -15,7 +15,7 @@ from aiohttp import web
 
 from runner import threadserver
 from runner.http import Client, ConnectFailed, Lost, Reply
-from runner.transport import MaybeDelivered, NotDelivered, Transport
+from runner.transport import HttpTransport, MaybeDelivered, NotDelivered
 
 
 def serving(
@@ -69,7 +69,7 @@ def run(coroutine: Any) -> Any:
 
 def test_keep_alive_json_and_headers() -> None:
     async def go(base: str) -> list[Any]:
-        async with Transport(base, "t0k", 5, 2) as transport:
+        async with HttpTransport(base, "t0k", 5, 2) as transport:
             answers = [await transport.post_json("/echo", b'{"a": 1}') for _ in range(5)]
             transport.use_token("t1")
             answers.append(await transport.post_json("/echo", b"{}"))
@@ -84,7 +84,7 @@ def test_keep_alive_json_and_headers() -> None:
 
 def test_chunked_answers_and_servers_that_close() -> None:
     async def go(base: str) -> list[Any]:
-        async with Transport(base, "t", 5, 1) as transport:
+        async with HttpTransport(base, "t", 5, 1) as transport:
             out = [(await transport.post_json("/chunked", b"{}")).data]
             out += [(await transport.post_json("/closing", b"{}")).data for _ in range(3)]
             await asyncio.sleep(0.3)  # the server's keep-alive timeout closes idle connections
@@ -97,7 +97,7 @@ def test_chunked_answers_and_servers_that_close() -> None:
 
 def test_a_timeout_is_maybe_delivered_and_the_late_answer_is_never_reused() -> None:
     async def go(base: str) -> tuple[str, Any]:
-        async with Transport(base, "t", 0.2, 1) as transport:
+        async with HttpTransport(base, "t", 0.2, 1) as transport:
             with pytest.raises(MaybeDelivered) as lost:
                 await transport.post_json("/slow?s=0.5", b"{}")
             await asyncio.sleep(0.5)  # the late answer arrives (on a closed connection)
@@ -110,7 +110,7 @@ def test_a_timeout_is_maybe_delivered_and_the_late_answer_is_never_reused() -> N
 
 def test_nothing_listening_is_not_delivered() -> None:
     async def go() -> None:
-        async with Transport("http://127.0.0.1:9", "t", 2, 1) as transport:
+        async with HttpTransport("http://127.0.0.1:9", "t", 2, 1) as transport:
             await transport.post_json("/x", b"{}")
 
     with pytest.raises(NotDelivered, match=r"cannot connect to http://127\.0\.0\.1:9"):
@@ -118,7 +118,7 @@ def test_nothing_listening_is_not_delivered() -> None:
 
 
 def test_multipart_upload_reaches_the_server_as_a_form() -> None:
-    from runner.dialect import Upload
+    from runner.transport import Upload
 
     async def form(request: web.Request) -> web.Response:
         data = await request.post()
@@ -135,7 +135,7 @@ def test_multipart_upload_reaches_the_server_as_a_form() -> None:
     application.router.add_post("/media", form)
 
     async def go(base: str) -> Any:
-        async with Transport(base, "t", 5, 1) as transport:
+        async with HttpTransport(base, "t", 5, 1) as transport:
             upload = Upload(
                 "/media", b"\xff\xd8\x00", "image/jpeg", {"type": "image/jpeg"}, "a.jpg"
             )

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from runner.commands.report import summary_lines, write_rows
 from runner.http import Client
 from runner.ledger import Batch, Mark, Outcome, SqliteLedger
 from runner.receiver import Receiver, running
 from runner.receiver.callbacks import parse, sign
-from runner.report import summary_lines, write_rows
 from runner.sandbox import SandboxState
 from tests.sandbox_helpers import post as sandbox_post
 from tests.sandbox_helpers import start, wait_until, write_flow

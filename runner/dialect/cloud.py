@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from .dialect import ApiFailure, Upload, Verdict, first
-from .onprem import TEMPLATE_HINT
-from .transport import public_url
+from runner.errors import Problem, Problems
+from runner.transport import Upload, public_url
+
+from .base import TEMPLATE_HINT, ApiFailure, Verdict, first, media_objects
 
 if TYPE_CHECKING:
-    from .media import LocalMedia
-    from .transport import Transport
+    from runner.loader import LoadedFlow
+    from runner.media import LocalMedia
+    from runner.transport import Transport
 
 BASE_URL = "https://graph.facebook.com"
 VERSION = "v23.0"  # May 2025; Graph versions are served about two years: pin yours in the flow
@@ -125,3 +127,18 @@ def _classify(status: int, code: int | None) -> Verdict:
     if code == MEDIA_CODE:
         return Verdict.MEDIA_GONE
     return Verdict.FAIL
+
+
+def check_flow(loaded: LoadedFlow, problems: Problems) -> None:
+    """What the Cloud API refuses in a flow: a `provider` on a link (it fetches links itself,
+    without credentials: docs/whatsapp-api.md#message-bodies)."""
+    for media, where in media_objects(loaded):
+        if media.provider is not None:
+            problems.add(
+                Problem(
+                    loaded.locate((*where, "provider"), key=True),
+                    "provider is only for the On-Premises API",
+                    "on the Cloud API a link must be fetchable by WhatsApp without"
+                    " credentials; or use file: to upload it",
+                )
+            )

@@ -1,4 +1,5 @@
-"""`flowrun report`: what the ledger knows, for people (a summary) and for tools (CSV, JSONL).
+"""`flowrun report [FLOW]`: what the ledger knows, for people (a summary) and for tools (CSV,
+JSONL).
 
 The numbers come from the ledger's reader (runner/ledger/reading.py: read-only, so a report can
 run while a campaign is sending); this module only lays them out.
@@ -8,15 +9,33 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import TextIO
 
-from .ledger import LedgerReader
-from .ledger.reading import Count
+import click
+
+from runner.errors import EXIT_OK
+from runner.ledger import LedgerReader
+from runner.ledger.reading import Count
+
+from .checking import ledger_for
 
 STATES = ("sent", "failed", "skipped", "uncertain", "sending")
 DELIVERY_KINDS = ("sent", "delivered", "read", "failed", "waiting")
+
+
+def report(
+    flow_file: str | None, ledger_path: str | None, use_sandbox: bool, fmt: str | None
+) -> int:
+    path, name = ledger_for(flow_file, ledger_path, use_sandbox)
+    if fmt is not None:
+        write_rows(path, name, fmt, sys.stdout)
+    else:
+        for line in summary_lines(path, name):
+            click.echo(line)
+    return EXIT_OK
 
 
 def write_rows(path: Path, flow: str | None, fmt: str, out: TextIO) -> None:

@@ -10,12 +10,16 @@ import base64
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .dialect import ApiFailure, LoginFailed, Upload, Verdict, first
-from .transport import MaybeDelivered, NotDelivered, public_url
+from runner import models
+from runner.errors import Problem, Problems
+from runner.transport import MaybeDelivered, NotDelivered, Upload, public_url
+
+from .base import TEMPLATE_HINT, ApiFailure, LoginFailed, Verdict, first
 
 if TYPE_CHECKING:
-    from .media import LocalMedia
-    from .transport import Transport
+    from runner.loader import LoadedFlow
+    from runner.media import LocalMedia
+    from runner.transport import Transport
 
 MESSAGES_PATH = "/v1/messages"
 MEDIA_PATH = "/v1/media"
@@ -28,10 +32,6 @@ RETRY_CODES = frozenset({1011, 1014, 1016, 1017, 1018, 408})
 THROTTLE_CODES = frozenset({1015})
 OUTSIDE_WINDOW = 470
 MEDIA_NOT_FOUND = 1006
-TEMPLATE_HINT = (
-    "more than 24 hours since the recipient last wrote: only a template message may start"
-    " the conversation (a `template:` step)"
-)
 
 
 @dataclass(frozen=True)
@@ -127,3 +127,19 @@ def _classify(status: int, code: int | None) -> tuple[Verdict, str | None]:
     if code == OUTSIDE_WINDOW:
         return Verdict.FAIL, TEMPLATE_HINT
     return Verdict.FAIL, None
+
+
+def check_flow(loaded: LoadedFlow, problems: Problems) -> None:
+    """What the On-Premises API needs of a flow: a template namespace for template steps."""
+    api = loaded.flow.api
+    if not isinstance(api, models.OnPremApi) or api.template_namespace is not None:
+        return
+    for index, step in enumerate(loaded.flow.messages):
+        if isinstance(step.content, models.Template):
+            problems.add(
+                Problem(
+                    loaded.locate(("messages", index, step.kind), key=True),
+                    "template messages on the On-Premises API need api.template_namespace",
+                    "your business's template namespace, shown in WhatsApp Manager",
+                )
+            )

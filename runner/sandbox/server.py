@@ -31,10 +31,11 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from .media import LIMITS
-from .sandbox_checks import NAMESPACE, ApiError, check_message
-from .sandbox_webhooks import Webhook
-from .threadserver import serving
+from runner.media import LIMITS
+from runner.threadserver import serving
+
+from .checks import NAMESPACE, ApiError, check_message
+from .webhooks import Webhook
 
 __all__ = ["LOGIN", "NAMESPACE", "PHONE_NUMBER_ID", "TOKEN", "SandboxState", "running", "serve"]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .media import LIMITS, MEDIA_TYPES
-from .models import CAPTION_MAX, TEXT_BODY_MAX, check_http_url
+from runner.media import LIMITS, MEDIA_TYPES
+from runner.models import CAPTION_MAX, TEXT_BODY_MAX, check_http_url
 
 # Media ids the sandbox knows without an upload: the one from Meta's examples, used by the
 # example flows' `id:` steps.

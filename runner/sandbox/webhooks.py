@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from .receiver.callbacks import sign
+from runner.receiver.callbacks import sign
 
 # Real reasons a message fails after it was accepted (Cloud code, On-Premises code, title).
 FAILURES = (

@@ -1,4 +1,5 @@
-"""The seam between flowrun and an API dialect (On-Premises `/v1`, or the Cloud API).
+"""What every API dialect is (On-Premises `/v1`, or the Cloud API): the protocol, and the
+verdicts it gives on failures.
 
 Everything that differs between the two (paths, body shapes, uploads, error envelopes, what an
 error code means, limits, logging in) lives behind `Dialect`; the executor asks it questions
@@ -8,13 +9,27 @@ and acts on the answers, so a third dialect is a module, not `if`s across the ex
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from runner import models
+from runner.transport import Upload
+
 if TYPE_CHECKING:
-    from .media import LocalMedia
-    from .transport import Transport
+    from runner.loader import LoadedFlow
+    from runner.media import LocalMedia
+    from runner.transport import Transport
+    from runner.yamldoc import YamlPath
+
+
+# Both dialects refuse a free-form message outside the 24-hour window (Cloud 131047, On-Premises
+# 470): docs/whatsapp-api.md#customer-service-window
+TEMPLATE_HINT = (
+    "more than 24 hours since the recipient last wrote: only a template message may start"
+    " the conversation (a `template:` step)"
+)
 
 
 class Verdict(enum.Enum):
@@ -52,17 +67,6 @@ class ApiFailure:
             parts.append(self.title)
         text = ", ".join(parts)
         return f"{text}: {self.details}" if self.details else text
-
-
-@dataclass(frozen=True, slots=True)
-class Upload:
-    """One media upload request: a raw body (On-Premises) or a multipart form (Cloud)."""
-
-    path: str
-    data: bytes
-    mime: str
-    form: dict[str, str] | None = None  # extra form fields; None: send `data` as the raw body
-    filename: str = "file"
 
 
 class Dialect(Protocol):
@@ -134,3 +138,17 @@ def first(data: Any, *keys: str | int) -> Any:
         except (KeyError, IndexError, TypeError):
             return None
     return data
+
+
+def media_objects(loaded: LoadedFlow) -> Iterator[tuple[models._Media, YamlPath]]:
+    """Every media object of the flow's steps (their own, or a template's header), with
+    where it is written: what per-dialect rules look at."""
+    for index, step in enumerate(loaded.flow.messages):
+        base: YamlPath = ("messages", index, step.kind)
+        content = step.content
+        if isinstance(content, models._Media):
+            yield content, base
+        elif isinstance(content, models.Template) and content.header is not None:
+            header = getattr(content.header, content.header.kind)
+            if isinstance(header, models._Media):
+                yield header, (*base, "header", content.header.kind)

@@ -1,0 +1,71 @@
+"""What several commands share: a flow checked completely (loaded, compiled, rendered for every
+recipient), and the ledger a command reads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from runner import dialect as dialects
+from runner.errors import FlowInvalid, FlowrunError
+from runner.ledger import default_path
+from runner.loader import load_flow
+from runner.plan import Plan, compile_plan
+from runner.render import Message, Survey, survey
+from runner.target import ApiTarget, api_target
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    plan: Plan
+    survey: Survey
+    target: ApiTarget
+
+
+def check(
+    flow_file: str,
+    sample: int = 0,
+    on_body: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    api: bool = True,
+) -> Checked:
+    """Load, compile and render a flow for every recipient (passing each message's body to
+    `on_body`); the problems found are raised together (warnings are printed and let pass).
+
+    `api` False: the flow's api section is not rendered (a run renders it once, itself, or
+    uses the sandbox's), so its secrets are not asked for."""
+    plan = compile_plan(load_flow(flow_file))
+    target = api_target(plan, for_run=False) if api else ApiTarget(plan.flow.api.kind, None)
+    on_message = None
+    if on_body is not None:
+        dialect = dialects.build(target)
+
+        def on_message(message: Message) -> None:
+            on_body(message.body(dialect))
+
+    result = survey(plan, sample, on_message)
+    for line in plan.problems.lines("warning"):
+        click.echo(line, err=True)
+    if plan.problems.has_errors():
+        raise FlowInvalid(plan.problems)
+    return Checked(plan, result, target)
+
+
+def ledger_for(
+    flow_file: str | None, ledger_path: str | None, use_sandbox: bool
+) -> tuple[Path, str | None]:
+    """The ledger a command reads (--ledger, else the FLOW's), and the FLOW's name if given."""
+    if flow_file is None and ledger_path is None:
+        raise FlowrunError("name a FLOW or a --ledger PATH")
+    name = None
+    path = Path(ledger_path) if ledger_path else None
+    if flow_file is not None:
+        loaded = load_flow(flow_file)
+        name = loaded.name
+        path = path or default_path(loaded.path, use_sandbox)
+    assert path is not None
+    return path, name

@@ -1,0 +1,221 @@
+"""`flowrun FLOW` (`flowrun run FLOW`): validate the whole flow, then send what the ledger says
+is not sent yet, and say what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from runner import dialect as dialects
+from runner.errors import FlowInvalid, FlowrunError
+from runner.executor import Executor, RunOptions, Summary
+from runner.ledger import RunLedger, default_path, now, open_for_run
+from runner.pacing import run_pace
+from runner.plan import Plan
+from runner.progress import Progress
+from runner.recipients import normalize_phone
+from runner.target import ApiTarget, api_target
+from runner.transport import HttpTransport
+
+from .checking import check
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """A run's command-line options, as the CLI parsed them."""
+
+    ledger_path: str | None = None
+    concurrency: int | None = None
+    limit: int | None = None
+    only: str | None = None
+    retry_failed: bool = False
+    retry_uncertain: bool = False
+    use_sandbox: bool = False
+    listen_port: int | None = None
+
+
+def run(flow_file: str, request: RunRequest) -> int:
+    """Validate the whole flow, then send what the ledger says is not sent yet."""
+    # Nothing leaves before every recipient rendered. The api section is rendered below, once,
+    # as the run needs it (not also as validate does, which would say a missing token twice).
+    checked = check(flow_file, api=False)
+    plan = checked.plan
+    only = _phone_option(request.only)
+    if only is not None and all(r.phone != only for r in plan.recipients()):
+        raise FlowrunError(f"--only {request.only}: {flow_file} has no recipient with this phone")
+    with contextlib.ExitStack() as stack:
+        target = _target(plan, stack, request.use_sandbox)
+        dialect = dialects.build(target)
+        settings = plan.flow.settings
+        rate, interval = run_pace(
+            settings.rate_per_second,
+            settings.per_recipient_interval,
+            dialect.default_rate,
+            dialect.default_interval,
+            sandbox=request.use_sandbox,
+        )
+        options = RunOptions(
+            concurrency=request.concurrency or settings.concurrency,
+            limit=request.limit,
+            only=only,
+            retry_failed=request.retry_failed,
+            retry_uncertain=request.retry_uncertain,
+            rate=rate,
+            interval=interval,
+        )
+        path = (
+            Path(request.ledger_path)
+            if request.ledger_path
+            else default_path(plan.loaded.path, request.use_sandbox)
+        )
+        ledger = stack.enter_context(contextlib.closing(open_for_run(path, plan.loaded.name)))
+        _check_renamed(ledger, path, chosen=request.ledger_path is not None)
+        if request.listen_port is not None:
+            from runner.receiver.process import listening
+
+            stack.enter_context(listening(path, request.listen_port))
+        started = now()
+        total = checked.survey.messages
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            summary = runner.run(_execute(plan, target, dialect, ledger, options, total=total))
+        if request.listen_port is not None:
+            from runner.receiver.process import await_statuses
+
+            await_statuses(path, plan.loaded.name, started)
+    _print_summary(flow_file, summary, path)
+    return summary.exit_code
+
+
+def _target(plan: Plan, stack: contextlib.ExitStack, use_sandbox: bool) -> ApiTarget:
+    """The flow's API, or a sandbox started for this run (in the flow's dialect)."""
+    if use_sandbox:
+        from runner import sandbox
+
+        base_url, _ = stack.enter_context(sandbox.running())
+        return sandbox.target_for(plan.flow.api, base_url)
+    target = api_target(plan, for_run=True)
+    if plan.problems.has_errors() or not target.ready:
+        raise FlowInvalid(plan.problems)
+    return target
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (not on Windows): the same asyncio, with a faster loop —
+    measured in bench/send_bench.py. FLOWRUN_LOOP=asyncio keeps the standard one."""
+    if os.environ.get("FLOWRUN_LOOP") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _check_renamed(ledger: RunLedger, path: Path, chosen: bool) -> None:
+    """A ledger knows messages by flow name: a renamed flow would send everything again.
+
+    The default ledger belongs to one flow file, so other names in it mean a rename: refused.
+    A ledger chosen with --ledger may be shared by several flows on purpose: a warning."""
+    others = ledger.other_flows()
+    if not others or ledger.has_rows():
+        return
+    names = ", ".join(repr(o) for o in others)
+    message = (
+        f"{path} holds messages of flow {names} but none of {ledger.flow!r}: if the flow was"
+        f" renamed, its messages would all be sent again; put name: {others[0]} back in it"
+    )
+    if not chosen:
+        raise FlowrunError(message + ", or pass --ledger NEW_FILE to start afresh")
+    click.echo(f"warning: {message}", err=True)
+
+
+def _phone_option(only: str | None) -> str | None:
+    if only is None:
+        return None
+    try:
+        return normalize_phone(only)
+    except ValueError as exc:
+        raise FlowrunError(f"--only: {exc}") from None
+
+
+async def _execute(
+    plan: Plan,
+    target: ApiTarget,
+    dialect: dialects.Dialect,
+    ledger: RunLedger,
+    options: RunOptions,
+    *,
+    total: int,
+) -> Summary:
+    assert target.base_url is not None
+    progress = Progress(total)
+    transport = HttpTransport(
+        target.base_url, target.token, plan.flow.api.timeout, options.concurrency
+    )
+    try:
+        async with transport:
+            executor = Executor(
+                plan,
+                transport=transport,
+                dialect=dialect,
+                ledger=ledger,
+                options=options,
+                progress=progress,
+            )
+            return await executor.run()
+    finally:
+        progress.close()
+
+
+def _print_summary(flow_file: str, summary: Summary, ledger_path: Path) -> None:
+    rate = summary.sent / summary.seconds if summary.seconds > 0 else 0.0
+    for line in _advice(summary):
+        click.echo(line, err=True)
+    for reason, count in sorted(summary.failures.items(), key=lambda kv: -kv[1])[:10]:
+        click.echo(f"  failed {count:,}x: {reason}", err=True)
+    if not summary.sent and summary.already and not summary.failed:
+        click.echo(f"{flow_file}: nothing to send: {summary.already:,} message(s) were sent before")
+    click.echo(
+        f"{flow_file}: sent {summary.sent:,}, failed {summary.failed:,}, skipped"
+        f" {summary.skipped + summary.blocked:,}, uncertain {summary.uncertain:,}, uploads"
+        f" {summary.uploads}, {summary.seconds:.1f} s ({rate:,.0f} msg/s)"
+        + (" — interrupted" if summary.interrupted else "")
+    )
+    click.echo(f"ledger: {ledger_path}")
+
+
+def _advice(summary: Summary) -> list[str]:
+    """What the operator should know, and do, after this run."""
+    lines = []
+    if summary.recovered:
+        lines.append(
+            f"{summary.recovered:,} message(s) of an interrupted run are uncertain (the API may"
+            " have them); --retry-uncertain sends them again"
+        )
+    if summary.changed:
+        lines.append(
+            f"{summary.changed:,} message(s) sent before read differently in the flow now;"
+            " they are not sent again"
+        )
+    if summary.held:
+        lines.append(
+            f"{summary.held:,} recipient(s) wait behind a failed or uncertain message of an"
+            " earlier run; see flowrun report, then --retry-failed or --retry-uncertain"
+        )
+    if summary.unsent:
+        lines.append(
+            f"{summary.unsent:,} message(s) refused by the API were waiting for a retry when the"
+            " run stopped; the next run sends them"
+        )
+    if summary.throttled:
+        lines.append(
+            f"the API asked to slow down {summary.throttled:,} time(s); flowrun slowed the run"
+            " and retried (settings.rate sets a lower pace from the start)"
+        )
+    return lines

@@ -1,0 +1,271 @@
+"""Rendering: one recipient's steps turned into messages ready to send (or skips), with every
+rendered value checked against what WhatsApp accepts.
+
+The executor sends what `Renderer.messages` yields; `validate` renders every recipient with
+`survey` to find every problem before anything is sent; `plan` prints samples. A rendered value
+that WhatsApp would refuse is a located problem here, never a failed request later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import models
+from .errors import Problem
+from .media import LocalMedia, MediaError
+from .plan import FieldPlan, Plan, StepPlan, TemplatePlan
+from .recipients import Recipient
+from .templates import RENDER_ERRORS, describe, recipient_fields, vars_fields
+from .yamldoc import YamlPath
+
+if TYPE_CHECKING:
+    from .dialect import Dialect
+
+UPLOAD_PLACEHOLDER = "@upload:"  # shown by `plan` where a media id will come from an upload
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message ready to send; `upload` is set when the media id comes from a local file."""
+
+    recipient: Recipient
+    step: StepPlan
+    content: dict[str, Any]
+    upload: LocalMedia | None = None
+    media_at: tuple[str | int, ...] = ()  # where in `content` the uploaded media's id goes
+
+    def body(self, dialect: Dialect, media_id: str | None = None) -> dict[str, Any]:
+        content = self.content
+        if self.upload is not None:
+            shown = media_id or f"{UPLOAD_PLACEHOLDER}{self.upload.path.name}"
+            content = _with_id(content, self.media_at, shown)
+        return dialect.message_body(self.recipient.phone, self.step.kind, content)
+
+
+def _with_id(content: Any, at: tuple[str | int, ...], media_id: str) -> Any:
+    """A copy of `content` with `id` set in the media object at `at` (copied along that path
+    only: the rest is shared, nothing is mutated)."""
+    if not at:
+        return {"id": media_id, **content}
+    head, rest = at[0], at[1:]
+    if isinstance(content, list):
+        assert isinstance(head, int)
+        return [*content[:head], _with_id(content[head], rest, media_id), *content[head + 1 :]]
+    return {**content, head: _with_id(content[head], rest, media_id)}
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A step not sent to this recipient because its `when` was false."""
+
+    recipient: Recipient
+    step: StepPlan
+    reason: str
+
+
+class RenderFailure(Exception):
+    """A recipient's step could not be rendered; `problem` says where and why."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+class Renderer:
+    """Renders recipients of one compiled plan."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self._vars = vars_fields(plan.flow.vars)
+
+    def context(self, recipient: Recipient) -> dict[str, Any]:
+        return {
+            "recipient": recipient_fields(recipient.fields),
+            "vars": self._vars,
+            "env": self.plan.env,
+        }
+
+    def messages(self, recipient: Recipient) -> Iterator[Message | Skipped]:
+        """This recipient's steps, in order; raises RenderFailure for the first broken one."""
+        context = self.context(recipient)
+        for step in self.plan.steps:
+            yield self._render_step(step, recipient, context)
+
+    def _render_step(
+        self, step: StepPlan, recipient: Recipient, context: Mapping[str, Any]
+    ) -> Message | Skipped:
+        when = step.when
+        if when is not None and not self._guard(
+            lambda: when(context), (*step.path, "when"), recipient
+        ):
+            return Skipped(recipient, step, f"when: {step.when_source}")
+        if step.template is not None:
+            return self._render_template(step, step.template, recipient, context)
+        content: dict[str, Any] = {}
+        for plan in step.fields:
+            content[plan.name] = self._value(plan, recipient, context)
+        if step.provider is not None:
+            content["provider"] = {"name": self._value(step.provider, recipient, context)}
+        content.update(step.constants)
+        upload = None
+        if step.file is not None:
+            upload = self._local_file(step.kind, step.file, recipient, context)
+        return Message(recipient, step, content, upload)
+
+    def _render_template(
+        self, step: StepPlan, plan: TemplatePlan, recipient: Recipient, context: Mapping[str, Any]
+    ) -> Message:
+        """The template object with its `components`, as both dialects take it (the
+        On-Premises one adds its namespace and language policy)."""
+
+        def value(field: FieldPlan) -> str:
+            return self._value(field, recipient, context)
+
+        components: list[dict[str, Any]] = []
+        upload = None
+        media_at: tuple[str | int, ...] = ()
+        kind = plan.header_kind
+        if kind == "text":
+            header = {"type": "text", "text": value(plan.header[0])}
+            components.append({"type": "header", "parameters": [header]})
+        elif kind is not None:
+            media: dict[str, Any] = {}
+            for field in plan.header:
+                if field.name == "provider":
+                    media["provider"] = {"name": value(field)}
+                else:
+                    media[field.name] = value(field)
+            if plan.header_file is not None:
+                upload = self._local_file(kind, plan.header_file, recipient, context)
+                media_at = ("components", 0, "parameters", 0, kind)
+            components.append({"type": "header", "parameters": [{"type": kind, kind: media}]})
+        if plan.body:
+            parameters = [{"type": "text", "text": value(field)} for field in plan.body]
+            components.append({"type": "body", "parameters": parameters})
+        for sub_type, index, field in plan.buttons:
+            parameter = (
+                {"type": "text", "text": value(field)}
+                if sub_type == "url"
+                else {"type": "payload", "payload": value(field)}
+            )
+            components.append(
+                {
+                    "type": "button",
+                    "sub_type": sub_type,
+                    "index": str(index),
+                    "parameters": [parameter],
+                }
+            )
+        language = {"code": value(plan.language)}
+        content: dict[str, Any] = {"name": plan.name, "language": language}
+        if components:
+            content["components"] = components
+        return Message(recipient, step, content, upload, media_at)
+
+    def _guard(self, action: Callable[[], Any], where: YamlPath, recipient: Recipient) -> Any:
+        try:
+            return action()
+        except RENDER_ERRORS as exc:
+            raise RenderFailure(self._problem(where, describe(exc), recipient)) from None
+
+    def _problem(self, where: YamlPath, message: str, recipient: Recipient) -> Problem:
+        return Problem(
+            self.plan.loaded.locate(where),
+            message,
+            detail=f"first for the recipient at {recipient.where}",
+        )
+
+    def _value(self, plan: FieldPlan, recipient: Recipient, context: Mapping[str, Any]) -> str:
+        text: str = self._guard(lambda: plan.render(context), plan.where, recipient)
+        error = check_rendered(plan.name, text)
+        if error:
+            raise RenderFailure(self._problem(plan.where, error, recipient))
+        return text
+
+    def _local_file(
+        self, kind: str, plan: FieldPlan, recipient: Recipient, context: Mapping[str, Any]
+    ) -> LocalMedia:
+        relative: str = self._guard(lambda: plan.render(context), plan.where, recipient)
+        try:
+            return self.plan.files.check(relative, kind)
+        except MediaError as exc:
+            problem = self._problem(plan.where, str(exc), recipient)
+            raise RenderFailure(
+                Problem(problem.location, problem.message, exc.hint, detail=problem.detail)
+            ) from None
+
+
+_VALUE_RULES: dict[str, Callable[[str], str]] = {
+    "link": models.check_http_url,
+    "language": models.check_language,
+}
+
+
+def check_rendered(name: str, text: str) -> str | None:
+    """Rules on a rendered value (constants were checked by the models already)."""
+    rule = _VALUE_RULES.get(name)
+    if rule is not None:
+        try:
+            rule(text)
+        except ValueError as exc:
+            return str(exc)
+    if name == "param":
+        return _check_parameter(text)
+    if name in ("id", "filename", "body", "file", "button") and not text.strip():
+        return f"{name} is empty after rendering"
+    if name == "caption" and len(text) > models.CAPTION_MAX:
+        return f"caption is {len(text):,} characters; WhatsApp allows {models.CAPTION_MAX:,}"
+    if name == "body" and len(text) > models.TEXT_BODY_MAX:
+        return f"text is {len(text):,} characters; WhatsApp allows {models.TEXT_BODY_MAX:,}"
+    return None
+
+
+def _check_parameter(text: str) -> str | None:
+    """A template text parameter: WhatsApp refuses empty ones, line breaks, tabs and more than
+    four spaces in a row (error 132000/131008), so they are caught before sending."""
+    if not text.strip():
+        return "template parameter is empty after rendering"
+    if "\n" in text or "\t" in text or "     " in text:
+        return "template parameter holds a line break, a tab or more than 4 spaces in a row"
+    return None
+
+
+@dataclass
+class Survey:
+    """What a full pass over all recipients found: the numbers `validate` and `plan` report."""
+
+    recipients: int = 0
+    messages: int = 0
+    skipped: int = 0
+    per_step: dict[str, int] = field(default_factory=dict)
+    samples: list[Message | Skipped] = field(default_factory=list)
+
+
+def survey(
+    plan: Plan,
+    sample_recipients: int = 0,
+    on_message: Callable[[Message], None] | None = None,
+) -> Survey:
+    """Render every step for every recipient, collecting problems (bounded) and counts."""
+    result = Survey(per_step={step.key: 0 for step in plan.steps})
+    renderer = Renderer(plan)
+    for recipient in plan.recipients():
+        result.recipients += 1
+        try:
+            items = list(renderer.messages(recipient))
+        except RenderFailure as failure:
+            plan.problems.add(failure.problem)
+            continue
+        for item in items:
+            if isinstance(item, Skipped):
+                result.skipped += 1
+                continue
+            result.messages += 1
+            result.per_step[item.step.key] += 1
+            if on_message is not None:
+                on_message(item)
+        if result.recipients <= sample_recipients:
+            result.samples.extend(items)
+    return result
