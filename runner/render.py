@@ -224,7 +224,8 @@ def check_rendered(name: str, text: str) -> str | None:
 
 def _check_parameter(text: str) -> str | None:
     """A template text parameter: WhatsApp refuses empty ones, line breaks, tabs and more than
-    four spaces in a row (error 132000/131008), so they are caught before sending."""
+    four spaces in a row (observed as 132018: docs/whatsapp-api.md#templates), so they are
+    caught before sending."""
     if not text.strip():
         return "template parameter is empty after rendering"
     if "\n" in text or "\t" in text or "     " in text:
