@@ -1,0 +1,159 @@
+"""The executor in memory: a scripted `Transport` answers instead of a server, so each rule of
+sending is tested in milliseconds. The ledger is still a real SQLite file (with its writer
+process): what is on record is the point of these rules.
+
+The end-to-end tests (test_executor.py, test_hardening.py) prove the same over real HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from runner import dialect as dialects
+from runner.executor import Executor, RunOptions, Summary
+from runner.ledger import SqliteLedger, State
+from runner.loader import load_flow
+from runner.plan import compile_plan
+from runner.progress import Progress
+from runner.target import ApiTarget
+from runner.transport import MaybeDelivered, NotDelivered, Response, Upload
+
+Answer = Callable[[dict[str, object]], Response | Exception]
+
+
+def accepted(body: dict[str, object]) -> Response:
+    return Response(200, {"messages": [{"id": f"wamid.{body['to']}"}]}, None)
+
+
+class MemoryTransport:
+    """Answers each message body with `answer`, records what was sent."""
+
+    def __init__(self, answer: Answer = accepted) -> None:
+        self.answer = answer
+        self.sent: list[dict[str, object]] = []
+        self.tokens: list[str] = []
+
+    def use_token(self, token: str) -> None:
+        self.tokens.append(token)
+
+    async def post_json(self, path: str, body: bytes) -> Response:
+        decoded = orjson.loads(body)
+        self.sent.append(decoded)
+        reply = self.answer(decoded)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def post(
+        self,
+        path: str,
+        body: bytes = b"",
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        return await self.post_json(path, body)
+
+    async def upload(self, upload: Upload) -> Response:
+        return Response(200, {"id": "media-1"}, None)
+
+
+FLOW = """\
+version: 1
+name: unit
+api: {phone_number_id: "1", token: "{{ env.WA_TOKEN }}"}
+settings: {retries: 2}
+recipients:
+  - {phone: "+1 555 010 0001"}
+  - {phone: "+1 555 010 0002"}
+messages:
+  - name: hello
+    text: {body: "Hello"}
+  - name: bye
+    text: {body: "Bye"}
+"""
+
+
+def run(
+    tmp_path: Path, transport: MemoryTransport, **options: object
+) -> tuple[Summary, dict[tuple[str, str], State]]:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(textwrap.dedent(FLOW), "utf-8")
+    plan = compile_plan(load_flow(flow))
+    dialect = dialects.build(ApiTarget("cloud", "http://memory", "t", "1"))
+    settings = RunOptions(concurrency=4, **options)  # type: ignore[arg-type]
+
+    async def execute(ledger: SqliteLedger) -> Summary:
+        executor = Executor(
+            plan,
+            transport=transport,
+            dialect=dialect,
+            ledger=ledger,
+            options=settings,
+            progress=Progress(4, io.StringIO()),
+        )
+        return await executor.run()
+
+    with SqliteLedger.for_run(tmp_path / "ledger.sqlite", "unit") as ledger:
+        summary = asyncio.run(execute(ledger))
+        return summary, ledger.states()
+
+
+def test_every_message_once_in_order_per_recipient(tmp_path: Path) -> None:
+    transport = MemoryTransport()
+    summary, states = run(tmp_path, transport)
+    assert summary.sent == 4
+    assert summary.exit_code == 0
+    assert set(states.values()) == {"sent"}
+    for phone in ("15550100001", "15550100002"):
+        mine = [m["text"] for m in transport.sent if m["to"] == phone]
+        assert mine == [{"body": "Hello"}, {"body": "Bye"}]
+
+
+def test_a_refused_message_blocks_the_recipients_later_steps(tmp_path: Path) -> None:
+    def refuse_one(body: dict[str, object]) -> Response:
+        if body["to"] == "15550100001":
+            return Response(400, {"error": {"code": 131026, "message": "Undeliverable"}}, None)
+        return accepted(body)
+
+    summary, states = run(tmp_path, MemoryTransport(refuse_one))
+    assert states[("hello", "15550100001")] == "failed"
+    assert states[("bye", "15550100001")] == "skipped"
+    assert summary.failed == 1
+    assert summary.blocked == 1
+    assert summary.exit_code == 1
+
+
+def test_no_answer_is_uncertain_and_never_sent_again(tmp_path: Path) -> None:
+    def lost(body: dict[str, object]) -> Response | Exception:
+        return MaybeDelivered("timeout") if body["to"] == "15550100002" else accepted(body)
+
+    transport = MemoryTransport(lost)
+    summary, states = run(tmp_path, transport)
+    assert states[("hello", "15550100002")] == "uncertain"
+    assert states[("bye", "15550100002")] == "skipped"  # blocked until it is settled
+    assert sum(1 for m in transport.sent if m["to"] == "15550100002") == 1
+    assert summary.uncertain == 1
+
+
+def test_not_delivered_is_retried_until_the_retries_run_out(tmp_path: Path) -> None:
+    transport = MemoryTransport(lambda body: NotDelivered("refused"))
+    summary, states = run(tmp_path, transport)
+    assert summary.failed == 2
+    # retries: 2, so three attempts for each recipient's first step, and nothing after it
+    assert len(transport.sent) == 6
+    assert states[("hello", "15550100001")] == "failed"
+
+
+@pytest.mark.parametrize("code", [131047])
+def test_outside_the_window_fails_with_the_template_hint(tmp_path: Path, code: int) -> None:
+    refused = Response(400, {"error": {"code": code, "message": "Re-engagement message"}}, None)
+    summary, _ = run(tmp_path, MemoryTransport(lambda body: refused))
+    [reason] = summary.failures
+    assert "only a template message may start the conversation" in reason
