@@ -41,6 +41,7 @@ __all__ = [
     "GroupCommit",
     "LedgerError",
     "LedgerReader",
+    "LedgerWrites",
     "Mark",
     "Outcome",
     "RunLedger",
@@ -51,6 +52,7 @@ __all__ = [
     "default_path",
     "now",
     "open_for_run",
+    "open_for_writing",
 ]
 
 
@@ -84,9 +86,28 @@ class RunLedger(Protocol):
     def close(self) -> None: ...
 
 
-def open_for_run(path: Path, flow: str) -> SqliteLedger:
+class LedgerWrites(Protocol):
+    """The writing side: the run's writer process commits batches, the receiver statuses."""
+
+    def commit(self, batch: Batch) -> None: ...
+
+    def record_statuses(self, statuses: list[Status]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# The one place a store is chosen by where the ledger is (a PostgreSQL URL joins here).
+
+
+def open_for_run(location: Path, flow: str) -> SqliteLedger:
     """A run's ledger, locked against a second run of it."""
-    return SqliteLedger.for_run(path, flow)
+    return SqliteLedger.for_run(location, flow)
+
+
+def open_for_writing(location: str, flow: str = "") -> LedgerWrites:
+    """The writing side of a ledger: the run's writer process, or the webhook receiver (which
+    takes no lock: a run may hold it, and statuses are no run's rows)."""
+    return SqliteLedger.for_writer(Path(location), flow)
 
 
 def default_path(flow_path: Path, sandbox: bool) -> Path:

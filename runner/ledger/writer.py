@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import signal
 import sys
-from pathlib import Path
 from typing import BinaryIO
 
-from .sqlite import SqliteLedger
+from runner.ledger import LedgerWrites, open_for_writing
+
 from .wire import batch_from_wire, frame, read_frame
 
 
-def serve(ledger: SqliteLedger, source: BinaryIO, sink: BinaryIO) -> None:
+def serve(ledger: LedgerWrites, source: BinaryIO, sink: BinaryIO) -> None:
     while (data := read_frame(source)) is not None:
         try:
             ledger.commit(batch_from_wire(data))
@@ -39,7 +39,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     path, flow = sys.argv[1], sys.argv[2]
-    ledger = SqliteLedger.for_writer(Path(path), flow)
+    ledger = open_for_writing(path, flow)
     try:
         serve(ledger, sys.stdin.buffer, sys.stdout.buffer)
     finally:

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from runner.ledger import Batcher, SqliteLedger, Status
+from runner.ledger import Batcher, Status, open_for_writing
 from runner.threadserver import serving
 
 from . import callbacks
@@ -44,9 +44,7 @@ class Receiver:
     counts: Counts = field(default_factory=Counts)
 
     def __post_init__(self) -> None:
-        # The ledger's writing side, without the run lock: a run may hold it, and statuses
-        # are not the run's rows.
-        self._ledger = SqliteLedger.for_writer(self.ledger)
+        self._ledger = open_for_writing(str(self.ledger))
         self._batches: Batcher[Status] = Batcher(self._commit)
 
     async def _commit(self, batch: list[Status]) -> None:
