@@ -18,7 +18,7 @@ from runner.commands.report import summary_lines, write_rows
 from runner.http import Client
 from runner.ledger import Batch, Mark, Outcome, SqliteLedger
 from runner.receiver import Receiver, running
-from runner.receiver.callbacks import parse, sign
+from runner.receiver.callbacks import sign
 from runner.sandbox import SandboxState
 from tests.sandbox_helpers import post as sandbox_post
 from tests.sandbox_helpers import start, wait_until, write_flow
@@ -62,18 +62,6 @@ def table(path: Path) -> list[tuple[Any, ...]]:
             "SELECT message_id, status, error_code, sent_at, delivered_at, read_at, failed_at"
             " FROM statuses ORDER BY message_id"
         ).fetchall()
-
-
-def test_both_dialects_parse() -> None:
-    onprem = {"statuses": [status("gBGG1", "delivered", 1700000000)]}
-    found = parse(onprem) + parse(cloud(status("wamid.A", "failed", 1700000001, 131026)))
-    assert [(s.message_id, s.status, s.code) for s in found] == [
-        ("gBGG1", "delivered", None),
-        ("wamid.A", "failed", 131026),
-    ]
-    assert found[0].at == "2023-11-14T22:13:20+00:00"
-    assert parse({"entry": [{"changes": [{"value": {"messages": [{"text": "hi"}]}}]}]}) == []
-    assert parse([1, 2]) == parse("x") == parse({"statuses": [{"id": 3}]}) == []
 
 
 def callbacks() -> list[dict[str, Any]]:
