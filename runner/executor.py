@@ -3,7 +3,7 @@
 Recipients stream from the plan to a bounded window of servers, each recipient's steps strictly
 in order and spaced by the per-recipient interval (a failed step stops the later ones). Requests
 take one of `concurrency` slots. Before a request leaves, its `sending` mark is committed
-together with the outcomes finished so far (groupcommit.py: one commit for everyone waiting); a
+together with the outcomes finished so far (ledger/batcher.py: one commit for everyone waiting); a
 message waiting to be retried gives its slot back and is recorded `failed` until its next
 attempt. So after a hard kill at most `concurrency` rows are left `sending`, and the next run
 reports them as `uncertain` instead of sending them again.

@@ -1,7 +1,7 @@
 """The flow format as pydantic models: the one definition of what a flow may say.
 
 The models check structure (keys, types, which keys go together); template strings stay strings
-here and are compiled and rendered later (templates.py, plan.py), then the rendered values are
+here and are compiled and rendered later (plan.py, render.py), then the rendered values are
 checked again. Validating structure before rendering keeps every field a plain typed value
 instead of `str | dict | ...` unions (the trap tavern fell into). The JSON Schema in
 schemas/flow.schema.json is generated from these classes, so editors complete what this accepts.

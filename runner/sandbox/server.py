@@ -3,7 +3,7 @@ and for testing flowrun over real HTTP instead of mocks.
 
 The On-Premises API under /v1 (login, raw uploads, `{"errors": [...]}`) and the Cloud API under
 /{version}/{PHONE_NUMBER_ID}/ (multipart uploads, the Graph `{"error": {...}}` envelope, `wamid.`
-ids). Requests are checked as strictly as the real APIs do (sandbox_checks.py); what is accepted
+ids). Requests are checked as strictly as the real APIs do (checks.py); what is accepted
 goes to an inbox; faults are injected on request. Shapes: docs/whatsapp-api.md#message-bodies.
 
 Control endpoints (not part of the WhatsApp API) live under /sandbox/:
@@ -14,7 +14,7 @@ Control endpoints (not part of the WhatsApp API) live under /sandbox/:
 - POST /sandbox/media/expire: forget uploaded media (the Cloud API's 30 days, at once)
 - POST /sandbox/tokens/expire: every token stops working (logging in again gives a new one)
 - POST /sandbox/webhook {"url", "secret", "delay", "fail_share", "seed"}: status callbacks for
-  what it accepts (sandbox_webhooks.py); GET: the final status it decided for each message
+  what it accepts (webhooks.py); GET: the final status it decided for each message
 """
 
 from __future__ import annotations
