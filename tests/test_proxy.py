@@ -491,6 +491,50 @@ def test_a_tunnel_the_proxy_refuses_is_connect_failed(
     assert seen.requests == []
 
 
+@pytest.mark.parametrize(
+    ("behaviour", "expected"),
+    [
+        ("silent", "no connection within 0.3 s (through the proxy {proxy})"),
+        ("hangs up", "the proxy {proxy} closed the connection before answering"),
+        ("garbles", "the proxy {proxy} answered CONNECT with something that is not HTTP"),
+    ],
+)
+def test_a_proxy_that_fails_during_connect_is_connect_failed(
+    behaviour: str, expected: str, loop: LoopFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy that takes the connection, then never answers CONNECT, closes it or answers
+    nonsense: the request was never sent (a raw server plays the broken proxy)."""
+
+    async def go() -> str:
+        finished = asyncio.get_running_loop().create_future()
+
+        async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            if behaviour == "silent":
+                await reader.read()  # until flowrun gives up and closes
+            elif behaviour == "garbles":
+                writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+            writer.close()
+            await writer.wait_closed()
+            finished.set_result(None)
+
+        server = await asyncio.start_server(broken, "127.0.0.1", 0)
+        proxy = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        client = Client("https://graph.example", 1, 0.3)
+        try:
+            with pytest.raises(ConnectFailed) as failed:
+                await client.post("/m", b"{}", "application/json", {})
+        finally:
+            await client.close()
+            await asyncio.wait_for(finished, 5)
+            server.close()
+            await server.wait_closed()
+        return str(failed.value).replace(proxy, "{proxy}")
+
+    assert run(loop, go()) == expected
+
+
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_a_proxy_that_is_down_is_not_delivered(
     scheme: str, loop: LoopFactory, monkeypatch: pytest.MonkeyPatch
