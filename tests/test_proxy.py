@@ -657,6 +657,8 @@ def test_a_run_sends_every_message_through_the_proxy(
     base, state = api
     if loop is None:
         monkeypatch.setenv("FLOWRUN_LOOP", "asyncio")
+    else:
+        monkeypatch.delenv("FLOWRUN_LOOP", raising=False)  # uvloop, flowrun's default
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
     steps = "  - image: {file: assets/welcome.jpg}\n  - text: {body: 'hi {{ recipient.name }}'}\n"
     write_flow(folder, base, steps, people=20)
