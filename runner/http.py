@@ -4,12 +4,19 @@ parsed by httptools (the parser uvicorn uses).
 Why not aiohttp here: sending is flowrun's hot path, and measured against the same stub server,
 one aiohttp request costs 55-60 us of CPU with uvloop where this costs 13 (bench/send_bench.py;
 the profile in the performance issue put aiohttp at half of a run's time). What the WhatsApp APIs
-need is small: POST, JSON or multipart bodies, small JSON answers, keep-alive, TLS, a timeout.
-No redirects, cookies, proxies or compression (aiohttp as flowrun used it had none of them
-either). The sandbox server is still aiohttp.
+need is small: POST, JSON or multipart bodies, small JSON answers, keep-alive, TLS, a timeout,
+and an http:// proxy where the network has one (HTTPS_PROXY, HTTP_PROXY, NO_PROXY, read as the
+standard library reads them: runner/proxy.py). No redirects, cookies or compression (aiohttp as
+flowrun used it had none of them either). The sandbox server is still aiohttp.
+
+Through a proxy, an https API gets a CONNECT tunnel per connection (RFC 9110 §9.3.6) and TLS
+over it with `loop.start_tls`, verified against the API's own certificate and host name: the
+proxy sees only ciphertext. An http API gets absolute-form requests (`POST http://host/path`,
+RFC 9112 §3.2.2) sent to the proxy. Without proxy variables the path is the one it always was.
 
 Failures say whether the request can have reached the server: `ConnectFailed` (it cannot: safe
-to send again) or `Lost` (no answer came: it may have).
+to send again; a proxy that cannot be reached or refuses the tunnel is one too) or `Lost` (no
+answer came: it may have).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
+
+from .proxy import Proxy, proxy_for
 
 
 class HttpError(Exception):
@@ -45,6 +54,8 @@ class Reply:
 
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: one exchange at a time."""
+
+    explicit = False  # kept open only when an answer says keep-alive (_ProxyConnection)
 
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
@@ -100,7 +111,7 @@ class _Connection(asyncio.Protocol):
             return  # an interim answer (100 Continue, 103): the real one follows
         waiter, self.waiter = self.waiter, None
         reply = Reply(status, headers, body)
-        if not self.parser.should_keep_alive():
+        if not self.parser.should_keep_alive() or (self.explicit and not _says_kept(headers)):
             self.close()
         if waiter is not None and not waiter.done():
             waiter.set_result(reply)
@@ -122,8 +133,43 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+class _ProxyConnection(_Connection):
+    """A connection to an http proxy, kept for the next request only when the answer says
+    `keep-alive`. An HTTP/1.1 connection persists unless a side says `close` (RFC 9112 §9.3),
+    but tinyproxy closes every client connection after one answer without saying so: a request
+    sent on it meanwhile would be lost, and its message reported uncertain though never sent."""
+
+    explicit = True
+
+
+class _Tunnel(asyncio.Protocol):
+    """The plain connection to a proxy until it answers CONNECT; then TLS takes it over."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.extra = b""  # bytes after the answer: a proxy that starts the TLS stream itself
+        self._buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self.answer.done():
+            self.extra += data
+            return
+        self._buffer += data
+        end = self._buffer.find(b"\r\n\r\n")
+        if end >= 0:
+            self.extra = self._buffer[end + 4 :]
+            self.answer.set_result(self._buffer[:end])
+        elif len(self._buffer) > 65536:
+            self.answer.set_exception(ConnectFailed("answered CONNECT with no end of head"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(ConnectFailed("closed the connection before answering"))
+
+
 class Client:
-    """Requests to one origin, over at most `limit` keep-alive connections."""
+    """Requests to one origin, over at most `limit` keep-alive connections; through the proxy
+    the environment names for it (runner/proxy.py), decided once, here."""
 
     def __init__(self, base_url: str, limit: int, timeout: float) -> None:
         parts = urlsplit(base_url)
@@ -136,6 +182,18 @@ class Client:
         self.host_header = host if default_port else f"{host}:{self.port}"
         self.limit = limit
         self.timeout = timeout
+        self.proxy = proxy_for(parts.scheme, self.host, self.port)
+        # What every request starts with: origin-form to the API itself (or through a tunnel),
+        # absolute-form (RFC 9112 §3.2.2) with the proxy's credentials to an http proxy.
+        self._target = self.prefix
+        self._fixed = f"Host: {self.host_header}\r\nUser-Agent: flowrun"
+        self._through = ""  # said after a failure's cause
+        if self.proxy is not None:
+            self._through = f" (through the proxy {self.proxy})"
+            if not self.https:
+                self._target = f"http://{self.host_header}{self.prefix}"
+                if self.proxy.authorization is not None:
+                    self._fixed += f"\r\nProxy-Authorization: {self.proxy.authorization}"
         self._ssl = ssl.create_default_context() if self.https else None
         self._idle: collections.deque[_Connection] = collections.deque()
         # A slot per request in flight: a request takes an idle connection or makes one, so
@@ -148,9 +206,8 @@ class Client:
         self, path: str, body: bytes, content_type: str, headers: dict[str, str]
     ) -> Reply:
         head = [
-            f"POST {self.prefix}{path} HTTP/1.1",
-            f"Host: {self.host_header}",
-            "User-Agent: flowrun",
+            f"POST {self._target}{path} HTTP/1.1",
+            self._fixed,
             f"Content-Type: {content_type}",
             f"Content-Length: {len(body)}",
             *(f"{name}: {value}" for name, value in headers.items()),
@@ -162,7 +219,7 @@ class Client:
             waiter = connection.exchange(data)
             timer = loop.call_later(self.timeout, _expire, waiter)
             try:
-                return await waiter
+                reply = await waiter
             except BaseException:
                 connection.close()  # a late answer must not be taken for the next request's
                 raise
@@ -170,6 +227,10 @@ class Client:
                 timer.cancel()
                 if not connection.closed:
                     self._idle.append(connection)
+        if reply.status == 407 and self.proxy is not None and not self.https:
+            # only a proxy answers 407 (RFC 9110 §15.5.8): the request went no further
+            raise ConnectFailed(_refusal(self.proxy, 407, "Proxy Authentication Required"))
+        return reply
 
     async def _acquire(self) -> _Connection:
         while self._idle:
@@ -179,24 +240,69 @@ class Client:
         return await self._connect()
 
     async def _connect(self) -> _Connection:
-        loop = asyncio.get_running_loop()
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(
-                    _Connection,
-                    self.host,
-                    self.port,
-                    ssl=self._ssl,
-                    server_hostname=self.host if self.https else None,
-                ),
-                self.timeout,
-            )
+            connection = await asyncio.wait_for(self._open(), self.timeout)
         except TimeoutError:
-            raise ConnectFailed(f"no connection within {self.timeout:g} s") from None
+            raise ConnectFailed(f"no connection within {self.timeout:g} s{self._through}") from None
         except OSError as exc:  # refused, unreachable, DNS, TLS certificate (ssl.SSLError)
-            raise ConnectFailed(str(exc)) from None
+            raise ConnectFailed(f"{exc}{self._through}") from None
         self._live.add(connection)
         connection.gone.add_done_callback(lambda _: self._live.discard(connection))
+        return connection
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        if self.proxy is None:
+            _, connection = await loop.create_connection(
+                _Connection,
+                self.host,
+                self.port,
+                ssl=self._ssl,
+                server_hostname=self.host if self.https else None,
+            )
+            return connection
+        try:
+            if not self.https:
+                _, proxied = await loop.create_connection(
+                    _ProxyConnection, self.proxy.host, self.proxy.port
+                )
+                return proxied
+            transport, tunnel = await loop.create_connection(
+                _Tunnel, self.proxy.host, self.proxy.port
+            )
+        except OSError as exc:
+            raise ConnectFailed(f"the proxy {self.proxy} cannot be reached: {exc}") from None
+        try:
+            return await self._tunnel(transport, tunnel, self.proxy)
+        except BaseException:
+            transport.close()
+            raise
+
+    async def _tunnel(
+        self, transport: asyncio.Transport, tunnel: _Tunnel, proxy: Proxy
+    ) -> _Connection:
+        """CONNECT host:port (RFC 9110 §9.3.6), then TLS with the API over the tunnel: the
+        certificate and host name checked are the API's, never the proxy's."""
+        authority = f"{self.host if ':' not in self.host else f'[{self.host}]'}:{self.port}"
+        head = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}", "User-Agent: flowrun"]
+        if proxy.authorization is not None:
+            head.append(f"Proxy-Authorization: {proxy.authorization}")
+        transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        try:
+            status, reason = _status_line(await tunnel.answer)
+        except ConnectFailed as exc:
+            raise ConnectFailed(f"the proxy {proxy} {exc}") from None
+        if not 200 <= status < 300:
+            raise ConnectFailed(_refusal(proxy, status, reason, authority))
+        if tunnel.extra:
+            raise ConnectFailed(f"the proxy {proxy} sent data before the tunnel was used")
+        assert self._ssl is not None
+        connection = _Connection()
+        loop = asyncio.get_running_loop()
+        tls = await loop.start_tls(transport, connection, self._ssl, server_hostname=self.host)
+        if tls is None:  # typeshed allows it; asyncio and uvloop always give the transport
+            raise ConnectFailed(f"TLS over the tunnel did not start{self._through}")
+        connection.connection_made(tls)
         return connection
 
     async def close(self) -> None:
@@ -213,3 +319,32 @@ class Client:
 def _expire(waiter: asyncio.Future[Reply]) -> None:
     if not waiter.done():
         waiter.set_exception(Lost("no answer within the timeout"))
+
+
+def _says_kept(headers: dict[str, str]) -> bool:
+    kept = headers.get("connection", "") + headers.get("proxy-connection", "")
+    return "keep-alive" in kept.lower()
+
+
+def _status_line(head: bytes) -> tuple[int, str]:
+    """(status, reason) of an answer's head; a head that is not HTTP fails the connect."""
+    version, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/") or len(code) != 3 or not code.isdigit():
+        raise ConnectFailed("answered CONNECT with something that is not HTTP")
+    return int(code), reason.strip()[:100]
+
+
+def _refusal(proxy: Proxy, status: int, reason: str, authority: str | None = None) -> str:
+    """One line for a proxy's refusal, naming the proxy without credentials. A 401 to CONNECT
+    is about the proxy's credentials too (no API has been asked yet): tinyproxy answers wrong
+    ones with 401, where RFC 9110 §15.5.8 says 407."""
+    answered = f"{proxy} answered {status} {reason}".rstrip()
+    if status in (401, 407) and proxy.authorization is None:
+        return (
+            f"the proxy asks for credentials ({answered}): put them in its URL,"
+            f" http://USER:PASSWORD@{proxy.url.removeprefix('http://')}"
+        )
+    if status in (401, 407):
+        return f"the proxy refused the credentials ({answered})"
+    return f"the proxy refused the tunnel to {authority} ({answered})"

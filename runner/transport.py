@@ -152,9 +152,21 @@ def _multipart(boundary: str, upload: Upload) -> bytes:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: a number of seconds, or an HTTP date
+    (RFC 9110 §10.2.3), counted from now; never negative. Unreadable: None (the backoff)."""
     if value is None:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
-        return None  # an HTTP date: rare from this API; the backoff applies instead
+        pass
+    from datetime import UTC, datetime
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000" reads as naive; HTTP dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

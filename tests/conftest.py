@@ -89,3 +89,13 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WA_TOKEN", TOKEN)
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests talk to servers on 127.0.0.1: a proxy set on the machine running them
+    (HTTP_PROXY, https_proxy, NO_PROXY, ...) must not take their requests. Tests of proxies
+    (tests/test_proxy.py) set their own."""
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
