@@ -171,7 +171,9 @@ class Client:
     """Requests to one origin, over at most `limit` keep-alive connections; through the proxy
     the environment names for it (runner/proxy.py), decided once, here."""
 
-    def __init__(self, base_url: str, limit: int, timeout: float) -> None:
+    def __init__(self, base_url: str, limit: int, timeout: float, *, proxies: bool = True) -> None:
+        """`proxies` False: connect directly whatever the environment says (the built-in
+        sandbox, served by this very process on loopback)."""
         parts = urlsplit(base_url)
         self.https = parts.scheme == "https"
         self.host = parts.hostname or ""
@@ -182,7 +184,7 @@ class Client:
         self.host_header = host if default_port else f"{host}:{self.port}"
         self.limit = limit
         self.timeout = timeout
-        self.proxy = proxy_for(parts.scheme, self.host, self.port)
+        self.proxy = proxy_for(parts.scheme, self.host, self.port) if proxies else None
         # What every request starts with: origin-form to the API itself (or through a tunnel),
         # absolute-form (RFC 9112 §3.2.2) with the proxy's credentials to an http proxy.
         self._target = self.prefix

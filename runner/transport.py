@@ -82,8 +82,17 @@ class Transport(Protocol):
 class HttpTransport:
     """Transport over flowrun's own HTTP client (http.py), to one API origin."""
 
-    def __init__(self, base_url: str, token: str | None, timeout: float, concurrency: int) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        timeout: float,
+        concurrency: int,
+        *,
+        proxies: bool = True,
+    ) -> None:
         self._base = base_url.rstrip("/")
+        self._proxies = proxies
         # The token is kept here, and nowhere else (None: a login gives it, see use_token).
         self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = timeout
@@ -91,7 +100,7 @@ class HttpTransport:
         self._client: Client | None = None
 
     async def __aenter__(self) -> HttpTransport:
-        self._client = Client(self._base, self._limit, self._timeout)
+        self._client = Client(self._base, self._limit, self._timeout, proxies=self._proxies)
         return self
 
     async def __aexit__(self, *_exc: object) -> None:

@@ -29,7 +29,7 @@ from runner import threadserver
 from runner.http import Client, ConnectFailed, Lost, Reply
 from runner.proxy import Proxy, ProxyUnsupported, parse_proxy, proxy_for
 from runner.sandbox import SandboxState
-from runner.transport import NotDelivered, Transport
+from runner.transport import HttpTransport, NotDelivered
 from tests.sandbox_helpers import flowrun, write_flow
 
 TINYPROXY = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"  # where Debian puts it
@@ -387,7 +387,7 @@ def test_refused_credentials_are_one_line_without_the_password(
 
 
 async def _post_via_transport(base: str) -> None:
-    async with Transport(base, "t0ken", 5, 1) as transport:
+    async with HttpTransport(base, "t0ken", 5, 1) as transport:
         await transport.post_json("/echo", b"{}")
 
 
@@ -686,3 +686,14 @@ def test_a_run_refuses_a_socks_proxy_before_sending(
     )
     assert "s3cret" not in out + err
     assert state.requests == 0
+
+
+def test_a_sandbox_run_never_uses_a_proxy(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--sandbox` talks to flowrun's own server on loopback: a proxy (here one that is not
+    even there) would only stand in the way."""
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    write_flow(folder, "https://graph.example.com", "  - text: {body: hi}\n", people=3)
+    code, out, err = flowrun("flow.yaml", "--sandbox")
+    assert code == 0, err
+    assert "sent 3, failed 0" in out

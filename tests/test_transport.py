@@ -9,7 +9,7 @@ from email.utils import format_datetime
 from aiohttp import web
 
 from runner import threadserver
-from runner.transport import Response, Transport, public_url
+from runner.transport import HttpTransport, Response, public_url
 
 
 def test_public_url_drops_credentials_and_query() -> None:
@@ -32,7 +32,7 @@ def test_retry_after_as_an_http_date_is_seconds_from_now() -> None:
     application.router.add_post("/busy", busy)
 
     async def go(base: str) -> list[Response]:
-        async with Transport(base, "t", 5, 1) as transport:
+        async with HttpTransport(base, "t", 5, 1) as transport:
             return [await transport.post_json(f"/busy?i={i}", b"{}") for i in range(5)]
 
     with threadserver.serving(application) as base:

@@ -83,7 +83,16 @@ def run(flow_file: str, request: RunRequest) -> int:
         started = now()
         total = checked.survey.messages
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            summary = runner.run(_execute(plan, target, dialect, ledger, options, total=total))
+            execute = _execute(
+                plan,
+                target,
+                dialect,
+                ledger,
+                options,
+                total=total,
+                proxies=not request.use_sandbox,  # the sandbox is this process, on loopback
+            )
+            summary = runner.run(execute)
         if request.listen_port is not None:
             from runner.receiver.process import await_statuses
 
@@ -152,11 +161,12 @@ async def _execute(
     options: RunOptions,
     *,
     total: int,
+    proxies: bool,
 ) -> Summary:
     assert target.base_url is not None
     progress = Progress(total)
     transport = HttpTransport(
-        target.base_url, target.token, plan.flow.api.timeout, options.concurrency
+        target.base_url, target.token, plan.flow.api.timeout, options.concurrency, proxies=proxies
     )
     try:
         async with transport:
