@@ -309,3 +309,16 @@ def test_a_failed_commit_reaches_its_waiters_and_the_next_batch_tries_again() ->
 
     asyncio.run(scenario())
     assert calls[0] == 2
+
+
+def test_a_hard_link_to_the_ledger_meets_the_same_lock(tmp_path: Path) -> None:
+    """Two names of one file are one ledger: a second run through a hard link would send
+    everything the first is sending (issue: hardening round 2, item 5)."""
+    path = tmp_path / "l.sqlite"
+    with SqliteLedger.for_run(path, "f"):
+        (tmp_path / "other-name.sqlite").hardlink_to(path)
+        (tmp_path / "symlinked.sqlite").symlink_to(path)
+        for name in ("other-name.sqlite", "symlinked.sqlite"):
+            with pytest.raises(LedgerError, match="another flowrun is using this ledger"):
+                SqliteLedger.for_run(tmp_path / name, "f")
+    SqliteLedger.for_run(tmp_path / "other-name.sqlite", "f").close()

@@ -335,12 +335,16 @@ def _statements(script: str) -> list[str]:
 
 
 def _take_lock(path: Path) -> int:
-    """An exclusive lock beside the ledger, held while a run uses it: two runs of one
-    campaign at once would each think the other's `sending` rows were their own."""
-    real = path.resolve()  # a symlink to the same ledger must meet the same lock
-    lock_path = real.with_name(real.name + ".lock")
+    """An exclusive lock on the ledger file itself, held while a run uses it: two runs of one
+    campaign at once would each think the other's `sending` rows were their own. The lock is
+    on the file (its inode), so a symlink or a hard link to the same ledger meets it too.
+
+    flock, not fcntl: SQLite's own locks are fcntl locks, which Linux keeps apart from flock
+    locks, so this one never interferes with them. The descriptor stays open until the run's
+    connections are closed (closing a descriptor of the file drops the process's fcntl
+    locks: https://sqlite.org/howtocorrupt.html#_posix_advisory_locks_canceled_by_a_separate_thread_doing_close_)."""
     try:
-        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise LedgerError(f"{path}: cannot create the ledger here: {exc.strerror}") from None
     try:
