@@ -342,11 +342,16 @@ def _as_text(text: str) -> Any:
     return text
 
 
+def _leading_zero(digits: str) -> bool:
+    """0791..., 01234, 09.30: a phone, a code or a time, not a number (0.5 and 0x1F are)."""
+    unsigned = digits.lstrip("+-")
+    return len(unsigned) > 1 and unsigned[0] == "0" and unsigned[1].isdigit()
+
+
 def _as_int(text: str) -> Any:
     digits = text.replace("_", "")
-    unsigned = digits.lstrip("+-")
-    if len(unsigned) > 1 and unsigned[0] == "0" and unsigned[1].isdigit():
-        return text  # 0791..., 01234: a phone or a code, not a number
+    if _leading_zero(digits):
+        return text
     try:
         return int(digits, 0)
     except ValueError:
@@ -358,6 +363,8 @@ def _as_float(text: str) -> Any:
     special = {".inf": math.inf, "+.inf": math.inf, "-.inf": -math.inf, ".nan": math.nan}
     if lowered in special:
         return special[lowered]
+    if _leading_zero(lowered):
+        return text
     try:
         return float(lowered)
     except ValueError:

@@ -86,6 +86,13 @@ def test_leading_zero_integers_stay_text(written: str) -> None:
     assert value(written) == written
 
 
+@pytest.mark.parametrize("written", ["09.30", "01.5", "007.5", "-01.5", "00.5", "01e3"])
+def test_leading_zero_decimals_stay_text(written: str) -> None:
+    """A time like 09.30 or a code like 01.5 is what a person wrote; as a float it would
+    render as 9.3 and 1.5 (the module's rule: numerals with a leading zero stay text)."""
+    assert value(written) == written
+
+
 def test_keys_are_the_text_written() -> None:
     data = parse("1: a\ntrue: b\n~: c\n0791: d\n'x': e\n", "f.yaml").data
     assert data == {"1": "a", "true": "b", "~": "c", "0791": "d", "x": "e"}
