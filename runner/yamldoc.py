@@ -16,6 +16,7 @@ of nesting cannot overflow the stack):
 
 from __future__ import annotations
 
+import codecs
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,15 +106,16 @@ def decode(raw: bytes, display: str) -> str:
     if b"\x00" in raw:
         line = raw[: raw.index(b"\x00")].count(b"\n") + 1
         raise single_problem(Location(display, line, 1), "binary data, not a text file")
+    body = raw.removeprefix(codecs.BOM_UTF8)  # no column: positions count from after it
     try:
-        text = raw.decode("utf-8-sig")
+        text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        before = raw[: exc.start]
+        before = body[: exc.start]  # valid UTF-8: the decoder stopped at the first bad byte
         line = before.count(b"\n") + 1
-        col = len(before) - (before.rfind(b"\n") + 1) + 1
+        col = len(before[before.rfind(b"\n") + 1 :].decode("utf-8")) + 1  # characters
         raise single_problem(
             Location(display, line, col),
-            f"not UTF-8 text (byte 0x{raw[exc.start]:02x})",
+            f"not UTF-8 text (byte 0x{body[exc.start]:02x})",
             "save the file as UTF-8 in your editor",
         ) from None
     return text

@@ -256,6 +256,24 @@ def test_decode_locates_the_first_byte_that_is_not_utf8() -> None:
     ]
 
 
+def test_decode_counts_columns_in_characters_as_editors_do() -> None:
+    # "a: café" is 7 characters (8 bytes): the bad byte is the 8th character
+    assert read_problems("a: café".encode() + b"\xff\n")[0].startswith(
+        "f.yaml:1:8: not UTF-8 text (byte 0xff)"
+    )
+
+
+def test_decode_locates_the_bad_byte_after_a_bom() -> None:
+    """A file saved by a Windows editor starts with a BOM; the bad byte's place and value
+    are still the ones in the file (the BOM is no column)."""
+    assert read_problems(b"\xef\xbb\xbfa: b\xff\n")[0].startswith(
+        "f.yaml:1:5: not UTF-8 text (byte 0xff)"
+    )
+    assert read_problems(b"\xef\xbb\xbfx: 1\na: b\xe9\n")[0].startswith(
+        "f.yaml:2:5: not UTF-8 text (byte 0xe9)"
+    )
+
+
 def test_decode_refuses_binary_data_at_its_line() -> None:
     assert read_problems(b"a: 1\nb: \x00\x01\n") == ["f.yaml:2:1: binary data, not a text file"]
 
