@@ -173,6 +173,14 @@ class _Frame:
 _NO_KEY = object()
 
 
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    """A place as the parser's marks give it (0-based)."""
+
+    line: int
+    column: int
+
+
 class _Builder:
     """Turns parser events into data and positions, enforcing the limits."""
 
@@ -223,8 +231,17 @@ class _Builder:
             # Keys are names: `1:` or `true:` mean the text the person wrote.
             self.take_key(value if isinstance(value, str) else event.value, event)
         else:
-            self.attach(value, event.start_mark, 1)
+            self.attach(value, self.place(event), 1)
             self.remember(event.anchor, value, 1)
+
+    def place(self, event: Any) -> Any:
+        """Where a scalar value was written. An empty one (`text:` and nothing after it) has no
+        place of its own: the parser marks where the next token starts, often the next line's
+        key, so it is placed at its own key instead."""
+        frame = self.stack[-1] if self.stack else None
+        if event.value or event.style or frame is None or not isinstance(frame.container, dict):
+            return event.start_mark
+        return _Mark(*frame.key_mark)
 
     def take_key(self, key: Any, event: Any) -> None:
         frame = self.stack[-1]

@@ -160,6 +160,17 @@ def test_paths_are_located_at_their_value_or_key(
     assert str(document.locate(path, key=True)) == as_key
 
 
+def test_an_empty_value_is_located_at_its_key() -> None:
+    """`text:` with nothing after it: the parser marks an empty value where the next token
+    starts (the next line's key), so an error about it would point at an innocent line."""
+    document = parse("messages:\n  - text:\n    name: greet\nlast:\n", "f.yaml")
+    assert document.data == {"messages": [{"text": None, "name": "greet"}], "last": None}
+    assert str(document.locate(("messages", 0, "text"))) == "f.yaml:2:5"
+    assert str(document.locate(("last",))) == "f.yaml:4:1"
+    # an empty quoted value has a place of its own
+    assert str(parse("a: ''\n", "f.yaml").locate(("a",))) == "f.yaml:1:4"
+
+
 def test_an_empty_document_locates_everything_at_its_start() -> None:
     assert str(parse("", "f.yaml").locate(("api", "kind"))) == "f.yaml:1:1"
 
