@@ -388,9 +388,9 @@ def test_language_codes(code: str) -> None:
     assert valid(Template, {"name": "t", "language": code}).language == code
 
 
-@pytest.mark.parametrize("code", ["EN", "en-US", "english", "e", "en_", "en_US_x", ""])
+@pytest.mark.parametrize("code", ["EN", "en-US", "english", "e", "en_", "en_US_x", "en\n", ""])
 def test_language_codes_that_are_refused(code: str) -> None:
-    message = f"'{code}' is not a language code like en_US or de"
+    message = f"{code!r} is not a language code like en_US or de"  # one line, even for en\n
     with pytest.raises(ValueError, match=re.escape(message)) as caught:
         check_language(code)
     assert str(caught.value) == message
