@@ -223,6 +223,32 @@ def test_files_over_whatsapps_limits(
     assert problem(tmp_path, name, media_type) == (message, hint)
 
 
+@pytest.mark.parametrize(
+    ("media_type", "size", "message"),
+    [
+        (
+            "sticker",
+            100 * KB + 1,
+            "'a.webp' is 102,401 bytes; WhatsApp accepts sticker files up to 100 KB (102,400"
+            " bytes)",
+        ),
+        (
+            "image",
+            5 * MB + 40 * KB,
+            "'a.jpg' is 5,283,840 bytes; WhatsApp accepts image files up to 5.0 MB (5,242,880"
+            " bytes)",
+        ),
+    ],
+)
+def test_a_file_just_over_the_limit_does_not_read_as_the_limit(
+    tmp_path: Path, media_type: str, size: int, message: str
+) -> None:
+    """Rounded, 100.001 KB reads '100 KB' and 5.04 MB '5.0 MB': 'is 100 KB; accepts up to
+    100 KB' tells nobody what is wrong, so the sizes are given in bytes."""
+    name = sized(tmp_path, media_type, size)
+    assert problem(tmp_path, name, media_type)[0] == message
+
+
 def test_a_missing_file_names_files_with_the_same_stem(tmp_path: Path) -> None:
     (tmp_path / "assets").mkdir()
     (tmp_path / "assets" / "tour.mp4").write_bytes(ftyp(b"mp42"))
