@@ -4,6 +4,7 @@ read the ledger, set the sandbox's faults."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import sqlite3
@@ -116,8 +117,18 @@ def start(folder: Path, *args: str) -> subprocess.Popen[str]:
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 20) -> None:
-    """Poll `condition` until it holds; fail the test if it does not within `seconds`."""
+    """Poll `condition` until it holds: how a test waits for what another thread or process
+    does, instead of sleeping for a guessed time (too short under load, wasted otherwise).
+    Fails the test, naming the condition, if it does not hold within `seconds`."""
     deadline = time.monotonic() + seconds
     while not condition():
-        assert time.monotonic() < deadline, "waited in vain"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {seconds:g} s in vain for: {_source(condition)}")
         time.sleep(0.01)
+
+
+def _source(condition: Callable[[], bool]) -> str:
+    try:
+        return inspect.getsource(condition).strip()
+    except (OSError, TypeError):
+        return repr(condition)

@@ -345,9 +345,7 @@ def test_onprem_logs_in_and_again_when_the_session_ends(
     post(f"{base}/sandbox/faults", {"latency": 0.01})
 
     def expire_midway() -> None:
-        deadline = time.monotonic() + 20
-        while len(state.inbox) < 10 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until(lambda: len(state.inbox) >= 10)
         post(f"{base}/sandbox/tokens/expire", {})
 
     watcher = threading.Thread(target=expire_midway)
@@ -556,11 +554,12 @@ def test_what_the_api_accepted_is_on_disk_while_the_recipient_waits(
     write_flow(folder, base, steps, people=1, kind="cloud", per_recipient_interval=30)
     process = start(folder)
     wait_until(lambda: bool(state.inbox))
-    time.sleep(1.5)  # well past the flush delay, well before the next step
-    states = query(folder, "SELECT step, state FROM messages")
+    # on disk well before the next step, 30 s later (the flush delay is 0.5 s)
+    wait_until(lambda: query(folder, "SELECT step, state FROM messages") == [("a", "sent")], 10)
+    assert process.poll() is None  # the recipient is still waiting for its next step
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=30)
-    assert states == [("a", "sent")]
+    assert len(state.inbox) == 1
 
 
 def test_a_burst_of_throttled_answers_halves_the_rate_once() -> None:
