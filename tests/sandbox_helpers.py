@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from runner.cli import cli
 from runner.sandbox import NAMESPACE, PHONE_NUMBER_ID, TOKEN
+from tests.conftest import REPO
 
 
 def api_section(base: str, kind: str, timeout: float = 2) -> str:
@@ -104,10 +105,16 @@ def post(url: str, body: Any) -> None:
     urllib.request.urlopen(request, timeout=5).close()
 
 
-def start(folder: Path, *args: str) -> subprocess.Popen[str]:
+def start(folder: Path, *args: str, backoff: float = 1.0) -> subprocess.Popen[str]:
+    """`flowrun flow.yaml ARGS` as a process of its own; `backoff` scales its retry waits
+    (tests/scaled_backoff.py says why)."""
     env = {**os.environ, "WA_TOKEN": TOKEN}
+    command = ["-m", "runner"]
+    if backoff != 1.0:
+        command = ["-m", "tests.scaled_backoff", str(backoff)]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.Popen(
-        [sys.executable, "-m", "runner", "flow.yaml", *args],
+        [sys.executable, *command, "flow.yaml", *args],
         cwd=folder,
         env=env,
         stdout=subprocess.PIPE,
