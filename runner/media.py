@@ -146,9 +146,11 @@ def check_file(base: Path, relative: str, media_type: str) -> LocalMedia:
     if info.st_size == 0:
         raise MediaError(f"'{relative}' is empty")
     if info.st_size > limit:
+        size, most = _size(info.st_size), _size(limit)
+        if size == most:  # just over: rounded, it would read as the limit itself
+            size, most = f"{info.st_size:,} bytes", f"{most} ({limit:,} bytes)"
         raise MediaError(
-            f"'{relative}' is {_size(info.st_size)}; WhatsApp accepts {media_type} files up to "
-            f"{_size(limit)}",
+            f"'{relative}' is {size}; WhatsApp accepts {media_type} files up to {most}",
             "compress the file, or send it as a document" if media_type != "document" else None,
         )
     digest, head = _hash(path, relative)

@@ -304,8 +304,8 @@ LANGUAGE_PATTERN = r"^[a-z]{2,3}(_[A-Za-z0-9]{2,4})?$"
 
 def check_language(text: str) -> str:
     """WhatsApp's language codes: en, en_US, pt_BR, zh_HK; checked again after rendering."""
-    if not re.match(LANGUAGE_PATTERN, text):
-        raise ValueError(f"'{text}' is not a language code like en_US or de")
+    if not re.fullmatch(LANGUAGE_PATTERN, text):  # re.match's $ lets "en\n" through
+        raise ValueError(f"{text!r} is not a language code like en_US or de")  # one line
     return text
 
 

@@ -16,6 +16,7 @@ of nesting cannot overflow the stack):
 
 from __future__ import annotations
 
+import codecs
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,15 +106,16 @@ def decode(raw: bytes, display: str) -> str:
     if b"\x00" in raw:
         line = raw[: raw.index(b"\x00")].count(b"\n") + 1
         raise single_problem(Location(display, line, 1), "binary data, not a text file")
+    body = raw.removeprefix(codecs.BOM_UTF8)  # no column: positions count from after it
     try:
-        text = raw.decode("utf-8-sig")
+        text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        before = raw[: exc.start]
+        before = body[: exc.start]  # valid UTF-8: the decoder stopped at the first bad byte
         line = before.count(b"\n") + 1
-        col = len(before) - (before.rfind(b"\n") + 1) + 1
+        col = len(before[before.rfind(b"\n") + 1 :].decode("utf-8")) + 1  # characters
         raise single_problem(
             Location(display, line, col),
-            f"not UTF-8 text (byte 0x{raw[exc.start]:02x})",
+            f"not UTF-8 text (byte 0x{body[exc.start]:02x})",
             "save the file as UTF-8 in your editor",
         ) from None
     return text
@@ -171,6 +173,14 @@ class _Frame:
 _NO_KEY = object()
 
 
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    """A place as the parser's marks give it (0-based)."""
+
+    line: int
+    column: int
+
+
 class _Builder:
     """Turns parser events into data and positions, enforcing the limits."""
 
@@ -221,8 +231,17 @@ class _Builder:
             # Keys are names: `1:` or `true:` mean the text the person wrote.
             self.take_key(value if isinstance(value, str) else event.value, event)
         else:
-            self.attach(value, event.start_mark, 1)
+            self.attach(value, self.place(event), 1)
             self.remember(event.anchor, value, 1)
+
+    def place(self, event: Any) -> Any:
+        """Where a scalar value was written. An empty one (`text:` and nothing after it) has no
+        place of its own: the parser marks where the next token starts, often the next line's
+        key, so it is placed at its own key instead."""
+        frame = self.stack[-1] if self.stack else None
+        if event.value or event.style or frame is None or not isinstance(frame.container, dict):
+            return event.start_mark
+        return _Mark(*frame.key_mark)
 
     def take_key(self, key: Any, event: Any) -> None:
         frame = self.stack[-1]
@@ -342,11 +361,16 @@ def _as_text(text: str) -> Any:
     return text
 
 
+def _leading_zero(digits: str) -> bool:
+    """0791..., 01234, 09.30: a phone, a code or a time, not a number (0.5 and 0x1F are)."""
+    unsigned = digits.lstrip("+-")
+    return len(unsigned) > 1 and unsigned[0] == "0" and unsigned[1].isdigit()
+
+
 def _as_int(text: str) -> Any:
     digits = text.replace("_", "")
-    unsigned = digits.lstrip("+-")
-    if len(unsigned) > 1 and unsigned[0] == "0" and unsigned[1].isdigit():
-        return text  # 0791..., 01234: a phone or a code, not a number
+    if _leading_zero(digits):
+        return text
     try:
         return int(digits, 0)
     except ValueError:
@@ -358,6 +382,8 @@ def _as_float(text: str) -> Any:
     special = {".inf": math.inf, "+.inf": math.inf, "-.inf": -math.inf, ".nan": math.nan}
     if lowered in special:
         return special[lowered]
+    if _leading_zero(lowered):
+        return text
     try:
         return float(lowered)
     except ValueError:

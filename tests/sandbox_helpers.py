@@ -4,6 +4,7 @@ read the ledger, set the sandbox's faults."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import sqlite3
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 
 from runner.cli import cli
 from runner.sandbox import NAMESPACE, PHONE_NUMBER_ID, TOKEN
+from tests.conftest import REPO
 
 
 def api_section(base: str, kind: str, timeout: float = 2) -> str:
@@ -103,10 +105,16 @@ def post(url: str, body: Any) -> None:
     urllib.request.urlopen(request, timeout=5).close()
 
 
-def start(folder: Path, *args: str) -> subprocess.Popen[str]:
+def start(folder: Path, *args: str, backoff: float = 1.0) -> subprocess.Popen[str]:
+    """`flowrun flow.yaml ARGS` as a process of its own; `backoff` scales its retry waits
+    (tests/scaled_backoff.py says why)."""
     env = {**os.environ, "WA_TOKEN": TOKEN}
+    command = ["-m", "runner"]
+    if backoff != 1.0:
+        command = ["-m", "tests.scaled_backoff", str(backoff)]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.Popen(
-        [sys.executable, "-m", "runner", "flow.yaml", *args],
+        [sys.executable, *command, "flow.yaml", *args],
         cwd=folder,
         env=env,
         stdout=subprocess.PIPE,
@@ -116,8 +124,18 @@ def start(folder: Path, *args: str) -> subprocess.Popen[str]:
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 20) -> None:
-    """Poll `condition` until it holds; fail the test if it does not within `seconds`."""
+    """Poll `condition` until it holds: how a test waits for what another thread or process
+    does, instead of sleeping for a guessed time (too short under load, wasted otherwise).
+    Fails the test, naming the condition, if it does not hold within `seconds`."""
     deadline = time.monotonic() + seconds
     while not condition():
-        assert time.monotonic() < deadline, "waited in vain"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {seconds:g} s in vain for: {_source(condition)}")
         time.sleep(0.01)
+
+
+def _source(condition: Callable[[], bool]) -> str:
+    try:
+        return inspect.getsource(condition).strip()
+    except (OSError, TypeError):
+        return repr(condition)

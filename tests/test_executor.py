@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -302,8 +303,7 @@ def test_timeout_after_sending_is_uncertain_not_resent(
     assert "uncertain 1" in out
     assert ledger_rows(folder)[0][2] == "uncertain"
     post(f"{base}/sandbox/faults", {})
-    time.sleep(0.8)  # the slow answer lands in the inbox: the API did get it
-    assert len(state.inbox) == 1
+    wait_until(lambda: len(state.inbox) == 1)  # the slow answer lands: the API did get it
     assert flowrun("flow.yaml")[0] == 1  # held, not resent
     assert len(state.inbox) == 1
     assert flowrun("flow.yaml", "--retry-uncertain")[0] == 0
@@ -322,11 +322,24 @@ def test_a_streak_of_failures_stops_the_run(api: tuple[str, SandboxState], folde
     assert state.inbox == []
 
 
+def read_until(stream: IO[str], text: str) -> str:
+    """The lines a process writes to `stream`, up to the first that holds `text` (or all of
+    them, should none)."""
+    lines = []
+    for line in iter(stream.readline, ""):
+        lines.append(line)
+        if text in line:
+            break
+    return "".join(lines)
+
+
 def test_second_sigint_stops_at_once(api: tuple[str, SandboxState], folder: Path) -> None:
     one_step = "  - text: {body: one}\n"
     process = start_slow_run(api, folder, one_step, people=200, latency=0.3, wait_for=8)
     process.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    assert process.stderr is not None
+    said = read_until(process.stderr, "flowrun: stopping:")  # the first Ctrl-C was taken
+    assert "(Ctrl-C again to stop at once)" in said
     process.send_signal(signal.SIGINT)
     _out, err = process.communicate(timeout=10)
     assert process.returncode == 130, err
@@ -414,10 +427,9 @@ def test_ctrl_c_does_not_wait_out_a_long_retry_after(
     write_flow(folder, base, "  - text: {body: one}\n", people=3)
     post(f"{base}/sandbox/faults", {"status": {"code": 429, "count": 100, "retry_after": 120}})
     process = start(folder)
-    wait_until(
-        lambda: state.requests >= 1
-    )  # refused with "come back in two minutes": everyone waits
-    time.sleep(0.3)
+    wait_until(lambda: state.requests >= 1)
+    # refused with "come back in two minutes": on record as failed until then, everyone waits
+    wait_until(lambda: count(folder, "state = 'failed'") >= 1)
     started = time.monotonic()
     process.send_signal(signal.SIGINT)
     _out, err = process.communicate(timeout=20)

@@ -7,6 +7,9 @@ import asyncio
 import contextlib
 import ssl
 import subprocess
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +52,12 @@ async def closing(_request: web.Request) -> web.Response:
     return web.json_response({"ok": True}, headers={"Connection": "close"})
 
 
+ANSWERED_LATE = web.AppKey("answered_late", threading.Event)
+
+
 async def slow(request: web.Request) -> web.Response:
-    await asyncio.sleep(float(request.query.get("s", "0.5")))
+    await asyncio.sleep(float(request.query.get("s", "0.5")))  # a slow server: the point
+    request.app[ANSWERED_LATE].set()
     return web.json_response({"late": True})
 
 
@@ -60,11 +67,33 @@ def app() -> web.Application:
     application.router.add_post("/chunked", chunked)
     application.router.add_post("/closing", closing)
     application.router.add_post("/slow", slow)
+    application[ANSWERED_LATE] = threading.Event()
     return application
 
 
 def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    """Wait for `condition` while the event loop runs (the client's connections go on
+    reading); fail if it does not hold within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds:g} s in vain"
+        await asyncio.sleep(0.01)
+
+
+def client_connections(base: str) -> int:
+    """Connections to the server at `base` that their client has not closed, as the kernel
+    lists them (ESTABLISHED, or CLOSE_WAIT: the server closed it, the client has not yet
+    seen that)."""
+    port = int(base.rsplit(":", 1)[1])
+    found = 0
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        remote, state = row.split()[2:4]
+        found += int(remote.rsplit(":", 1)[1], 16) == port and state in ("01", "08")
+    return found
 
 
 def test_keep_alive_json_and_headers() -> None:
@@ -87,24 +116,30 @@ def test_chunked_answers_and_servers_that_close() -> None:
         async with HttpTransport(base, "t", 5, 1) as transport:
             out = [(await transport.post_json("/chunked", b"{}")).data]
             out += [(await transport.post_json("/closing", b"{}")).data for _ in range(3)]
-            await asyncio.sleep(0.3)  # the server's keep-alive timeout closes idle connections
+            out.append((await transport.post_json("/echo", b"{}")).status)
+            assert client_connections(base) == 1  # kept alive
+            # the server's keep-alive timeout closes it, and the client sees that
+            await until(lambda: client_connections(base) == 0)
             out.append((await transport.post_json("/echo", b"{}")).status)
             return out
 
     with serving(app(), keepalive=0.1) as base:
-        assert run(go(base)) == [{"messages": [{"id": "x"}]}, *[{"ok": True}] * 3, 200]
+        assert run(go(base)) == [{"messages": [{"id": "x"}]}, *[{"ok": True}] * 3, 200, 200]
 
 
 def test_a_timeout_is_maybe_delivered_and_the_late_answer_is_never_reused() -> None:
+    application = app()
+
     async def go(base: str) -> tuple[str, Any]:
         async with HttpTransport(base, "t", 0.2, 1) as transport:
             with pytest.raises(MaybeDelivered) as lost:
                 await transport.post_json("/slow?s=0.5", b"{}")
-            await asyncio.sleep(0.5)  # the late answer arrives (on a closed connection)
+            # the late answer comes (on the connection the client gave up)
+            await until(application[ANSWERED_LATE].is_set)
             answer = await transport.post_json("/echo", b'"next"')
             return str(lost.value), answer.data["got"]
 
-    with serving(app()) as base:
+    with serving(application) as base:
         assert run(go(base)) == ("no answer within the timeout", '"next"')
 
 
