@@ -19,6 +19,7 @@ import click
 from runner.errors import EXIT_OK
 from runner.ledger import LedgerReader
 from runner.ledger.reading import Count
+from runner.untrusted import printable, spreadsheet_cell
 
 from .checking import ledger_for
 
@@ -46,10 +47,16 @@ def write_rows(path: Path, flow: str | None, fmt: str, out: TextIO) -> None:
         if fmt == "csv":
             writer = csv.writer(out)
             writer.writerow(columns)
-            writer.writerows(ledger.rows(flow))
+            writer.writerows([_cell(value) for value in row] for row in ledger.rows(flow))
             return
         for row in ledger.rows(flow):
             out.write(json.dumps(dict(zip(columns, row, strict=True)), ensure_ascii=False) + "\n")
+
+
+def _cell(value: object) -> object:
+    """A CSV cell as a spreadsheet should show it: one line, never a formula (the ledger's
+    texts were cleaned as they came in; a ledger written by an older flowrun may not be)."""
+    return spreadsheet_cell(printable(value) if isinstance(value, str) else value)
 
 
 def summary_lines(path: Path, flow: str | None) -> list[str]:
@@ -71,7 +78,7 @@ def _table(counts: list[Count], kinds: tuple[str, ...], column: int, extra: int 
     """A row per flow/step, a column per state (or status)."""
     by_step: dict[str, dict[str, int]] = defaultdict(dict)
     for count in counts:
-        by_step[f"{count.flow}/{count.step}"][count.state] = count.count
+        by_step[printable(f"{count.flow}/{count.step}")][count.state] = count.count
     if extra:  # the state table's label column is as wide as the step names, plus room
         width = max(len(c.step) for c in counts) + 2 + extra
     else:
@@ -88,10 +95,10 @@ def _failures(ledger: LedgerReader, flow: str | None) -> list[str]:
     lines = ["failures:"] if groups else []
     for group in groups:
         if group.http_status:
-            reason = f"HTTP {group.http_status}, error {group.code}, {group.title}"
+            reason = f"HTTP {group.http_status}, error {group.code}, {printable(str(group.title))}"
         else:
-            reason = f"{group.title}"
-        sample = ", ".join(group.recipients) + (", ..." if group.count > 5 else "")
+            reason = printable(str(group.title))
+        sample = ", ".join(map(printable, group.recipients)) + (", ..." if group.count > 5 else "")
         lines.append(f"  {group.count:,}x {reason}: {sample}")
     return lines
 
@@ -100,7 +107,7 @@ def _uncertain(ledger: LedgerReader, flow: str | None) -> list[str]:
     rows = ledger.uncertain(flow)
     if not rows:
         return []
-    listed = ", ".join(f"{recipient} ({step})" for step, recipient in rows)
+    listed = ", ".join(f"{printable(recipient)} ({printable(step)})" for step, recipient in rows)
     return [
         "uncertain (the API may or may not have them; --retry-uncertain sends them again):",
         f"  {listed}",
@@ -116,5 +123,5 @@ def _funnel(ledger: LedgerReader, flow: str | None) -> list[str]:
     lines = ["delivery (from status webhooks; 'sent' = accepted, nothing more heard):"]
     lines += _table(counts, DELIVERY_KINDS, 11)
     for code, title, count in ledger.delivery_failures(flow):
-        lines.append(f"  failed {count:,}x: error {code}, {title}")
+        lines.append(f"  failed {count:,}x: error {code}, {printable(str(title))}")
     return lines

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.errors import Problem, Problems
 from runner.transport import Upload, public_url
+from runner.untrusted import printable_or_none
 
 from .base import TEMPLATE_HINT, ApiFailure, Verdict, first, media_objects
 
@@ -97,15 +98,14 @@ class Cloud:
         return ApiFailure(
             status,
             code,
-            str(error["message"]) if "message" in error else None,
-            None if details is None else str(details),
+            printable_or_none(error.get("message")),
+            printable_or_none(details),
             _classify(status, code),
             HINTS.get(code) if code is not None else None,
         )
 
     def message_id(self, data: Any) -> str | None:
-        found = first(data, "messages", 0, "id")
-        return None if found is None else str(found)
+        return printable_or_none(first(data, "messages", 0, "id"))
 
     def media_id(self, data: Any) -> str | None:
         found = first(data, "id")

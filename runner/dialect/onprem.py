@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from runner import models
 from runner.errors import Problem, Problems
 from runner.transport import MaybeDelivered, NotDelivered, Upload, public_url
+from runner.untrusted import printable_or_none
 
 from .base import TEMPLATE_HINT, ApiFailure, LoginFailed, Verdict, first
 
@@ -83,15 +84,14 @@ class OnPrem:
         return ApiFailure(
             status,
             code,
-            str(error["title"]) if "title" in error else None,
-            str(error["details"]) if "details" in error else None,
+            printable_or_none(error.get("title")),
+            printable_or_none(error.get("details")),
             verdict,
             hint,
         )
 
     def message_id(self, data: Any) -> str | None:
-        found = first(data, "messages", 0, "id")
-        return None if found is None else str(found)
+        return printable_or_none(first(data, "messages", 0, "id"))
 
     def media_id(self, data: Any) -> str | None:
         found = first(data, "media", 0, "id")

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from runner.ledger import RANK, Status
+from runner.untrusted import printable, printable_or_none
 
 
 def parse(payload: Any) -> list[Status]:
@@ -46,6 +47,7 @@ def _status(item: Any) -> Status | None:
     message_id, status = item.get("id"), item.get("status")
     if not isinstance(message_id, str) or status not in RANK:
         return None
+    message_id = printable(message_id)  # as the dialects keep it, so that the two still join
     errors = _list(item.get("errors"))
     error = errors[0] if errors and isinstance(errors[0], dict) else {}
     data = error.get("error_data")
@@ -55,10 +57,10 @@ def _status(item: Any) -> Status | None:
         message_id,
         status,
         _time(item.get("timestamp")),
-        str(item["recipient_id"]) if "recipient_id" in item else None,
+        printable_or_none(item.get("recipient_id")),
         code if isinstance(code, int) and not isinstance(code, bool) else None,
-        str(error.get("title") or error.get("message") or "") or None,
-        str(details or error.get("details") or "") or None,
+        printable_or_none(error.get("title") or error.get("message")),
+        printable_or_none(details or error.get("details")),
     )
 
 
