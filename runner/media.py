@@ -120,6 +120,10 @@ class MediaError(ValueError):
 def resolve_inside(base: Path, relative: str) -> Path:
     """`relative` under the flow's folder, refusing paths (or symlinks) that lead outside it:
     a flow must not be able to upload /etc/passwd or a private key to a third party."""
+    if "\x00" in relative:  # no file system takes it
+        raise MediaError(
+            f"{relative!r} holds a NUL character", "a file name cannot contain one; check the path"
+        )
     root = base.resolve()
     target = (root / relative).resolve()
     if not target.is_relative_to(root):

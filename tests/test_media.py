@@ -333,3 +333,9 @@ def test_a_flow_folder_reached_through_a_symlink(flow_folder: Path, tmp_path: Pa
     assert problem(alias, "../secret.jpg", "image")[0] == (
         "'../secret.jpg' is outside the flow's folder"
     )
+
+
+def test_a_nul_character_in_a_path_is_a_located_mistake(flow_folder: Path) -> None:
+    """The operating system cannot take it (Python raised ValueError: exit 3 with a crash log)."""
+    with pytest.raises(MediaError, match=r"'assets/we\\x00lcome.jpg' holds a NUL character"):
+        check_file(flow_folder, "assets/we\x00lcome.jpg", "image")
