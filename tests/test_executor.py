@@ -462,3 +462,25 @@ def test_edited_and_renamed_flows(api: tuple[str, SandboxState], folder: Path) -
     assert code == 0  # chosen on purpose: a warning, and the flow runs as a new one
     assert "warning: flow.ledger.sqlite holds messages of flow 't'" in err
     assert len(state.inbox) == 4
+
+
+@pytest.mark.parametrize("page", [3, 7])
+def test_a_damaged_ledger_is_one_line_not_a_crash(
+    api: tuple[str, SandboxState], folder: Path, page: int
+) -> None:
+    """Malformed pages (a disk fault, a copy taken mid-write) once ended in exit 3 and a crash
+    log; now one line that says what to do, and nothing sent on the damaged ledger's word."""
+    base, state = api
+    write_flow(folder, base, STEPS, people=30)
+    assert flowrun("flow.yaml")[0] == 0
+    sent = len(state.inbox)
+    with open(folder / "flow.ledger.sqlite", "r+b") as ledger:
+        ledger.seek(4096 * page + 8)
+        ledger.write(bytes(range(256)) * 8)
+    for command in (["flow.yaml"], ["report", "flow.yaml"], ["report", "flow.yaml", "--csv"]):
+        code, _, err = flowrun(*command)
+        assert code == 2, (command, err)
+        assert "the ledger is damaged (database disk image is malformed)" in err
+        assert "sqlite3 flow.ledger.sqlite .recover" in err
+        assert "internal error" not in err
+    assert len(state.inbox) == sent

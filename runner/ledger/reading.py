@@ -11,9 +11,11 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .records import LedgerError
 from .schema import DELIVERY_COLUMNS, MESSAGE_COLUMNS, STATUSES
+from .sqlite import damaged, is_damage
 
 _JOIN = "FROM messages m LEFT JOIN statuses s ON s.message_id = m.message_id"
 _DELIVERY = (  # in DELIVERY_COLUMNS' order
@@ -57,6 +59,8 @@ class LedgerReader:
             if not self._has("statuses"):  # a ledger no run or listener opened since statuses
                 self._db.executescript(STATUSES.replace("CREATE TABLE", "CREATE TEMP TABLE"))
         except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise damaged(path, exc) from None
             raise LedgerError(f"{path}: not a flowrun ledger ({exc})") from None
 
     def close(self) -> None:
@@ -67,6 +71,12 @@ class LedgerReader:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+    def _query(self, query: str, args: tuple[object, ...]) -> list[Any]:
+        try:
+            return self._db.execute(query, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise damaged(self.path, exc) from None
 
     def _has(self, table: str) -> bool:
         found = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,))
@@ -82,16 +92,18 @@ class LedgerReader:
         """Every message with its delivery columns (MESSAGE_COLUMNS + DELIVERY_COLUMNS)."""
         where, args = self._where(flow)
         selected = ", ".join([f"m.{name}" for name in MESSAGE_COLUMNS] + list(_DELIVERY))
-        yield from self._db.execute(
-            f"SELECT {selected} {_JOIN} {where} ORDER BY m.flow, m.recipient, m.step", args
-        )
+        query = f"SELECT {selected} {_JOIN} {where} ORDER BY m.flow, m.recipient, m.step"
+        try:  # streamed: a million rows are never in memory at once
+            yield from self._db.execute(query, args)
+        except sqlite3.DatabaseError as exc:
+            raise damaged(self.path, exc) from None
 
     columns = (*MESSAGE_COLUMNS, *DELIVERY_COLUMNS)
 
     def state_counts(self, flow: str | None) -> list[Count]:
         where, args = self._where(flow)
         query = f"SELECT m.flow, m.step, m.state, count(*) FROM messages m {where} GROUP BY 1, 2, 3"
-        return [Count(*row) for row in self._db.execute(query, args)]
+        return [Count(*row) for row in self._query(query, args)]
 
     def failures(self, flow: str | None, sample: int = 5) -> list[FailureGroup]:
         """Failed messages grouped by the API's answer, largest group first."""
@@ -103,14 +115,14 @@ class LedgerReader:
         )
         return [
             FailureGroup(status, code, title, count, tuple(who.split("\x1f")[:sample]))
-            for status, code, title, count, who in self._db.execute(query, args)
+            for status, code, title, count, who in self._query(query, args)
         ]
 
     def uncertain(self, flow: str | None, limit: int = 20) -> list[tuple[str, str]]:
         """(step, recipient) of messages that may or may not have reached the API."""
         where, args = self._where(flow, "m.state IN ('uncertain', 'sending')")
         query = f"SELECT m.step, m.recipient FROM messages m {where} ORDER BY 2 LIMIT {limit:d}"
-        return [(step, who) for step, who in self._db.execute(query, args)]
+        return [(step, who) for step, who in self._query(query, args)]
 
     def delivery_counts(self, flow: str | None) -> list[Count]:
         """What the webhooks said of the sent messages, per step ('waiting': nothing yet)."""
@@ -119,18 +131,18 @@ class LedgerReader:
             f"SELECT m.flow, m.step, coalesce(s.status, 'waiting'), count(*) {_JOIN} {where}"
             " GROUP BY 1, 2, 3"
         )
-        return [Count(*row) for row in self._db.execute(query, args)]
+        return [Count(*row) for row in self._query(query, args)]
 
     def delivery_failures(self, flow: str | None) -> list[tuple[int | None, str | None, int]]:
         """(error code, title, count) of sent messages the webhooks said failed."""
         where, args = self._where(flow, "m.state = 'sent'", "s.status = 'failed'")
         query = f"SELECT s.error_code, s.error_title, count(*) {_JOIN} {where} GROUP BY 1, 2"
-        rows = [(code, title, count) for code, title, count in self._db.execute(query, args)]
+        rows = [(code, title, count) for code, title, count in self._query(query, args)]
         return sorted(rows, key=lambda row: -row[2])
 
     def unsettled(self, flow: str, since: str, settled_rank: int) -> int:
         """Messages sent since `since` whose webhooks have not yet said anything final."""
         where, args = self._where(flow, "m.state = 'sent'", "m.last_attempt >= ?")
         query = f"SELECT count(*) {_JOIN} {where} AND coalesce(s.rank, 0) < ?"
-        count: int = self._db.execute(query, (*args, since, settled_rank)).fetchone()[0]
+        count: int = self._query(query, (*args, since, settled_rank))[0][0]
         return count

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from .records import Batch, LedgerError, Outcome, State, Status, now
 from .schema import MIGRATIONS, VERSION
@@ -90,6 +91,8 @@ class SqliteLedger:
                 self._reader = _connect(path)
         except sqlite3.DatabaseError as exc:
             self.close()
+            if is_damage(exc):
+                raise damaged(path, exc) from None
             raise LedgerError(f"{path}: cannot use the ledger: {exc}") from None
         except BaseException:
             self.close()
@@ -129,7 +132,7 @@ class SqliteLedger:
 
     def recipient_states(self, recipient: str) -> dict[str, tuple[State, str | None]]:
         """step → (state, body hash) of one recipient's messages (one indexed query)."""
-        rows = self._reads().execute(
+        rows = self._read(
             "SELECT step, state, body_hash FROM messages WHERE flow = ? AND recipient = ?",
             (self.flow, recipient),
         )
@@ -137,28 +140,23 @@ class SqliteLedger:
 
     def states(self) -> dict[tuple[str, str], State]:
         """(step, recipient) → state of every message of this flow."""
-        rows = self._reads().execute(
+        rows = self._read(
             "SELECT step, recipient, state FROM messages WHERE flow = ?", (self.flow,)
         )
         return {(step, recipient): state for step, recipient, state in rows}
 
     def other_flows(self) -> list[str]:
         """Flow names this ledger holds besides this one's (to notice a renamed flow)."""
-        rows = self._reads().execute(
+        rows = self._read(
             "SELECT DISTINCT flow FROM messages WHERE flow != ? ORDER BY flow", (self.flow,)
         )
         return [name for (name,) in rows]
 
     def has_rows(self) -> bool:
-        row = (
-            self._reads()
-            .execute("SELECT 1 FROM messages WHERE flow = ? LIMIT 1", (self.flow,))
-            .fetchone()
-        )
-        return row is not None
+        return bool(self._read("SELECT 1 FROM messages WHERE flow = ? LIMIT 1", (self.flow,)))
 
     def counts(self) -> dict[str, int]:
-        rows = self._reads().execute(
+        rows = self._read(
             "SELECT state, count(*) FROM messages WHERE flow = ? GROUP BY state", (self.flow,)
         )
         return dict(rows)
@@ -168,17 +166,12 @@ class SqliteLedger:
     ) -> str | None:
         """The media id this file was uploaded as, unless older than `max_age` at `at` (the
         Cloud API forgets media after 30 days: an older id would fail every message)."""
-        row = (
-            self._reads()
-            .execute(
-                "SELECT media_id, uploaded_at FROM uploads WHERE api = ? AND sha256 = ?",
-                (api, sha256),
-            )
-            .fetchone()
+        rows = self._read(
+            "SELECT media_id, uploaded_at FROM uploads WHERE api = ? AND sha256 = ?", (api, sha256)
         )
-        if row is None:
+        if not rows:
             return None
-        media_id, uploaded_at = row
+        media_id, uploaded_at = rows[0]
         if max_age is not None:
             try:
                 uploaded = datetime.fromisoformat(uploaded_at)
@@ -222,9 +215,13 @@ class SqliteLedger:
 
     # Plumbing
 
-    def _reads(self) -> sqlite3.Connection:
+    def _read(self, query: str, args: tuple[str, ...]) -> list[Any]:
+        """All rows of a query; a damaged file is one clear LedgerError, not a traceback."""
         assert self._reader is not None, "this ledger was opened for writing only"
-        return self._reader
+        try:
+            return self._reader.execute(query, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise damaged(self.path, exc) from None
 
     def _writes(self) -> sqlite3.Connection:
         assert self._db is not None, "the ledger is closed"
@@ -234,8 +231,26 @@ class SqliteLedger:
     def _writing(self) -> Iterator[None]:
         try:
             yield
-        except sqlite3.Error as exc:
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise damaged(self.path, exc) from None
             raise LedgerError(f"{self.path}: cannot write the ledger: {exc}") from None
+
+
+def is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Malformed pages (SQLITE_CORRUPT and its variants), as opposed to a file that is no
+    database at all or one that is busy."""
+    return getattr(exc, "sqlite_errorname", "").startswith("SQLITE_CORRUPT")
+
+
+def damaged(path: Path, exc: sqlite3.DatabaseError) -> LedgerError:
+    """The ledger file is damaged (a disk fault, a copy made while it was written): nothing
+    may be sent on the word of a ledger that cannot be read whole."""
+    return LedgerError(
+        f"{path}: the ledger is damaged ({exc}); nothing is sent on its word. Keep a copy, then"
+        f" rebuild it: sqlite3 {path} .recover | sqlite3 REPAIRED.sqlite (and run with"
+        " --ledger REPAIRED.sqlite)"
+    )
 
 
 def _outcome_row(flow: str, o: Outcome, stamp: str) -> tuple[object, ...]:
