@@ -322,3 +322,29 @@ def test_a_hard_link_to_the_ledger_meets_the_same_lock(tmp_path: Path) -> None:
             with pytest.raises(LedgerError, match="another flowrun is using this ledger"):
                 SqliteLedger.for_run(tmp_path / name, "f")
     SqliteLedger.for_run(tmp_path / "other-name.sqlite", "f").close()
+
+
+def test_a_stray_wal_file_is_never_merged_into_the_ledger(tmp_path: Path) -> None:
+    """A `-wal` beside the ledger that belongs to another database: opening failed, and
+    closing the connection checkpointed the stranger's pages into the ledger (and deleted the
+    wal), so the ledger could not be saved by moving the wal away. The file is now looked at
+    read-only first, and nothing is written when it does not look like a flowrun ledger."""
+    path = tmp_path / "a.sqlite"
+    with SqliteLedger.for_run(path, "f") as ledger:
+        ledger.commit(Batch(outcomes=[Outcome("s", "15550100001", "sent", message_id="m")]))
+    other = sqlite3.connect(tmp_path / "b.sqlite")
+    other.execute("PRAGMA journal_mode=WAL")
+    other.execute("PRAGMA wal_autocheckpoint=0")
+    other.execute("CREATE TABLE other (x)")
+    other.executemany("INSERT INTO other VALUES (?)", [(bytes(100),) for _ in range(200)])
+    other.commit()
+    (tmp_path / "a.sqlite-wal").write_bytes((tmp_path / "b.sqlite-wal").read_bytes())
+    other.close()
+    before = path.read_bytes()
+    with pytest.raises(LedgerError, match=r"a.sqlite-wal .* move it away"):
+        SqliteLedger.for_run(path, "f")
+    assert path.read_bytes() == before
+    (tmp_path / "a.sqlite-wal").rename(tmp_path / "stray-wal")
+    (tmp_path / "a.sqlite-shm").unlink(missing_ok=True)
+    with SqliteLedger.for_run(path, "f") as ledger:
+        assert ledger.recipient_states("15550100001") == {"s": ("sent", None)}

@@ -15,6 +15,7 @@ Three kinds of user open the same file, each with only the connections it needs:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -80,6 +81,7 @@ class SqliteLedger:
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         try:
+            _inspect(path)
             self._db = _connect(path)
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed `sending` mark must survive power loss too, or a sent message
@@ -302,19 +304,51 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("COMMIT")
 
 
+def _inspect(path: Path) -> None:
+    """Refuse what is not a flowrun ledger before a writable connection touches it.
+
+    Closing a writable connection checkpoints the `-wal` file into the database: a stray wal
+    of another database (copied along, restored from elsewhere) would be merged into the ledger
+    and deleted, losing the ledger. A read-only connection never checkpoints."""
+    try:
+        if path.stat().st_size == 0:
+            return  # new (or just created by the lock): nothing to lose
+    except FileNotFoundError:
+        return
+    wal = path.with_name(path.name + "-wal")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            _check_version(db, path)
+            _check_legacy(db, path)
+    except (LedgerError, sqlite3.DatabaseError) as exc:
+        if not wal.exists():
+            if isinstance(exc, LedgerError):
+                raise
+            raise damaged(path, exc) if is_damage(exc) else LedgerError(f"{path}: {exc}") from None
+        raise LedgerError(
+            f"{path}: not readable as a flowrun ledger together with {wal.name} ({exc}); if"
+            f" {wal.name} came from another database, move it away (keep it) and run again"
+        ) from None
+
+
+def _check_version(db: sqlite3.Connection, path: Path) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > VERSION:
+        raise LedgerError(
+            f"{path}: this ledger was written by a newer flowrun (schema {version}, this"
+            f" one knows {VERSION}); upgrade flowrun, or use a new --ledger"
+        )
+
+
 def migrate(db: sqlite3.Connection, path: Path) -> None:
     """Bring the ledger to the current schema (see schema.py), or refuse one from a newer
     flowrun or another program."""
     if db.execute("PRAGMA user_version").fetchone()[0] == VERSION:
         return  # the common case: no write lock taken
     with _transaction(db):
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > VERSION:
-            raise LedgerError(
-                f"{path}: this ledger was written by a newer flowrun (schema {version}, this"
-                f" one knows {VERSION}); upgrade flowrun, or use a new --ledger"
-            )
+        _check_version(db, path)  # again: another process may have migrated meanwhile
         _check_legacy(db, path)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
         for script in MIGRATIONS[version:]:
             for statement in _statements(script):
                 db.execute(statement)
