@@ -324,7 +324,9 @@ def _inspect(path: Path) -> None:
         if not wal.exists():
             if isinstance(exc, LedgerError):
                 raise
-            raise damaged(path, exc) if is_damage(exc) else LedgerError(f"{path}: {exc}") from None
+            if is_damage(exc):
+                raise damaged(path, exc) from None
+            raise LedgerError(f"{path}: cannot use the ledger: {exc}") from None
         raise LedgerError(
             f"{path}: not readable as a flowrun ledger together with {wal.name} ({exc}); if"
             f" {wal.name} came from another database, move it away (keep it) and run again"
