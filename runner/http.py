@@ -75,6 +75,10 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # A 101 (already handed over as the answer): what follows is no longer HTTP, so
+            # the connection is of no further use.
+            self.close()
         except httptools.HttpParserError as exc:
             self._fail(Lost(f"the server's answer could not be read ({exc})"))
             self.close()

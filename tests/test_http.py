@@ -347,3 +347,41 @@ def test_a_failed_connect_does_not_strand_the_requests_waiting() -> None:
         return [str(r.status) if isinstance(r, Reply) else type(r).__name__ for r in results]
 
     assert run(go()) == ["200", "ConnectFailed", "ConnectFailed"]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_switching_protocols_answer_is_an_answer_and_the_connection_is_dropped(
+    loop: str,
+) -> None:
+    """A 101 (and whatever follows it: no longer HTTP) raised HttpParserUpgrade inside the
+    protocol, printed by the event loop as a traceback (hardening round 2, item 9)."""
+    errors: list[dict[str, Any]] = []
+
+    async def answer(writer: asyncio.StreamWriter, n: int) -> bool:
+        if n == 1:
+            writer.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\n\r\nNOT HTTP ANY MORE"
+            )
+            return False
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{"ok": 1}')
+        return True
+
+    async def go() -> list[int]:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        server, url = await raw_server(answer)
+        client = Client(url, 1, 5)
+        try:
+            return [(await client.post("/x", b"{}", "application/json", {})).status for _ in "ab"]
+        finally:
+            await client.close()
+            server.close()
+
+    if loop == "uvloop":
+        import uvloop
+
+        statuses = uvloop.run(go())
+    else:
+        statuses = run(go())
+    assert statuses == [101, 200]
+    assert errors == []
