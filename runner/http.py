@@ -32,6 +32,13 @@ import httptools
 
 from .proxy import Proxy, proxy_for
 
+# The APIs' answers are small (a sent message's is ~150 bytes, an error envelope ~500, an
+# upload's ~50: docs/whatsapp-api.md#error-envelopes). An answer far past these is not the API's
+# and is given up at once as Lost, instead of buffering what a hostile server sends: a 10 GB
+# Content-Length once grew a run to 3 GB before its timeout.
+MAX_HEAD = 64 * 1024
+MAX_BODY = 256 * 1024
+
 
 class HttpError(Exception):
     pass
@@ -65,6 +72,9 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._headers_done = False
+        self._head_size = 0  # bytes received of the current answer's head
+        self._body_size = 0
+        self._overflow: str | None = None  # why the current answer is given up
         self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # asyncio.Protocol
@@ -73,6 +83,8 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if not self._headers_done:
+            self._head_size += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -81,6 +93,12 @@ class _Connection(asyncio.Protocol):
             self.close()
         except httptools.HttpParserError as exc:
             self._fail(Lost(f"the server's answer could not be read ({exc})"))
+            self.close()
+            return
+        if not self._headers_done and self._head_size > MAX_HEAD:
+            self._overflow = f"an answer whose head runs past flowrun's bound ({MAX_HEAD:,} bytes)"
+        if self._overflow is not None:
+            self._fail(Lost(self._overflow))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -103,14 +121,24 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
+        length = self._headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY:
+            self._overflow = f"an answer of {int(length):,} bytes, past flowrun's bound"
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
+        self._body_size += len(body)
+        if self._body_size > MAX_BODY:
+            self._overflow = f"an answer body past flowrun's bound ({MAX_BODY:,} bytes)"
+        elif self._overflow is None:
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._overflow is not None:
+            return  # given up: data_received says so once feeding stops
         status = self.parser.get_status_code()
         headers, body = self._headers, b"".join(self._body)
         self._headers, self._body, self._headers_done = {}, [], False
+        self._head_size = self._body_size = 0
         if 100 <= status < 200 and status != 101:
             return  # an interim answer (100 Continue, 103): the real one follows
         waiter, self.waiter = self.waiter, None

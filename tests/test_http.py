@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import ssl
 import subprocess
 import threading
@@ -385,3 +386,56 @@ def test_a_switching_protocols_answer_is_an_answer_and_the_connection_is_dropped
         statuses = run(go())
     assert statuses == [101, 200]
     assert errors == []
+
+
+FLOOD = 200 * 1024 * 1024  # what a hostile server offers at the most (the test stops then)
+
+
+def flood(kind: str) -> Any:
+    """An answer that never ends: a huge Content-Length, endless chunks, or an endless header."""
+    heads = {
+        "length": b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000\r\n\r\n",
+        "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "header": b"HTTP/1.1 200 OK\r\nX-Endless: ",
+    }
+    piece = {"length": b"x" * 65536, "header": b"y" * 65536}.get(
+        kind, b"10000\r\n" + b"z" * 65536 + b"\r\n"
+    )
+
+    async def answer(writer: asyncio.StreamWriter, _n: int) -> bool:
+        writer.write(heads[kind])
+        sent = 0
+        with contextlib.suppress(ConnectionError):
+            while sent < FLOOD and not writer.is_closing():
+                writer.write(piece)
+                await writer.drain()
+                sent += len(piece)
+        return False
+
+    return answer
+
+
+@pytest.mark.parametrize("kind", ["length", "chunked", "header"])
+def test_an_endless_answer_is_lost_and_memory_stays_bounded(kind: str) -> None:
+    """A 10 GB Content-Length, endless chunks or an endless header grew a run to 3 GB before
+    its timeout (hardening round 2, item 6): the API's answers are small, so one past the
+    bound is given up at once as Lost (the message is uncertain, never resent)."""
+
+    async def go() -> tuple[str, float]:
+        server, url = await raw_server(flood(kind))
+        client = Client(url, 1, 30)
+        started = time.monotonic()
+        try:
+            with pytest.raises(Lost) as lost:
+                await client.post("/x", b"{}", "application/json", {})
+            return str(lost.value), time.monotonic() - started
+        finally:
+            await client.close()
+            server.close()
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    message, seconds = run(go())
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert "past flowrun's bound" in message
+    assert seconds < 10  # not the 30 s timeout
+    assert grown_mb < 64
