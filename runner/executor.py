@@ -31,7 +31,7 @@ import orjson
 from .dialect import ApiFailure, Dialect, LoginFailed, Verdict
 from .errors import FlowrunError
 from .ledger import GroupCommit, Outcome, RunLedger, State
-from .media import LocalMedia
+from .media import LocalMedia, MediaError, read_checked
 from .pacing import Pacer
 from .plan import Plan
 from .progress import Progress
@@ -506,7 +506,10 @@ class Executor:
             )
             if known is not None:
                 return known
-        data = await asyncio.to_thread(media.path.read_bytes)
+        try:
+            data = await asyncio.to_thread(read_checked, media)
+        except MediaError as exc:
+            raise UploadFailed(ApiFailure(0, None, "file changed", str(exc))) from None
         request = self.dialect.upload(media, data)
         attempt = 0
         while True:

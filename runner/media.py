@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 KB = 1024
@@ -107,6 +107,7 @@ class LocalMedia:
     mime: str
     size: int
     sha256: str
+    relative: str = field(default="", compare=False)  # as the flow names it, for messages
 
 
 class MediaError(ValueError):
@@ -164,7 +165,7 @@ def check_file(base: Path, relative: str, media_type: str) -> LocalMedia:
             "check that the file's extension matches its real format",
         )
     assert mime in allowed
-    return LocalMedia(path=path, mime=mime, size=info.st_size, sha256=digest)
+    return LocalMedia(path=path, mime=mime, size=info.st_size, sha256=digest, relative=relative)
 
 
 def _mime_for(relative: str, media_type: str) -> str:
@@ -204,6 +205,24 @@ def _near_names(path: Path) -> str | None:
 
 def _size(n: int) -> str:
     return f"{n / MB:.1f} MB" if n >= MB else f"{n / KB:.0f} KB"
+
+
+def read_checked(media: LocalMedia) -> bytes:
+    """The file's bytes for an upload: exactly the bytes that were checked, or MediaError.
+
+    Between validation and upload the file may have been replaced (by a symlink leading out of
+    the flow's folder, say). What leaves is what was checked: the same size and SHA-256 (the
+    upload cache's key, so a stranger's bytes can never be filed under the genuine file's
+    hash). At most one byte past the checked size is read."""
+    changed = f"'{media.relative}' changed since it was checked"
+    try:
+        with media.path.open("rb") as handle:
+            data = handle.read(media.size + 1)
+    except OSError as exc:
+        raise MediaError(f"{changed} ({exc.strerror})", "run again to check it anew") from None
+    if len(data) != media.size or hashlib.sha256(data).hexdigest() != media.sha256:
+        raise MediaError(changed, "run again to check it anew")
+    return data
 
 
 class LocalFiles:

@@ -20,7 +20,7 @@ from runner import dialect as dialects
 from runner.executor import Executor, RunOptions, Summary
 from runner.ledger import SqliteLedger, State
 from runner.loader import load_flow
-from runner.plan import compile_plan
+from runner.plan import Plan, compile_plan
 from runner.progress import Progress
 from runner.target import ApiTarget
 from runner.transport import MaybeDelivered, NotDelivered, Response, Upload
@@ -85,7 +85,12 @@ def run(
 ) -> tuple[Summary, dict[tuple[str, str], State]]:
     flow = tmp_path / "flow.yaml"
     flow.write_text(textwrap.dedent(FLOW), "utf-8")
-    plan = compile_plan(load_flow(flow))
+    return execute(tmp_path, compile_plan(load_flow(flow)), transport, **options)
+
+
+def execute(
+    tmp_path: Path, plan: Plan, transport: MemoryTransport, **options: object
+) -> tuple[Summary, dict[tuple[str, str], State]]:
     dialect = dialects.build(ApiTarget("cloud", "http://memory", "t", "1"))
     settings = RunOptions(concurrency=4, **options)  # type: ignore[arg-type]
 
@@ -157,3 +162,37 @@ def test_outside_the_window_fails_with_the_template_hint(tmp_path: Path, code: i
     summary, _ = run(tmp_path, MemoryTransport(lambda body: refused))
     [reason] = summary.failures
     assert "only a template message may start the conversation" in reason
+
+
+def test_a_file_swapped_after_validation_is_never_uploaded(tmp_path: Path) -> None:
+    """Replacing assets/pic.jpg with a symlink to a file outside the flow's folder after
+    validation uploaded the outside file under the genuine file's hash, and a later run sent
+    that media id for the genuine picture (hardening round 2, item 4). The bytes uploaded are
+    now the bytes checked, or nothing is uploaded."""
+    (tmp_path / "assets").mkdir()
+    picture = tmp_path / "assets" / "pic.jpg"
+    picture.write_bytes(b"\xff\xd8\xff\xe0" + b"genuine" * 100)
+    outside = tmp_path.parent / f"{tmp_path.name}-secret.jpg"
+    outside.write_bytes(b"\xff\xd8\xff\xe0" + b"private" * 100)
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(
+        FLOW.replace('    text: {body: "Hello"}', "    image: {file: assets/pic.jpg}"), "utf-8"
+    )
+    plan = compile_plan(load_flow(flow))  # validated: the genuine picture is checked
+    picture.unlink()
+    picture.symlink_to(outside)
+    uploads: list[bytes] = []
+
+    class Recording(MemoryTransport):
+        async def upload(self, upload: Upload) -> Response:
+            uploads.append(upload.data)
+            return await super().upload(upload)
+
+    summary, states = execute(tmp_path, plan, Recording())
+    assert uploads == []
+    assert summary.failed == 2
+    assert states[("hello", "15550100001")] == "failed"
+    [reason] = summary.failures
+    assert "'assets/pic.jpg' changed since it was checked" in reason
+    with SqliteLedger.for_run(tmp_path / "ledger.sqlite", "unit") as ledger:
+        assert ledger.media_id("cloud:http://memory/1", plan.uploads()[0].sha256) is None

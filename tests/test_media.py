@@ -339,3 +339,17 @@ def test_a_nul_character_in_a_path_is_a_located_mistake(flow_folder: Path) -> No
     """The operating system cannot take it (Python raised ValueError: exit 3 with a crash log)."""
     with pytest.raises(MediaError, match=r"'assets/we\\x00lcome.jpg' holds a NUL character"):
         check_file(flow_folder, "assets/we\x00lcome.jpg", "image")
+
+
+def test_an_upload_reads_exactly_the_bytes_that_were_checked(flow_folder: Path) -> None:
+    from runner.media import read_checked
+
+    checked = check_file(flow_folder, "assets/a.jpg", "image")
+    assert len(read_checked(checked)) == checked.size
+    original = checked.path.read_bytes()
+    checked.path.write_bytes(original[:-1] + b"\x01")  # same size, other bytes
+    with pytest.raises(MediaError, match="'assets/a.jpg' changed since it was checked"):
+        read_checked(checked)
+    checked.path.write_bytes(original + b"more")
+    with pytest.raises(MediaError, match="changed since it was checked"):
+        read_checked(checked)
