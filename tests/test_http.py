@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import resource
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from aiohttp import web
 from runner import threadserver
 from runner.http import Client, ConnectFailed, Lost, Reply
 from runner.transport import HttpTransport, MaybeDelivered, NotDelivered
+from tests.tls import self_signed
 
 
 def serving(
@@ -187,18 +187,7 @@ def test_multipart_upload_reaches_the_server_as_a_form() -> None:
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1, made with the openssl command."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed(tmp_path_factory.mktemp("tls"), "127.0.0.1", "IP:127.0.0.1")
 
 
 def test_tls_with_a_trusted_certificate(

@@ -31,6 +31,7 @@ from runner.proxy import Proxy, ProxyUnsupported, parse_proxy, proxy_for
 from runner.sandbox import SandboxState
 from runner.transport import HttpTransport, NotDelivered
 from tests.sandbox_helpers import flowrun, write_flow
+from tests.tls import self_signed
 
 TINYPROXY = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"  # where Debian puts it
 PASSWORD = "s3cret-pass.word_9"  # tinyproxy's BasicAuth takes letters, digits and -._ only
@@ -161,18 +162,7 @@ def api_app(seen: Seen) -> web.Application:
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for the name `localhost` only (no IP address in it), so that a
     client checking the proxy's address (127.0.0.1) instead of the API's name would fail."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed(tmp_path_factory.mktemp("tls"), "localhost", "DNS:localhost")
 
 
 @contextlib.contextmanager
