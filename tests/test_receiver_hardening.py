@@ -187,8 +187,9 @@ def in_thread(function: Any, *args: Any) -> tuple[threading.Thread, list[Any]]:
 
 def test_held_bodies_take_no_memory_and_keep_no_callback_out(listener: Listener) -> None:
     """300 connections each announce 4 MB and send half of it, 100 more send chunked bodies
-    without end, 100 announce 3 MB: the receiver's memory stays bounded during and after, and
-    real callbacks sent meanwhile are answered 200 at once and recorded."""
+    without end, 100 announce 3 MB, 300 more send 59 KB of 60 and hold: the receiver's memory
+    stays bounded during and after, and real callbacks sent meanwhile are answered 200 at once
+    and recorded."""
     rss: list[float] = [listener.rss_mb()]
     thread, answers = in_thread(real_callbacks, listener.url, 20, 0.2, "wamid.REAL")
 
@@ -207,6 +208,10 @@ def test_held_bodies_take_no_memory_and_keep_no_callback_out(listener: Listener)
         near = signed_headers(b"", 3 * MB)
         writers = await asyncio.gather(*(held.open(listener.port, near) for _ in range(100)))
         await asyncio.gather(*(held.feed(w, piece, 2 * MB) for w in writers if w))
+        rss.append(listener.rss_mb())
+        within = signed_headers(b"", 60 * 1024)  # under the bound: read, and held
+        writers = await asyncio.gather(*(held.open(listener.port, within) for _ in range(300)))
+        await asyncio.gather(*(held.feed(w, b"y" * 1024, 59 * 1024) for w in writers if w))
         rss.append(listener.rss_mb())
         await held.dribble(b"x", 2.0, every=0.5)
         rss.append(listener.rss_mb())

@@ -13,17 +13,17 @@ A status callback is about 1–2 KB and done in milliseconds
 - **Time.** A connection must deliver a whole request (headers and body) within
   `Limits.receive_within` seconds (10) of opening or of its last answer; otherwise it is closed.
   That also ends idle keep-alive connections after 10 s (a sender reconnects).
-- **Connections.** At most `Limits.connections`, below the open-files limit (raised to its hard
-  limit at start where allowed) with room for the ledger's files and the listening backlog. When
-  full, a new connection makes room by closing the one that has gone longest without delivering
-  a request: a real callback, done in milliseconds, always gets in; a slow one goes.
-- **aiohttp's own.** Request line and each header at most 2 KB, 40 headers, no lingering after
+- **Connections.** At most 1,000, and below the open-files limit (raised to its hard limit at
+  start where allowed) with room for the ledger's files and the listening backlog. When full,
+  a new connection makes room by closing the one that has gone longest without delivering a
+  request: a real callback, done in milliseconds, always gets in; a slow one goes.
+- **aiohttp's own.** Request line and each header at most 2 KB, 32 headers, no lingering after
   an early answer (the rest of a refused body is not read), no decompression (Meta sends plain
-  JSON; a compressed body could grow in memory past every bound above).
+  JSON; a compressed body could grow in memory past every bound above), no access log.
 
-Worst case memory, all bounds reached: connections × (64 KB body + 80 KB of headers + 32 KB
-read buffer) + 4 × 3 MB, about 190 MB at 1,000 connections; measured under attack in
-tests/test_receiver_hardening.py.
+Worst case measured (a `flowrun listen` with 1,000 connections, each holding 30 headers of
+2 KB, or each 64 KB of body): under 200 MB; the attacks in tests/test_receiver_hardening.py
+(700 connections holding bodies, 1,100 slow ones) keep it under 90 MB.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ SPARE_FILES = BACKLOG + 32  # + the ledger (database, -wal, -shm), the loop, pip
 AIOHTTP_OPTIONS: dict[str, Any] = {
     "max_line_size": 2048,
     "max_field_size": 2048,
-    "max_headers": 40,
+    "max_headers": 32,
     "lingering_time": 0,
     "read_bufsize": 16 * 1024,
     "auto_decompress": False,
