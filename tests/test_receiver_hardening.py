@@ -572,15 +572,38 @@ def test_listen_on_a_taken_port_refuses_to_start_the_run(
     assert state.inbox == []
 
 
-def test_no_receiver_outlives_a_killed_run(api: tuple[str, SandboxState], folder: Path) -> None:
-    """kill -9 of a run the moment its receiver is up: the receiver goes too."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill -9", "SIGTERM"])
+def test_no_receiver_outlives_its_run(
+    api: tuple[str, SandboxState], folder: Path, sig: signal.Signals
+) -> None:
+    """kill -9 or SIGTERM to a run the moment its receiver is up (it may not even have begun
+    sending): the receiver goes too."""
     base, _ = api
     write_flow(folder, base, "  - text: {body: hi}\n", people=2000, kind="cloud")
     process = start(folder, "--listen", str(free_port()))
     child = receiver_child(process)
-    process.kill()
-    process.communicate(timeout=30)
+    process.send_signal(sig)
+    process.communicate(timeout=60)
     wait_until(lambda: not alive(child), 15)
+
+
+def test_flowrun_listen_on_a_taken_port_is_one_line(tmp_path: Path) -> None:
+    SqliteLedger.for_run(tmp_path / "l.sqlite", "f").close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = ["listen", "--ledger", str(tmp_path / "l.sqlite"), "--port", str(port)]
+        done = subprocess.run(
+            [sys.executable, "-m", "runner", *command],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == f"cannot listen on 127.0.0.1:{port}: Address already in use\n"
 
 
 def test_sigterm_while_waiting_for_statuses_ends_the_receiver_too(

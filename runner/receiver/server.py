@@ -272,8 +272,9 @@ async def _serve(
     loop = asyncio.get_running_loop()
     try:
         server = await receiver.start(host, port)
-    except OSError as exc:
-        raise FlowrunError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except OSError as exc:  # asyncio's own text repeats the address: the system's says it
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise FlowrunError(f"cannot listen on {host}:{port}: {reason}") from None
     stopping = loop.create_future()
 
     def stop() -> None:
