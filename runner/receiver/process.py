@@ -121,17 +121,25 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ledger, port, ready_fd = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     secret = os.environ.get("WA_APP_SECRET") or None
-    receiver = Receiver(ledger, secret, os.environ.get("WA_VERIFY_TOKEN") or None)
-
-    def ready() -> None:
-        print(receiver.banner("127.0.0.1", port), flush=True)
-        answer.write(b"ready\n")
-
     with os.fdopen(ready_fd, "wb", buffering=0) as answer:
+
+        def say(line: str) -> None:
+            with contextlib.suppress(OSError):  # the run is gone already: the lifeline says so
+                answer.write(f"{line}\n".encode())
+
+        def ready() -> None:
+            print(receiver.banner("127.0.0.1", port), flush=True)
+            say("ready")
+
+        try:
+            receiver = Receiver(ledger, secret, os.environ.get("WA_VERIFY_TOKEN") or None)
+        except FlowrunError as exc:  # a ledger it cannot open
+            say(str(exc))
+            sys.exit(EXIT_INVALID)
         try:
             serve(receiver, "127.0.0.1", port, ready, sys.stdin.buffer)
         except FlowrunError as exc:
-            answer.write(f"{exc}\n".encode())
+            say(str(exc))
             sys.exit(EXIT_INVALID)
         finally:
             receiver.close()
