@@ -557,7 +557,6 @@ def test_listen_on_a_taken_port_refuses_to_start_the_run(
     """Another process listens on the port: one line, exit 2, nothing sent."""
     base, state = api
     write_flow(folder, base, "  - text: {body: hi}\n", people=5, kind="cloud")
-    import socket
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
