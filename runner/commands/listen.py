@@ -17,15 +17,10 @@ def listen(flow_file: str | None, ledger_path: str | None, host: str, port: int)
     path, _ = ledger_for(flow_file, ledger_path, use_sandbox=False)
     secret = os.environ.get("WA_APP_SECRET") or None
     receiver = Receiver(path, secret, os.environ.get("WA_VERIFY_TOKEN") or None)
-    checked = "signatures checked" if secret else "signatures NOT checked: set WA_APP_SECRET"
-    click.echo(f"listening on http://{host}:{port} for status webhooks ({checked}); ledger: {path}")
     try:
-        serve(receiver, host, port)
+        # the banner once the port is ours: said before, it would be a promise
+        serve(receiver, host, port, lambda: click.echo(receiver.banner(host, port)))
     finally:
-        counts = receiver.counts
         receiver.close()
-        click.echo(
-            f"received {counts.callbacks:,} callbacks, {counts.statuses:,} statuses;"
-            f" refused {counts.refused:,} (signature), {counts.unreadable:,} (not JSON)"
-        )
+    click.echo(receiver.counts.summary())
     return EXIT_OK

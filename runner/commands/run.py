@@ -93,9 +93,10 @@ def run(flow_file: str, request: RunRequest) -> int:
                 proxies=not request.use_sandbox,  # the sandbox is this process, on loopback
             )
             summary = runner.run(execute)
-        if request.listen_port is not None:
+        if request.listen_port is not None and not summary.interrupted:
             from runner.receiver.process import await_statuses
 
+            # (an interrupted run stops now: waiting is for a run that finished)
             await_statuses(path, plan.loaded.name, started)
     _print_summary(flow_file, summary, path)
     return summary.exit_code

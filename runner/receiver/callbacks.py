@@ -22,10 +22,20 @@ from typing import Any
 from runner.ledger import RANK, Status
 from runner.untrusted import printable, printable_or_none
 
+MAX_ID = 256  # characters of a message id (Cloud's wamid.… ids run to ~60)
+INT64 = range(-(2**63), 2**63)  # what SQLite's INTEGER holds: an error code must fit
+LAST_TIME = 4_102_444_800  # 2100-01-01 in unix seconds: a later status time is not a time
+
+
+class Invalid(ValueError):
+    """A status whose values cannot be right: its callback is refused on its own (400) and
+    never reaches the shared write, where it would fail everyone's commit."""
+
 
 def parse(payload: Any) -> list[Status]:
     """The statuses in a callback of either dialect; anything else in it (incoming messages,
-    other fields) is not for flowrun and is left alone."""
+    other fields, statuses flowrun does not track) is not for flowrun and is left alone.
+    A tracked status with values out of range raises Invalid."""
     found: list[Any] = []
     if isinstance(payload, dict):
         found.extend(_list(payload.get("statuses")))
@@ -42,34 +52,59 @@ def _list(value: Any) -> list[Any]:
 
 
 def _status(item: Any) -> Status | None:
-    if not isinstance(item, dict):
+    if not isinstance(item, dict) or item.get("status") not in RANK:
         return None
-    message_id, status = item.get("id"), item.get("status")
-    if not isinstance(message_id, str) or status not in RANK:
-        return None
-    message_id = printable(message_id)  # as the dialects keep it, so that the two still join
     errors = _list(item.get("errors"))
     error = errors[0] if errors and isinstance(errors[0], dict) else {}
     data = error.get("error_data")
     details = data.get("details") if isinstance(data, dict) else None
-    code = error.get("code")
     return Status(
-        message_id,
-        status,
+        _message_id(item.get("id")),
+        item["status"],
         _time(item.get("timestamp")),
-        printable_or_none(item.get("recipient_id")),
-        code if isinstance(code, int) and not isinstance(code, bool) else None,
+        printable_or_none(item.get("recipient_id")),  # printable: at most 1,000 characters
+        _code(error.get("code")),
         printable_or_none(error.get("title") or error.get("message")),
         printable_or_none(details or error.get("details")),
     )
 
 
+def _message_id(value: Any) -> str:
+    """Never cut short (a cut id would join no message, or the wrong one)."""
+    if not isinstance(value, str) or len(value) > MAX_ID:
+        raise Invalid(f"a status's id must be text of at most {MAX_ID} characters")
+    message_id = printable(value)  # as the dialects keep it, so that the two still join
+    if not message_id:
+        raise Invalid("a status has an empty id")
+    return message_id
+
+
+def _code(value: Any) -> int | None:
+    """An error code: an integer that fits in 64 bits. Anything but an integer is no code
+    (a bool is not one either); an integer too large to store refuses the callback."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    if value not in INT64:
+        raise Invalid("a status's error code does not fit in 64 bits")
+    return value
+
+
 def _time(stamp: Any) -> str:
+    """Unix seconds (Meta sends them as a string). Unreadable: the time it was received; a
+    number outside 1970–2100 is no status's time and refuses the callback."""
     try:
-        moment = datetime.fromtimestamp(int(stamp), UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        moment = datetime.now(UTC)
-    return moment.isoformat(timespec="seconds")
+        seconds = int(stamp)
+    except (TypeError, ValueError):
+        return datetime.now(UTC).isoformat(timespec="seconds")
+    if not 0 <= seconds <= LAST_TIME:
+        raise Invalid("a status's timestamp is not between 1970 and 2100")
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+def looks_signed(header: str | None) -> bool:
+    """Whether a request carries a signature worth checking: without one it is refused before
+    its body is read."""
+    return header is not None and header.startswith("sha256=")
 
 
 def signature_ok(secret: str, body: bytes, header: str | None) -> bool:

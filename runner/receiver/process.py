@@ -1,55 +1,150 @@
 """The receiver in a process of its own beside a run (`flowrun FLOW --listen PORT`): receiving
-must not slow sending, so it shares no GIL with the run."""
+must not slow sending, so it shares no GIL with the run.
+
+Two pipes tie it to the run:
+- **ready**: it writes `ready` once the port is its own, or the one line saying why it could
+  not take it; the run starts sending only after `ready`. (Connecting to the port proves
+  nothing: it succeeds when another process listens there, and the statuses would go to that
+  one's ledger.)
+- **lifeline** (its stdin): nothing is written to it; the receiver stops when it closes, which
+  happens however the run ends (its end of the pipe closes with it, even on kill -9), so no
+  receiver is left behind holding the port. Ctrl-C reaches the whole process group: the
+  receiver ignores it and stays for the statuses of the messages the run still finishes.
+
+Run as `python -m runner.receiver.process LEDGER PORT READY_FD`; only `listening` starts it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from runner.errors import FlowrunError
+from runner.errors import EXIT_INVALID, FlowrunError
 from runner.ledger import SETTLED_RANK, LedgerReader
 
 START_WITHIN = 10.0  # seconds for the receiver to take its port
 GRACE = 10.0  # seconds a run with --listen waits for the last messages' statuses
+STOP_WITHIN = 30.0  # seconds for it to finish what it holds once the run is over
+_STOPPING = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
 def listening(ledger: Path, port: int) -> Iterator[None]:
-    """`flowrun listen` for `ledger`, from before the first message to after the run."""
-    command = [sys.executable, "-m", "runner", "listen", "--ledger", str(ledger)]
-    listener = subprocess.Popen([*command, "--port", str(port)])
+    """A receiver for `ledger` on 127.0.0.1:`port`, from before the first message to after
+    the run; a port it cannot take is a FlowrunError before anything is sent."""
+    ready, ready_for_child = os.pipe()
+    command = [sys.executable, "-m", "runner.receiver.process", str(ledger), str(port)]
     try:
-        _wait_for_port(listener, port)
+        listener = subprocess.Popen(
+            [*command, str(ready_for_child)], stdin=subprocess.PIPE, pass_fds=[ready_for_child]
+        )
+    except BaseException:
+        os.close(ready)
+        raise
+    finally:
+        os.close(ready_for_child)
+    try:
+        _wait_until_ready(listener, ready, port)
         yield
     finally:
-        if listener.poll() is None:
-            listener.send_signal(signal.SIGINT)  # it finishes what it holds, then says so
-        listener.wait(30)
+        os.close(ready)
+        assert listener.stdin is not None
+        listener.stdin.close()  # the lifeline: it finishes what it holds, then says so
+        try:
+            listener.wait(STOP_WITHIN)
+        except subprocess.TimeoutExpired:
+            listener.kill()
+            listener.wait()
 
 
-def _wait_for_port(listener: subprocess.Popen[bytes], port: int) -> None:
+def _wait_until_ready(listener: subprocess.Popen[bytes], ready: int, port: int) -> None:
+    said = b""
     deadline = time.monotonic() + START_WITHIN
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        if listener.poll() is not None or time.monotonic() > deadline:
-            raise FlowrunError(f"--listen {port}: the receiver did not start (port in use?)")
-        time.sleep(0.05)
+    while b"\n" not in said:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([ready], [], [], left)[0]:
+            raise FlowrunError(f"--listen {port}: the receiver did not start within 10 s")
+        chunk = os.read(ready, 4096)
+        if not chunk:
+            break
+        said += chunk
+    line = said.decode("utf-8", "replace").strip()
+    if line != "ready":
+        listener.wait(STOP_WITHIN)
+        reason = line or f"the receiver stopped (exit {listener.returncode})"
+        raise FlowrunError(f"--listen {port}: {reason}; nothing was sent")
 
 
 def await_statuses(ledger: Path, flow: str, since: str) -> None:
     """Until every message sent since `since` has its final status (read, failed, deleted) or
-    GRACE seconds pass; later ones need a `flowrun listen` left running."""
+    GRACE seconds pass; later ones need a `flowrun listen` left running. Ctrl-C or SIGTERM
+    ends the wait (the run then says what it sent, and its receiver stops with it)."""
     deadline = time.monotonic() + GRACE
-    with LedgerReader(ledger) as reader:
+    with _interruptible() as interrupted, LedgerReader(ledger) as reader:
         while time.monotonic() < deadline:
+            if interrupted():
+                print("flowrun: stopped waiting for statuses", file=sys.stderr)
+                return
             if reader.unsettled(flow, since, SETTLED_RANK) == 0:
                 return
             time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[Callable[[], bool]]:
+    """SIGINT and SIGTERM, while in it, only set a flag (only the main thread has signals)."""
+    signals: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = {sig: signal.signal(sig, lambda s, _: signals.append(s)) for sig in _STOPPING}
+    try:
+        yield lambda: bool(signals)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main() -> None:
+    """The receiver process: serve until the lifeline closes; say on READY_FD whether the
+    port is ours (and nothing on the terminal if it is not: the run says it, once)."""
+    from runner.receiver.server import Receiver, serve
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ledger, port, ready_fd = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    secret = os.environ.get("WA_APP_SECRET") or None
+    with os.fdopen(ready_fd, "wb", buffering=0) as answer:
+
+        def say(line: str) -> None:
+            with contextlib.suppress(OSError):  # the run is gone already: the lifeline says so
+                answer.write(f"{line}\n".encode())
+
+        def ready() -> None:
+            print(receiver.banner("127.0.0.1", port), flush=True)
+            say("ready")
+
+        try:
+            receiver = Receiver(ledger, secret, os.environ.get("WA_VERIFY_TOKEN") or None)
+        except FlowrunError as exc:  # a ledger it cannot open
+            say(str(exc))
+            sys.exit(EXIT_INVALID)
+        try:
+            serve(receiver, "127.0.0.1", port, ready, sys.stdin.buffer)
+        except FlowrunError as exc:
+            say(str(exc))
+            sys.exit(EXIT_INVALID)
+        finally:
+            receiver.close()
+    print(receiver.counts.summary(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
