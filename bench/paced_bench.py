@@ -64,6 +64,7 @@ class Run:
     total: int
     seconds: float  # wall time of the whole process
     cpu: float  # user + sys of the whole process tree
+    sys: float  # of which sys
     held: float  # messages/s at the stub, middle 80% of the run
     late_p99: float  # how late the stub's answers were (its own lag)
     stub_cpu: float  # the stub's CPU over the run, seconds
@@ -129,6 +130,7 @@ class Tree:
 
     seconds: float  # wall
     cpu: float  # user + sys: this process's children's total grew by this much
+    sys: float  # of which sys
     waited: float  # user + sys as os.wait4 gave it for the child
     orphans: int  # descendants that came to this subreaper
     own: int  # the child's own CPU ticks, last seen while it ran
@@ -161,7 +163,15 @@ def run_child(name: str, command: list[str], cwd: Path, stub: Stub) -> Tree:
             raise SystemExit(f"{name} failed ({child.returncode}): {tail}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return Tree(seconds, cpu, usage.ru_utime + usage.ru_stime, orphans, own, seen)
+    return Tree(
+        seconds,
+        cpu,
+        after.ru_stime - before.ru_stime,
+        usage.ru_utime + usage.ru_stime,
+        orphans,
+        own,
+        seen,
+    )
 
 
 def measure(name: str, command: list[str], cwd: Path, stub: Stub, total: int) -> Run:
@@ -180,6 +190,7 @@ def measure(name: str, command: list[str], cwd: Path, stub: Stub, total: int) ->
         total,
         tree.seconds,
         tree.cpu,
+        tree.sys,
         steady_rate(times["arrivals"]),
         late[int(len(late) * 0.99)],
         (stub_after[1] - stub_before[1]) / TICK,
@@ -224,7 +235,7 @@ def reap_orphans(stub: int) -> int:
 def show(run: Run, rate: float) -> None:
     print(
         f"  {run.name:8} {run.held:7,.0f} msg/s held ({run.held / rate:6.1%}),"
-        f" {run.us_per_message:5.0f} us CPU/message ({run.cpu:5.2f} s),"
+        f" {run.us_per_message:5.0f} us CPU/message ({run.cpu:5.2f} s, sys {run.sys:4.2f}),"
         f" {run.seconds:5.1f} s wall; stub: {run.stub_cpu / run.seconds:4.0%} of a core,"
         f" answers late by {run.late_p99 * 1000:.1f} ms at p99",
         flush=True,
