@@ -1,6 +1,7 @@
 """The CPU a paced campaign costs: flowrun against a bare paced aiohttp loop, at the API's rate.
 
 Run: python bench/paced_bench.py [--n 20000] [--rounds 3] [--rate 1000] [--latency 0.25]
+                                 [--jitter 0]
      (Linux: it reads /proc; 20,000 messages at 1,000/s is about 20 s a run)
 
 A real campaign is held to the API's rate, and most of the time flowrun waits: what it costs
@@ -251,13 +252,18 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000, help="messages/s, for both")
     parser.add_argument("--concurrency", type=int, default=400, help="for both")
     parser.add_argument("--latency", type=float, default=0.25, help="the stub's, seconds")
+    parser.add_argument(
+        "--jitter", type=float, default=0.0, help="the stub's latency varies by this much"
+    )
     parser.add_argument("--only", choices=("flowrun", "bare"), help="run one contender only")
     args = parser.parse_args()
     become_subreaper()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     stub_command = [sys.executable, str(HERE / "stub_server.py"), str(port)]
-    server = subprocess.Popen([*stub_command, "--latency", str(args.latency)])
+    server = subprocess.Popen(
+        [*stub_command, "--latency", str(args.latency), "--jitter", str(args.jitter)]
+    )
     stub = Stub(base, server.pid)
     flow = FLOW.replace("CONCURRENCY", str(args.concurrency)).replace("RATE", str(args.rate))
     contenders = {
@@ -276,7 +282,8 @@ def main() -> None:
     runs: dict[str, list[Run]] = {name: [] for name in contenders}
     print(
         f"{args.n:,} messages a run at {args.rate:,}/s, concurrency {args.concurrency},"
-        f" API latency {args.latency * 1000:.0f} ms; CPU = user + sys of the whole process tree",
+        f" API latency {args.latency * 1000:.0f} ms (± {args.jitter * 1000:.0f});"
+        " CPU = user + sys of the whole process tree",
         flush=True,
     )
     try:
