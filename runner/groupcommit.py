@@ -33,6 +33,7 @@ class GroupCommit:
         self._pump: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._failure: LedgerError | None = None
+        self._flush_due = False  # outcomes have waited FLUSH_AFTER: they leave with no mark
 
     # The writer's command line (tests put a failing writer here)
     COMMAND: tuple[str, ...] = (sys.executable, "-m", "runner.ledgerwriter")
@@ -78,8 +79,10 @@ class GroupCommit:
 
     def _flush(self) -> None:
         self._timer = None
-        if self._outcomes and self._pump is None:
-            self._pump = asyncio.ensure_future(self._send_batches())
+        if self._outcomes:
+            self._flush_due = True
+            if self._pump is None:
+                self._pump = asyncio.ensure_future(self._send_batches())
 
     async def _next_batch(self) -> None:
         durable = self._durable
@@ -92,7 +95,8 @@ class GroupCommit:
     async def _send_batches(self) -> None:
         """Hand the writer one batch at a time, as long as anything is gathering."""
         try:
-            while self._marks or self._outcomes or self._uploads:
+            while self._due():
+                self._flush_due = False
                 durable, self._durable = self._durable, None
                 batch = {"marks": self._marks, "outcomes": self._outcomes, "uploads": self._uploads}
                 self._marks, self._outcomes, self._uploads = [], [], []
@@ -107,6 +111,13 @@ class GroupCommit:
                         durable.set_exception(error)
         finally:
             self._pump = None
+
+    def _due(self) -> bool:
+        """Whether a batch should leave now: someone waits for it (a mark, an upload), or
+        outcomes have waited long enough. Outcomes alone do not keep the writer busy: when
+        messages trickle (a paced run) their answers come one by one, and a batch for each
+        was a commit (an fsync, a pipe round trip) per message, not per group."""
+        return bool(self._marks or self._uploads or (self._outcomes and self._flush_due))
 
     async def _commit(self, batch: dict[str, Any]) -> LedgerError | None:
         if self._failure is not None:
@@ -141,6 +152,7 @@ class GroupCommit:
             while self._pump is not None:
                 await asyncio.wait([self._pump])
             if self._marks or self._outcomes or self._uploads:
+                self._flush_due = True
                 self._pump = asyncio.ensure_future(self._send_batches())
                 await asyncio.wait([self._pump])
         finally:
