@@ -1,14 +1,23 @@
-"""Pacing: the rate's slots, and waits that end in ticks (with an injected clock)."""
+"""Pacing: the rate's slots and waits that end in ticks (with an injected clock); then paced
+runs end to end against the sandbox: the rate is held, marks are committed per tick, Ctrl-C
+and kill -9 keep their guarantees."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from runner.pacing import Pacer, Ticker
+from runner.sandbox import SandboxState
+from tests.sandbox_helpers import count, post, query, start, wait_until, write_flow
+from tests.test_executor import children
+from tests.test_hardening import gone, integrity
 
 
 def test_slots_are_spaced_by_the_rate() -> None:
@@ -85,3 +94,82 @@ def test_one_timer_wakes_everyone_due_in_a_tick() -> None:
         assert ticker.releases <= 12  # one wake-up a tick, not one a wait (25)
 
     asyncio.run(scenario())
+
+
+ONE_STEP = "  - text: {body: 'hi {{ recipient.name }}'}\n"
+
+
+def test_a_paced_run_holds_its_rate_and_commits_marks_per_tick(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    """200 messages/s with room to spare (16 slots, 50 ms answers: 10 in flight): the API
+    receives them at that rate, never faster; marks are committed a tick at a time. Bounds
+    are generous: the machine is shared."""
+    base, state = api
+    people = 400
+    write_flow(folder, base, ONE_STEP, people=people, concurrency=16, rate="200/s")
+    post(f"{base}/sandbox/faults", {"latency": 0.05})
+    process = start(folder)
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert count(folder, "state = 'sent'") == people
+    arrivals = sorted(state.received)
+    first, last = people // 10, people - 1 - people // 10
+    held = (last - first) / (arrivals[last] - arrivals[first])
+    assert 0.6 * 200 <= held <= 1.1 * 200, held
+    # every mark of a tick shares its commit's time stamp: far fewer commits than messages
+    commits = query(folder, "SELECT count(DISTINCT first_attempt) FROM messages")[0][0]
+    assert commits <= people / 2, commits
+
+
+def test_ctrl_c_in_a_paced_run_leaves_every_message_sent_or_untouched(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    """20 messages/s, 8 slots, 200 ms answers: at any moment some messages are in flight and
+    some wait for their slot's tick. Ctrl-C: the marked ones finish `sent`, the waiting ones
+    leave no row; the next run sends exactly the rest."""
+    base, state = api
+    write_flow(folder, base, ONE_STEP, people=100, concurrency=8, rate="20/s")
+    post(f"{base}/sandbox/faults", {"latency": 0.2})
+    process = start(folder)
+    wait_until(lambda: len(state.inbox) >= 10, 30)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "interrupted" in out
+    assert dict(query(folder, "SELECT state, count(*) FROM messages GROUP BY state")) == {
+        "sent": len(state.inbox)
+    }
+    write_flow(folder, base, ONE_STEP, people=100)  # the rest, unpaced
+    post(f"{base}/sandbox/faults", {})
+    rest = start(folder)
+    rest.communicate(timeout=60)
+    assert rest.returncode == 0
+    assert Counter(Counter(m["to"] for m in state.inbox).values()) == {1: 100}
+
+
+def test_kill_9_in_a_paced_run_leaves_at_most_concurrency_in_doubt(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    """200 messages/s, 40 slots, 100 ms answers: about 20 in flight and 20 waiting for their
+    tick. After kill -9 at most 40 rows are `sending`; the next run sends none twice."""
+    base, state = api
+    concurrency, people = 40, 600
+    write_flow(folder, base, ONE_STEP, people=people, concurrency=concurrency, rate="200/s")
+    post(f"{base}/sandbox/faults", {"latency": 0.1})
+    process = start(folder)
+    wait_until(lambda: len(state.inbox) >= 100, 30)
+    writers = children(process.pid)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    gone(writers)
+    assert integrity(folder) == "ok"
+    doubt = count(folder, "state = 'sending'")
+    assert doubt <= concurrency
+    again = start(folder)
+    _out, err = again.communicate(timeout=60)
+    assert again.returncode in (0, 1), err
+    delivered = Counter(m["to"] for m in state.inbox)
+    assert max(delivered.values()) == 1  # nothing reached the API twice
+    assert count(folder, "state = 'uncertain'") == doubt
+    assert count(folder, "state = 'sent'") + doubt == people
