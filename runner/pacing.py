@@ -91,9 +91,10 @@ class Ticker:
     at or after its time, together with every other wait due in that tick: the messages of a
     tick mark together (one commit) and leave together, and their answers come back together,
     so every wake-up, in this process, its ledger writer and the API's, serves a tick's worth.
-    A message leaves up to TICK after its slot (never before it): the rate holds, in bursts of
-    rate × TICK (20 at 1,000/s). 20 ms, measured (bench/paced_bench.py, 1,000/s, 2026-12-01):
-    CPU per message 0.61 of the bare paced loop's; 10 ms ticks 0.75, 5 ms 0.93.
+    A wait ends within TICK after its time (or up to 2 ms before: libuv's timers count whole
+    ms), so the rate holds, in bursts of rate × TICK (20 at 1,000/s). Why 20 ms, measured with
+    bench/paced_bench.py at 1,000/s (2026-12-01): CPU per message 0.61 of the bare paced
+    loop's; with 10 ms ticks 0.75, with 5 ms 0.93.
     `stop()` ends every wait at once (Ctrl-C does not wait out a pause or a pacing slot).
     """
 
