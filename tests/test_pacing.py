@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from runner.groupcommit import FLUSH_AFTER, GroupCommit
+from runner.ledger import Ledger, Outcome
 from runner.pacing import Pacer, Ticker
 from runner.sandbox import SandboxState
 from tests.sandbox_helpers import count, post, query, start, wait_until, write_flow
@@ -92,6 +94,34 @@ def test_one_timer_wakes_everyone_due_in_a_tick() -> None:
         assert len(late) == 25
         assert min(late) >= -0.0025  # never before its time (a timer may fire 2 ms early)
         assert ticker.releases <= 12  # one wake-up a tick, not one a wait (25)
+
+    asyncio.run(scenario())
+
+
+def test_answers_between_marks_do_not_each_cost_a_commit(tmp_path: Path) -> None:
+    """An answer that comes while a mark is being committed rides with the next mark, or
+    leaves after FLUSH_AFTER: answers trickling in (an API whose latency varies) are not a
+    commit each."""
+
+    async def scenario() -> None:
+        ledger = Ledger(tmp_path / "flow.ledger.sqlite", "t")
+        commits = await GroupCommit.start(ledger)
+        try:
+            marking = asyncio.ensure_future(commits.mark("a", "15550100001", "h1"))
+            await asyncio.sleep(0)  # the mark joins a batch and its pump starts
+            await asyncio.sleep(0)  # the pump hands the batch to the writer
+            commits.record(Outcome("a", "15550100002", "sent", "wamid.2", 200))
+            await marking
+            await asyncio.sleep(0.2)
+            assert ledger.state("a", "15550100002") is None  # no commit of its own
+            await commits.mark("a", "15550100003", "h3")
+            assert ledger.state("a", "15550100002") == "sent"  # with the next mark
+            commits.record(Outcome("a", "15550100004", "sent", "wamid.4", 200))
+            await asyncio.sleep(FLUSH_AFTER + 1.0)
+            assert ledger.state("a", "15550100004") == "sent"  # or on its own, in time
+        finally:
+            await commits.close()
+            ledger.close()
 
     asyncio.run(scenario())
 
