@@ -55,7 +55,7 @@ messages:
       link: "https://cdn.example.com/{{{{ recipient.name }}}}.jpg"
       caption: "Hi {{{{ recipient.name }}}}"
 """
-TICK = os.sysconf("SC_CLK_TCK")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc counts CPU time in these a second
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -194,7 +194,7 @@ def measure(name: str, command: list[str], cwd: Path, stub: Stub, total: int) ->
         tree.sys,
         steady_rate(times["arrivals"]),
         late[int(len(late) * 0.99)],
-        (stub_after[1] - stub_before[1]) / TICK,
+        (stub_after[1] - stub_before[1]) / CLOCK_TICKS,
     )
     if len(times["arrivals"]) != total:
         run.notes.append(f"the stub received {len(times['arrivals']):,} messages, not {total:,}")
@@ -205,9 +205,10 @@ def measure(name: str, command: list[str], cwd: Path, stub: Stub, total: int) ->
     for pid, ticks in tree.seen.items():
         # The tree's figure must hold at least the child's own CPU and the descendant's, as
         # last seen (a descendant its parent never reaped would be missing from it).
-        counted = tree.cpu + 2 / TICK >= (tree.own + ticks) / TICK
+        counted = tree.cpu + 2 / CLOCK_TICKS >= (tree.own + ticks) / CLOCK_TICKS
+        seen = ticks / CLOCK_TICKS * 1e6 / total
         run.notes.append(
-            f"descendant {pid}: >= {ticks / TICK * 1e6 / total:.0f} us/message seen while it ran;"
+            f"descendant {pid}: >= {seen:.0f} us/message seen while it ran;"
             f" {'counted in the tree' if counted else 'NOT COUNTED'}"
         )
     return run
