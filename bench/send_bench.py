@@ -58,10 +58,11 @@ def wait_for(port: int) -> None:
     raise SystemExit("the stub server did not start")
 
 
-def write_flow(folder: Path, base: str, total: int) -> None:
+def write_flow(folder: Path, base: str, total: int, flow: str = FLOW) -> None:
+    """The flow (FLOW, or another template with a {base} field) and N recipients."""
     for old in folder.glob("*"):
         old.unlink()
-    (folder / "flow.yaml").write_text(FLOW.format(base=base), "utf-8")
+    (folder / "flow.yaml").write_text(flow.format(base=base), "utf-8")
     with (folder / "people.csv").open("w", encoding="utf-8") as out:
         out.write("phone,name\n")
         for i in range(total):

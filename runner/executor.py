@@ -16,7 +16,6 @@ are retried only with --retry-failed / --retry-uncertain.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import random
@@ -32,7 +31,7 @@ from .dialect import ApiFailure, Dialect, LoginFailed, Verdict
 from .errors import FlowrunError
 from .ledger import GroupCommit, Outcome, RunLedger, State
 from .media import LocalMedia, MediaError, read_checked
-from .pacing import Pacer
+from .pacing import Pacer, Ticker
 from .plan import Plan
 from .progress import Progress
 from .recipients import Recipient
@@ -45,6 +44,7 @@ PAIR_BACKOFF = 6.0  # seconds, doubled per attempt: one recipient messaged too o
 WINDOW_MAX = 20_000  # recipients in progress at once, at most
 RETRY_AFTER_MAX = 300.0
 FAILURE_STREAK_LIMIT = 100  # this many failures in a row pause the campaign
+ON_TIME = 0.001  # seconds: a pacing slot this close is now (not worth a tick's wait)
 
 
 class UploadFailed(Exception):
@@ -148,11 +148,11 @@ class Executor:
         self.commits: GroupCommit
         self.retries = plan.flow.settings.retries
         self.pacer = Pacer(options.rate)
+        self.ticker = Ticker()
         self.slots = asyncio.Semaphore(options.concurrency)
         self._media: dict[str, asyncio.Task[str]] = {}
         self._stopping = False
         self._stop_error: BaseException | None = None
-        self._stop_event = asyncio.Event()
         self._streak = 0
         self._login_lock = asyncio.Lock()
         self._login_generation = 0
@@ -177,6 +177,7 @@ class Executor:
             await self._login()
             await self._serve_all()
         finally:
+            self.ticker.close()
             await self.commits.close()
             self._remove_signals()
             self.summary.seconds = time.monotonic() - started
@@ -226,7 +227,7 @@ class Executor:
             raise SystemExit(130)
         self.summary.interrupted = True
         self._stopping = True
-        self._stop_event.set()
+        self.ticker.stop()
         self.progress.line(
             "flowrun: stopping: no new messages; waiting for those in flight "
             "(Ctrl-C again to stop at once)"
@@ -295,9 +296,13 @@ class Executor:
 
     async def _pause(self, seconds: float) -> bool:
         """Wait, unless the run stops first; whether the run goes on."""
-        if seconds > 0 and not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_event.wait(), seconds)
+        return await self._until(time.monotonic() + seconds)
+
+    async def _until(self, when: float) -> bool:
+        """Wait until `when` (time.monotonic()), unless the run stops first; whether the run
+        goes on. The ticker ends it (pacing.Ticker: one timer for all waits due together)."""
+        if not self._stopping and when > time.monotonic():
+            await self.ticker.at(when)
         return not self._stopping
 
     async def _send(self, message: Message) -> bool | None:
@@ -339,9 +344,9 @@ class Executor:
     async def _try_once(self, message: Message, state: _Sending) -> bool | ApiFailure | None:
         """Pace, mark, send (holding a slot): True sent, False uncertain, None stopping, or
         the API's failure."""
-        # Paced before the mark: a message held back by the rate is not in flight.
-        delay = self.pacer.delay()
-        if (delay > 0 or self._stopping) and not await self._pause(delay):
+        # Paced before the mark: a message held back by the rate is not in flight. Waiting in
+        # ticks, the messages due in one wake together, and their marks share a commit.
+        if not await self._until(self.pacer.take() - ON_TIME):
             if state.attempt > 1:  # on record as failed from the attempt before
                 self._interrupted(message)
             return None
@@ -448,7 +453,7 @@ class Executor:
         if self._stop_error is None:
             self._stop_error = error
         self._stopping = True
-        self._stop_event.set()
+        self.ticker.stop()
 
     async def _login(self) -> None:
         """Log in before the first message, for dialects that do (On-Premises `login:`)."""
