@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from . import models
 from .errors import Problem
 from .media import LocalMedia, MediaError
@@ -21,6 +23,7 @@ from .templates import (
     RENDER_ERRORS,
     TooLong,
     describe,
+    env_references,
     recipient_fields,
     vars_fields,
 )
@@ -85,12 +88,15 @@ class Renderer:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self._vars = vars_fields(plan.flow.vars)
+        # Messages reach customers and `plan` prints them: they never see the api section's
+        # variables nor secret-like names (runner/templates.py, EnvVars).
+        self._env = plan.env.for_messages(api_variables(plan.flow.api))
 
     def context(self, recipient: Recipient) -> dict[str, Any]:
         return {
             "recipient": recipient_fields(recipient.fields),
             "vars": self._vars,
-            "env": self.plan.env,
+            "env": self._env,
         }
 
     def messages(self, recipient: Recipient) -> Iterator[Message | Skipped]:
@@ -247,6 +253,24 @@ def _too_long(name: str, length: int, exact: bool = True) -> str | None:
     return (
         f"{what} is {'' if exact else 'more than '}{length:,} characters; WhatsApp allows {limit:,}"
     )
+
+
+def api_variables(api: BaseModel) -> frozenset[str]:
+    """The environment variables the api section names (`env.X`), whatever its fields."""
+    names: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and models.is_template(value):
+            names.update(env_references(value))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(api.model_dump())
+    return frozenset(names)
 
 
 def _check_parameter(text: str) -> str | None:

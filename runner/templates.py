@@ -1,13 +1,13 @@
 """Jinja2 for flows: one sandboxed environment, templates compiled once and rendered per recipient.
 
 Why the sandbox: a flow is a file anyone on the team can edit, and CI runs it; a template must not
-reach Python internals (`''.__class__.__mro__`), the file system or unbounded memory and time.
-Why strict undefined: a misspelt `{{ recipient.nmae }}` must be an error before sending, never an
-empty string in a customer's message. Recipient data (CSV cells, inline fields) is never
-rendered as a template: a customer named "{{ 7*7 }}" is just a name.
+reach Python internals (`''.__class__.__mro__`), the file system, the API's secrets or unbounded
+memory and time. Why strict undefined: a misspelt `{{ recipient.nmae }}` must be an error before
+sending, never an empty string in a customer's message. Recipient data (CSV cells, inline
+fields) is never rendered as a template: a customer named "{{ 7*7 }}" is just a name.
 
 Names a template sees: `recipient` (the row, with `phone` normalised), `vars` (the flow's vars)
-and `env` (environment variables).
+and `env` (environment variables; in message templates without the secrets, see `EnvVars`).
 
 Bounds (issue 18, item 3): WhatsApp takes at most 1,024 characters in a caption and 4,096 in a
 text body (docs/whatsapp-api.md#message-bodies), so a render far beyond that can stop early, with
@@ -52,6 +52,7 @@ from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, Undefine
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.filters import FILTERS, make_multi_attrgetter
+from jinja2.parser import Parser
 from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
 from jinja2.utils import pass_context
@@ -95,19 +96,66 @@ class TooLong(TemplateLimit):
         )
 
 
+class SecretInMessage(SecurityError):
+    """A message template read a secret (found while rendering: `env[name]`, `env|attr(x)`)."""
+
+
+class SecretReference(TemplateSyntaxError):
+    """A message template names a secret (`env.WA_TOKEN`): refused when it is compiled."""
+
+
+# --- secrets (issue 18, item 8) ---
+
+# Parts of a variable's name that mark it as a secret; upper-cased before the test, so
+# `wa_token` is one too. PASS covers PASSWORD, PASSWD and PASSPHRASE; PWD is a common short
+# form; AUTH covers OAUTH and AUTHORIZATION; KEY covers API_KEY and PRIVATE_KEY.
+SECRET_WORDS = ("TOKEN", "SECRET", "PASS", "PWD", "KEY", "CREDENTIAL", "AUTH", "PRIVATE")
+_RULE = "secrets may be read only in the api section; if {name} is not a secret, {fix}"
+
+
+def secret_reason(name: str, api: frozenset[str]) -> str | None:
+    """Why a message template may not read `env.NAME`, or None if it may."""
+    word = next((w for w in SECRET_WORDS if w in name.upper()), None)
+    if word is not None:
+        rule = _RULE.format(name=name, fix="rename it")
+        return f"env.{name} looks like a secret (its name contains {word}): {rule}"
+    if name in api:
+        rule = _RULE.format(name=name, fix="give messages a variable of their own")
+        return f"env.{name} is read by the api section: {rule}"
+    return None
+
+
 class EnvVars:
     """Environment variables as `env.NAME`; a missing one is a `MissingEnv` error when used.
 
-    Iterating gives the names (without `__iter__`, Python iterated it by index for ever)."""
+    The api section sees them all. Message templates see `for_messages(...)`: a mapping without
+    the secrets (`secret_reason`), so `env.X`, `env['X']`, `env|attr('X')`, `'{0.X}'.format(env)`
+    and `'%(X)s' % env` all raise SecretInMessage, and iterating or `in` shows only the rest.
+    Not a dict: no `items()` or `values()` that would list values (`env.items` is a variable
+    called `items`), and no repr with values.
+    """
 
-    __slots__ = ("_environ",)
+    __slots__ = ("_api", "_environ")
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, environ: Mapping[str, str] | None = None, api: frozenset[str] | None = None
+    ) -> None:
         self._environ = os.environ if environ is None else environ
+        self._api = api  # None: the api section's full view
+
+    def for_messages(self, api: Iterable[str]) -> EnvVars:
+        """The view message templates get: without secret-like names and what `api` reads."""
+        return EnvVars(self._environ, frozenset(api))
+
+    def _hidden(self, name: str) -> str | None:
+        return None if self._api is None else secret_reason(name, self._api)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)  # Python's own protocols (copy, pickle), never a variable
+        reason = self._hidden(name)
+        if reason is not None:
+            raise SecretInMessage(reason)
         value = self._environ.get(name)
         if value is None:
             return _missing(f"environment variable {name} is not set", MissingEnv)
@@ -119,13 +167,52 @@ class EnvVars:
         return self.__getattr__(name)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._environ)
+        return (name for name in self._environ if self._hidden(name) is None)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._environ
+        return isinstance(name, str) and name in self._environ and self._hidden(name) is None
 
     def __repr__(self) -> str:
         return "<environment>"  # never the values: they may be secrets
+
+
+def env_references(source: str) -> set[str]:
+    """The variables a template names literally (`env.X`, `env['X']`, `env|attr('X')`); the
+    api section's are hidden from messages. Empty for a template that does not parse."""
+    try:
+        tree = ENVIRONMENT.parse(source)
+    except (TemplateSyntaxError, RecursionError):
+        return set()
+    return {name for name, _line in _env_reads(tree)}
+
+
+def _env_reads(tree: nodes.Node) -> Iterator[tuple[str, int]]:
+    """(NAME, line) of each literal read of the environment; none if `env` is redefined in the
+    template (a loop variable or `set env = ...`: then it is not the environment)."""
+    for name in tree.find_all(nodes.Name):
+        if name.name == "env" and name.ctx != "load":
+            return
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+        owner = getattr(node, "node", None)
+        if not (isinstance(owner, nodes.Name) and owner.name == "env"):
+            continue
+        key: Any = None
+        if isinstance(node, nodes.Getattr):
+            key = node.attr
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+            key = node.arg.value
+        elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
+            first = node.args[0]
+            key = first.value if isinstance(first, nodes.Const) else None
+        if isinstance(key, str):
+            yield key, node.lineno
+
+
+def _check_secrets(tree: nodes.Node) -> None:
+    for name, line in _env_reads(tree):
+        reason = secret_reason(name, frozenset())
+        if reason is not None:
+            raise SecretReference(reason, line)
 
 
 # --- recipient and vars ---
@@ -878,14 +965,17 @@ ENVIRONMENT = make_environment()
 Render = Callable[[Mapping[str, Any]], str]
 
 
-def compile_text(source: str) -> Render:
+def compile_text(source: str, *, api: bool = False) -> Render:
     """A function that renders `source` for a context; constants cost nothing per recipient.
 
-    Raises jinja2.TemplateSyntaxError for a broken template.
+    `api` False (message templates): naming a secret (`env.WA_TOKEN`) is refused here. Raises
+    jinja2.TemplateSyntaxError for a broken template.
     """
     if not is_template(source):
         return lambda _context: source
     try:
+        if not api:
+            _check_secrets(ENVIRONMENT.parse(source))
         template = ENVIRONMENT.from_string(source)
     except (RecursionError, SyntaxError):  # Jinja's parser, or Python compiling its output
         raise TemplateSyntaxError("expressions nested too deeply", 1) from None
@@ -962,9 +1052,12 @@ def _field_reference(node: nodes.Node) -> tuple[str, str] | None:
 
 
 def compile_condition(source: str) -> Callable[[Mapping[str, Any]], bool]:
-    """A `when:` expression, as in Ansible: a bare Jinja expression whose truth decides."""
+    """A `when:` expression, as in Ansible: a bare Jinja expression whose truth decides.
+
+    Part of the messages: naming a secret is refused here, as in compile_text."""
     try:
         expression = ENVIRONMENT.compile_expression(source, undefined_to_none=False)
+        _check_secrets(Parser(ENVIRONMENT, source, state="variable").parse_expression())
     except (RecursionError, SyntaxError):  # Jinja's parser, or Python compiling its output
         raise TemplateSyntaxError("expressions nested too deeply", 1) from None
 
@@ -985,6 +1078,8 @@ RENDER_ERRORS = (TemplateError, TypeError, ValueError, ArithmeticError, LookupEr
 
 def describe(error: Exception) -> str:
     """A one-line description of a template failure, for a `FILE:LINE:COL:` problem."""
+    if isinstance(error, SecretInMessage | SecretReference):
+        return str(error.message if isinstance(error, SecretReference) else error)
     if not isinstance(error, TemplateError):
         return f"template error: {error}"
     if isinstance(error, UndefinedError):

@@ -325,3 +325,124 @@ def test_the_bounded_filters_take_their_usual_arguments(source: str) -> None:
     }
     plain = ImmutableSandboxedEnvironment(undefined=StrictUndefined).from_string(source)
     assert compile_text(source)(context) == plain.render(context)
+
+
+# --- secrets: message templates cannot read what the api section reads, nor secret-like names ---
+
+SECRET = "s3cr3t-value"
+ENVIRON = {"WA_TOKEN": SECRET, "WA_PHONE_NUMBER_ID": "106540352242922", "SHOP": "Tea House"}
+
+
+def _message_env() -> EnvVars:
+    return EnvVars(ENVIRON).for_messages(frozenset({"WA_PHONE_NUMBER_ID"}))
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ env.WA_TOKEN }}",
+        "{{ env['WA_TOKEN'] }}",
+        "{{ env['WA_' ~ 'TOKEN'] }}",
+        "{{ env|attr('WA_TOKEN') }}",
+        "{{ env|attr(vars.name) }}",
+        "{{ env[vars.name] }}",
+        "{{ '{0.WA_TOKEN}'.format(env) }}",
+        "{{ '{0[WA_TOKEN]}'.format(env) }}",
+        "{{ '{WA_TOKEN}'.format_map(env) }}",
+        "{{ '%(WA_TOKEN)s' % env }}",
+        "{{ '%(WA_TOKEN)s'|format(**{'WA_TOKEN': env.WA_TOKEN}) }}",
+        "{{ [env]|map(attribute='WA_TOKEN')|first }}",
+        "{{ [env]|selectattr('WA_TOKEN')|list }}",
+        "{{ env.WA_PHONE_NUMBER_ID }}",
+        "{% for k in env %}{{ env[k] }}{% endfor %}{{ env.WA_TOKEN }}",
+    ],
+)
+def test_no_way_around_the_secret_rule(source: str) -> None:
+    context = {
+        "recipient": recipient_fields({}),
+        "vars": vars_fields({"name": "WA_TOKEN"}),
+        "env": _message_env(),
+    }
+    with pytest.raises(templates.SecretInMessage) as caught:
+        compile_text(source, api=True)(context)  # api=True: no static check, the render refuses
+    assert SECRET not in str(caught.value)
+    assert "secrets may be read only in the api section" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ env.items() }}",
+        "{{ env|dictsort }}",
+        "{{ env|items|list }}",
+        "{{ env.get('WA_TOKEN') }}",
+        "{{ env.values() }}",
+        "{{ env._environ }}",
+        "{{ env|tojson }}",
+    ],
+)
+def test_env_has_no_methods_that_list_values(source: str) -> None:
+    context = {"recipient": recipient_fields({}), "vars": vars_fields({}), "env": _message_env()}
+    with pytest.raises(templates.RENDER_ERRORS) as caught:
+        compile_text(source)(context)
+    assert SECRET not in str(caught.value)
+
+
+def test_env_in_messages_is_a_mapping_without_the_secrets() -> None:
+    context = {"recipient": recipient_fields({}), "vars": vars_fields({}), "env": _message_env()}
+    listed = compile_text("{% for k in env %}{{ k }}={{ env[k] }};{% endfor %}")(context)
+    assert listed == "SHOP=Tea House;"
+    assert compile_text("{{ 'WA_TOKEN' in env }} {{ 'SHOP' in env }}")(context) == "False True"
+    assert compile_text("{{ env|list }}")(context) == "['SHOP']"
+
+
+def test_the_api_section_reads_every_variable() -> None:
+    context = {"env": EnvVars(ENVIRON), "vars": vars_fields({})}
+    assert compile_text("{{ env.WA_TOKEN }}", api=True)(context) == SECRET
+    assert compile_text("{{ env['WA_PHONE_NUMBER_ID'] }}", api=True)(context) == "106540352242922"
+
+
+@pytest.mark.parametrize(
+    ("source", "line"),
+    [
+        ("{{ env.WA_TOKEN }}", 1),
+        ("hi\n{{ env['MY_API_KEY'] }}", 2),
+        ("{{ env|attr('SMTP_PASSWD') }}", 1),
+        ("{% if x %}\n\n{{ env.OAuth_Client }}{% endif %}", 3),
+    ],
+)
+def test_a_secret_named_in_a_message_is_refused_when_compiled(source: str, line: int) -> None:
+    with pytest.raises(templates.SecretReference) as caught:
+        compile_text(source)
+    assert caught.value.lineno == line
+    assert "secrets may be read only in the api section; if" in str(caught.value.message)
+
+
+def test_a_shadowed_env_is_not_the_environment() -> None:
+    source = "{% for env in [{'TOKEN_COUNT': 3}] %}{{ env.TOKEN_COUNT }}{% endfor %}"
+    context = {"recipient": recipient_fields({}), "vars": vars_fields({}), "env": _message_env()}
+    assert compile_text(source)(context) == "3"
+
+
+def test_plan_never_prints_a_secret_a_message_reaches_for(tmp_path: Path) -> None:
+    flow = _flow(
+        tmp_path,
+        "[{phone: '+1 555 010 0001'}]",
+        "  - text: {body: \"{{ env['WA_' ~ 'TOKEN'] }}\"}\n",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "plan", flow],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "WA_TOKEN": SECRET},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert SECRET not in result.stdout + result.stderr
+    assert result.stderr.splitlines()[0] == (
+        "flow.yaml:7:18: env.WA_TOKEN looks like a secret (its name contains TOKEN): secrets"
+        " may be read only in the api section; if WA_TOKEN is not a secret, rename it"
+        " (first for the recipient at flow.yaml:5:22)"
+    )
