@@ -12,12 +12,21 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from . import models
 from .errors import Problem
 from .media import LocalMedia, MediaError
 from .plan import FieldPlan, Plan, StepPlan, TemplatePlan
 from .recipients import Recipient
-from .templates import RENDER_ERRORS, describe, recipient_fields, vars_fields
+from .templates import (
+    RENDER_ERRORS,
+    TooLong,
+    describe,
+    env_references,
+    recipient_fields,
+    vars_fields,
+)
 from .yamldoc import YamlPath
 
 if TYPE_CHECKING:
@@ -79,12 +88,15 @@ class Renderer:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self._vars = vars_fields(plan.flow.vars)
+        # Messages reach customers and `plan` prints them: they never see the api section's
+        # variables nor secret-like names (runner/templates.py, EnvVars).
+        self._env = plan.env.for_messages(api_variables(plan.flow.api))
 
     def context(self, recipient: Recipient) -> dict[str, Any]:
         return {
             "recipient": recipient_fields(recipient.fields),
             "vars": self._vars,
-            "env": self.plan.env,
+            "env": self._env,
         }
 
     def messages(self, recipient: Recipient) -> Iterator[Message | Skipped]:
@@ -178,7 +190,13 @@ class Renderer:
         )
 
     def _value(self, plan: FieldPlan, recipient: Recipient, context: Mapping[str, Any]) -> str:
-        text: str = self._guard(lambda: plan.render(context), plan.where, recipient)
+        try:  # not through _guard: this runs for every field of every recipient
+            text = plan.render(context)
+        except RENDER_ERRORS as exc:
+            message = describe(exc)
+            if isinstance(exc, TooLong):  # stopped early: said as the field's own limit
+                message = _too_long(plan.name, exc.length, exc.exact) or message
+            raise RenderFailure(self._problem(plan.where, message, recipient)) from None
         error = check_rendered(plan.name, text)
         if error:
             raise RenderFailure(self._problem(plan.where, error, recipient))
@@ -215,11 +233,44 @@ def check_rendered(name: str, text: str) -> str | None:
         return _check_parameter(text)
     if name in ("id", "filename", "body", "file", "button") and not text.strip():
         return f"{name} is empty after rendering"
-    if name == "caption" and len(text) > models.CAPTION_MAX:
-        return f"caption is {len(text):,} characters; WhatsApp allows {models.CAPTION_MAX:,}"
-    if name == "body" and len(text) > models.TEXT_BODY_MAX:
-        return f"text is {len(text):,} characters; WhatsApp allows {models.TEXT_BODY_MAX:,}"
+    if (name == "caption" and len(text) > models.CAPTION_MAX) or (
+        name == "body" and len(text) > models.TEXT_BODY_MAX
+    ):
+        return _too_long(name, len(text))
     return None
+
+
+_LENGTH_LIMITS = {"caption": models.CAPTION_MAX, "body": models.TEXT_BODY_MAX}
+
+
+def _too_long(name: str, length: int, exact: bool = True) -> str | None:
+    """The caption and text limits (docs/whatsapp-api.md#message-bodies), said the same way
+    whether the value rendered (`exact`) or its render was stopped (templates.TooLong)."""
+    limit = _LENGTH_LIMITS.get(name)
+    if limit is None or length <= limit:
+        return None
+    what = "caption" if name == "caption" else "text"
+    return (
+        f"{what} is {'' if exact else 'more than '}{length:,} characters; WhatsApp allows {limit:,}"
+    )
+
+
+def api_variables(api: BaseModel) -> frozenset[str]:
+    """The environment variables the api section names (`env.X`), whatever its fields."""
+    names: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and models.is_template(value):
+            names.update(env_references(value))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(api.model_dump())
+    return frozenset(names)
 
 
 def _check_parameter(text: str) -> str | None:

@@ -82,10 +82,11 @@ def api_target(plan: Plan, *, for_run: bool) -> ApiTarget:
 
 
 def _render(plan: Plan, name: str, source: str, where: YamlPath, for_run: bool) -> str | None:
+    # The api section is where secrets are read: it sees every variable (messages do not).
     context = {"env": plan.env, "vars": vars_fields(plan.flow.vars)}
     location = plan.loaded.locate(where)
     try:
-        value = compile_text(source)(context)
+        value = compile_text(source, api=True)(context)
     except MissingEnv as exc:
         severity: Severity = "error" if for_run else "warning"
         message = describe(exc) + ("" if for_run else "; a real run needs it")

@@ -130,8 +130,8 @@ def first_error(run_flowrun: RunFlow, text: str, **kwargs: object) -> str:
         ),
         (
             "  - text: {body: \"{{ 'x' * 100000000 }}\"}\n",
-            "flow.yaml:8:18: not allowed in a flow template: repetition too large (first for the"
-            " recipient at flow.yaml:6:12)",
+            "flow.yaml:8:18: template exceeds a limit: '*' would make 100,000,000 characters;"
+            " a value may hold 65,536 (first for the recipient at flow.yaml:6:12)",
         ),
         (
             "  - image: {link: '{{ recipient.phone }}'}\n",
