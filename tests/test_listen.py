@@ -239,6 +239,7 @@ def test_a_run_with_listen_records_what_the_api_decided(
     assert any(line.startswith("delivery (from status webhooks") for line in lines)
 
 
+@pytest.mark.slow  # an attack of several seconds: CI runs it
 def test_a_callback_storm_during_a_run_stalls_no_send(
     api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

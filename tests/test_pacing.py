@@ -183,6 +183,7 @@ def test_ctrl_c_in_a_paced_run_leaves_every_message_sent_or_untouched(
     assert Counter(Counter(m["to"] for m in state.inbox).values()) == {1: 100}
 
 
+@pytest.mark.slow  # an attack of several seconds: CI runs it
 def test_kill_9_in_a_paced_run_leaves_at_most_concurrency_in_doubt(
     api: tuple[str, SandboxState], folder: Path
 ) -> None:

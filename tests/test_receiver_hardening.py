@@ -185,6 +185,7 @@ def in_thread(function: Any, *args: Any) -> tuple[threading.Thread, list[Any]]:
 # 1. Bounded resources
 
 
+@pytest.mark.slow  # an attack of several seconds: CI runs it
 def test_held_bodies_take_no_memory_and_keep_no_callback_out(listener: Listener) -> None:
     """300 connections each announce 4 MB and send half of it, 100 more send chunked bodies
     without end, 100 announce 3 MB, 300 more send 59 KB of 60 and hold: the receiver's memory
@@ -231,6 +232,7 @@ def test_held_bodies_take_no_memory_and_keep_no_callback_out(listener: Listener)
     assert sum(1 for row in table(listener.ledger) if row[0].startswith("wamid.REAL")) == 20
 
 
+@pytest.mark.slow  # an attack of several seconds: CI runs it
 def test_slow_connections_beyond_the_open_files_limit_keep_no_callback_out(
     tmp_path: Path,
 ) -> None:
