@@ -110,27 +110,24 @@ def _expected(case: Path) -> str:
 def _flowrun(
     args: list[str], cwd: Path, env: dict[str, str] | None = None
 ) -> tuple[int, str, float, float]:
-    """Exit code, stderr, wall seconds and peak RSS in MB (os.wait4) of one `flowrun`."""
+    """Exit code, stderr, wall seconds and peak RSS in MB of one `flowrun` (measured by
+    tests/peak.py: a child forked from this grown pytest process would report its size)."""
     err = cwd / "stderr.txt"
     started = time.monotonic()
+    peak = [sys.executable, str(ROOT / "tests" / "peak.py"), "120"]
     with err.open("w") as err_file:
-        process = subprocess.Popen(
-            [sys.executable, "-c", LIMITED, *args],
+        measured = subprocess.run(
+            [*peak, sys.executable, "-c", LIMITED, *args],
             cwd=cwd,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=err_file,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            check=True,
+            text=True,
         )
-    pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-    while not pid and time.monotonic() - started < 120:  # polled: a hung bomb fails, not hangs
-        time.sleep(0.02)
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-    if not pid:
-        process.kill()
-        pid, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.monotonic() - started
-    return process.returncode, err.read_text("utf-8"), elapsed, usage.ru_maxrss / 1024
+    code, peak_kb = (int(x) for x in measured.stdout.split())
+    return code, err.read_text("utf-8"), elapsed, peak_kb / 1024
 
 
 def test_there_is_a_bomb_for_each_kind_the_attack_found() -> None:
