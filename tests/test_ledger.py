@@ -118,8 +118,8 @@ def test_statuses_move_forward_only_and_keep_their_first_time(tmp_path: Path) ->
     with SqliteLedger.for_run(path, "f") as run:
         run.commit(Batch(outcomes=[Outcome("s", "15550100001", "sent", message_id="wamid.A")]))
     with SqliteLedger.for_writer(path) as receiver:
-        receiver.record_statuses([Status("wamid.A", "read", "2026-01-01T00:00:03+00:00")])
-        receiver.record_statuses(
+        receiver.record_webhooks([Status("wamid.A", "read", "2026-01-01T00:00:03+00:00")])
+        receiver.record_webhooks(
             [
                 Status("wamid.A", "delivered", "2026-01-01T00:00:02+00:00"),
                 Status("wamid.A", "delivered", "2026-01-01T00:00:01+00:00"),  # earlier repeat
@@ -184,7 +184,7 @@ def test_a_ledger_from_before_schema_versions_keeps_working(
     with SqliteLedger.for_run(path, "f") as ledger:
         assert ledger.recipient_states("15550100001") == {"hello": ("sent", None)}
     with SqliteLedger.for_writer(path) as receiver:
-        receiver.record_statuses([Status("wamid.OLD", "delivered", "2026-01-01T00:00:00+00:00")])
+        receiver.record_webhooks([Status("wamid.OLD", "delivered", "2026-01-01T00:00:00+00:00")])
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone() == (VERSION,)
     assert db.execute("SELECT status FROM statuses").fetchall() == [("delivered",)]

@@ -199,7 +199,7 @@ def test_a_callback_storm_loses_nothing(tmp_path: Path) -> None:
     out = Collect()
     write_rows(path, "f", "csv", out)  # type: ignore[arg-type]
     assert out.text.splitlines()[0].endswith(
-        "delivery,delivered_at,read_at,delivery_error_code,delivery_error"
+        "delivery,delivered_at,read_at,delivery_error_code,delivery_error,pricing_category"
     )
     assert out.text.count(",delivered,") == 3000
 
@@ -282,3 +282,54 @@ def test_failed_is_final_and_odd_signatures_are_refused(tmp_path: Path) -> None:
         assert refused.value.code == 401  # refused, not a 500
     receiver.close()
     assert [row[:2] for row in table(path)] == [("wamid.F", "failed")]
+
+
+def test_customers_messages_and_preferences_are_recorded_once(tmp_path: Path) -> None:
+    """What customers say (a reply, a quick-reply tap, a marketing stop) is kept with its own
+    time, once, however often Meta sends it: the window, opt-outs and replies come from it."""
+    path = tmp_path / "l.sqlite"
+    SqliteLedger.for_run(path, "f").close()
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+        "messages": [
+            {
+                "from": "15550100001",
+                "id": "wamid.TAP",
+                "timestamp": "1750000000",
+                "type": "button",
+                "button": {"payload": "brochure", "text": "Brochure"},
+                "context": {"from": "15550783881", "id": "wamid.OURS"},
+            }
+        ],
+    }
+    stop = {
+        "messaging_product": "whatsapp",
+        "metadata": value["metadata"],
+        "user_preferences": [
+            {"wa_id": "15550100002", "category": "marketing_messages", "value": "stop",
+             "timestamp": 1750000100, "detail": "User requested to stop marketing messages"},
+        ],
+    }  # fmt: skip
+    payloads = [
+        {"object": "whatsapp_business_account", "entry": [{"changes": [{"value": v}]}]}
+        for v in (value, stop)
+    ]
+    receiver = Receiver(path, SECRET)
+    with running(receiver) as url:
+        for payload in payloads * 3:  # Meta's retries
+            assert post(url, payload) == 200
+    receiver.close()
+    assert (receiver.counts.messages, receiver.counts.preferences) == (3, 3)
+    with sqlite3.connect(path) as db:
+        inbound = db.execute(
+            "SELECT business, customer, at, kind, text, payload, context FROM inbound"
+        ).fetchall()
+        preferences = db.execute("SELECT business, customer, value, at FROM preferences").fetchall()
+    assert inbound == [
+        ("106540352242922", "15550100001", "2025-06-15T15:06:40+00:00", "button", "Brochure",
+         "brochure", "wamid.OURS"),
+    ]  # fmt: skip
+    assert preferences == [
+        ("106540352242922", "15550100002", "stop", "2025-06-15T15:08:20+00:00"),
+    ]

@@ -36,7 +36,7 @@ def ledger(tmp_path: Path) -> Path:
         run.commit(Batch(outcomes=[*sent, *refused]))
         run.commit(Batch(outcomes=[Outcome("bye", "15550100000", "skipped", attempts=0)]))
     with SqliteLedger.for_writer(path) as receiver:
-        receiver.record_statuses(
+        receiver.record_webhooks(
             [
                 Status("wamid.0", "read", AT),
                 Status("wamid.1", "delivered", AT),

@@ -11,6 +11,7 @@ Where a flow's ledger lives is decided here too (`default_path`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -22,9 +23,11 @@ from .records import (
     RANK,
     SETTLED_RANK,
     Batch,
+    Inbound,
     LedgerError,
     Mark,
     Outcome,
+    Preference,
     State,
     Status,
     Uploaded,
@@ -39,11 +42,13 @@ __all__ = [
     "Batch",
     "Batcher",
     "GroupCommit",
+    "Inbound",
     "LedgerError",
     "LedgerReader",
     "LedgerWrites",
     "Mark",
     "Outcome",
+    "Preference",
     "RunLedger",
     "SqliteLedger",
     "State",
@@ -91,7 +96,7 @@ class LedgerWrites(Protocol):
 
     def commit(self, batch: Batch) -> None: ...
 
-    def record_statuses(self, statuses: list[Status]) -> None: ...
+    def record_webhooks(self, heard: Sequence[Status | Inbound | Preference]) -> None: ...
 
     def close(self) -> None: ...
 

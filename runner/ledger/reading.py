@@ -24,6 +24,7 @@ _DELIVERY = (  # in DELIVERY_COLUMNS' order
     "s.read_at",
     "s.error_code",
     "coalesce(s.error_title, '') || coalesce(': ' || s.error_details, '')",
+    "s.pricing_category",
 )
 
 
@@ -56,8 +57,7 @@ class LedgerReader:
         try:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             self._db.execute("SELECT 1 FROM messages LIMIT 1")
-            if not self._has("statuses"):  # a ledger no run or listener opened since statuses
-                self._db.executescript(STATUSES.replace("CREATE TABLE", "CREATE TEMP TABLE"))
+            self._stand_in_for_missing()
         except sqlite3.DatabaseError as exc:
             if is_damage(exc):
                 raise damaged(path, exc) from None
@@ -77,6 +77,22 @@ class LedgerReader:
             return self._db.execute(query, args).fetchall()
         except sqlite3.DatabaseError as exc:
             raise damaged(self.path, exc) from None
+
+    def _stand_in_for_missing(self) -> None:
+        """A ledger no run or receiver has opened since a newer schema (read-only: it is not
+        migrated here): what it lacks reads as empty."""
+        if not self._has("statuses"):
+            self._db.executescript(
+                STATUSES.replace("CREATE TABLE", "CREATE TEMP TABLE")
+                + "ALTER TABLE temp.statuses ADD COLUMN pricing_category TEXT;"
+                " ALTER TABLE temp.statuses ADD COLUMN billable INTEGER;"
+            )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(statuses)")}
+        if "pricing_category" not in columns:
+            self._db.execute(
+                "CREATE TEMP VIEW statuses AS SELECT *, NULL AS pricing_category,"
+                " NULL AS billable FROM main.statuses"
+            )
 
     def _has(self, table: str) -> bool:
         found = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,))

@@ -19,7 +19,9 @@ DONE_STATES: tuple[State, ...] = ("sent", "skipped")  # never sent again
 
 # How far along a delivered message is; a status never replaces a further one
 # (docs/whatsapp-api.md#webhook-delivery: callbacks come out of order and more than once).
-RANK = {"sent": 1, "delivered": 2, "read": 3, "deleted": 4, "failed": 5}
+# `played` (Cloud: a voice message first played) and `deleted` (On-Premises) never meet, so they
+# share a rank; the ranks are stored, so an existing one never changes.
+RANK = {"sent": 1, "delivered": 2, "read": 3, "played": 4, "deleted": 4, "failed": 5}
 SETTLED_RANK = RANK["read"]  # read, deleted, failed: nothing more will be heard
 
 
@@ -71,10 +73,39 @@ class Status:
     code: int | None = None
     title: str | None = None
     details: str | None = None
+    category: str | None = None  # pricing: marketing, utility, authentication, service, ...
+    billable: bool | None = None
 
     @property
     def rank(self) -> int:
         return RANK[self.status]
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A message from a customer: it opens (or refreshes) their 24-hour window, may answer one
+    of ours, and may ask to stop (docs/whatsapp-api.md#incoming-messages)."""
+
+    message_id: str
+    business: str  # the business number it reached: Cloud phone_number_id, "" if not said
+    customer: str  # the customer's WhatsApp id
+    at: str  # the message's own time (ISO 8601 UTC): the window runs from it
+    kind: str  # text, button, interactive, image, ... as WhatsApp names it
+    text: str | None = None  # text.body, a button's or reply's title, a media caption
+    payload: str | None = None  # a quick reply's payload, a reply button's or list row's id
+    context: str | None = None  # the id of our message it answers
+
+
+@dataclass(frozen=True, slots=True)
+class Preference:
+    """A customer's choice about marketing messages from a business (Cloud `user_preferences`
+    webhook): `stop` or `resume`, at the time they made it."""
+
+    business: str
+    customer: str
+    at: str
+    value: str  # "stop" or "resume"
+    category: str = "marketing_messages"
 
 
 @dataclass(slots=True)

@@ -3,9 +3,10 @@
 The version lives in `PRAGMA user_version` (SQLite's own slot for it, readable by any tool).
 Ledgers written before it existed have `user_version` 0 and a `meta` row `schema = 1`; they are
 version 1, or version 2 if a flowrun that knew statuses opened them (the statuses table is
-created idempotently). Each migration is idempotent and runs in the same transaction as the
-version bump, so a crash or a second process opening the file at the same moment leaves either
-the old version or the new one.
+created idempotently). Each migration runs once, in the same transaction as the version bump,
+so a crash or a second process opening the file at the same moment leaves either the old
+version or the new one; the first two are idempotent, since a ledger from before versions may
+hold their tables already.
 
 The `meta` row stays `1`: flowrun releases before `user_version` check it, and every migration
 so far only adds tables, which they ignore.
@@ -14,6 +15,8 @@ Tables, for people who query them (README.md, "The ledger"):
 - messages: one row per (flow, step, recipient): its state and the API's answer
 - uploads: a local file's media id per API (and phone number, on Cloud)
 - statuses: what the delivery webhooks said of each message id
+- inbound: what customers sent (replies, button taps, stop words)
+- preferences: customers' marketing stops and resumes
 """
 
 from __future__ import annotations
@@ -70,8 +73,38 @@ CREATE TABLE IF NOT EXISTS statuses (
 ) WITHOUT ROWID;
 """
 
+# What customers said: their messages (each once, by its id) and their marketing preferences.
+# The window, opt-outs and replies are read from these at run time, so a change of the flow's
+# stop keywords applies to what was said before it too.
+CUSTOMERS = """
+ALTER TABLE statuses ADD COLUMN pricing_category TEXT;
+ALTER TABLE statuses ADD COLUMN billable INTEGER;
+CREATE TABLE IF NOT EXISTS inbound (
+    message_id TEXT PRIMARY KEY,
+    business TEXT NOT NULL,
+    customer TEXT NOT NULL,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    text TEXT,
+    payload TEXT,
+    context TEXT,
+    received_at TEXT NOT NULL
+) WITHOUT ROWID;
+-- a customer's messages, newest last: the window and replies are one index range
+CREATE INDEX IF NOT EXISTS inbound_by_customer ON inbound (business, customer, at);
+CREATE TABLE IF NOT EXISTS preferences (
+    business TEXT NOT NULL,
+    customer TEXT NOT NULL,
+    category TEXT NOT NULL,
+    at TEXT NOT NULL,
+    value TEXT NOT NULL CHECK (value IN ('stop', 'resume')),
+    received_at TEXT NOT NULL,
+    PRIMARY KEY (business, customer, category, at, value)
+) WITHOUT ROWID;
+"""
+
 # MIGRATIONS[n] brings a ledger from version n to n + 1.
-MIGRATIONS: tuple[str, ...] = (MESSAGES, STATUSES)
+MIGRATIONS: tuple[str, ...] = (MESSAGES, STATUSES, CUSTOMERS)
 VERSION = len(MIGRATIONS)
 
 # The columns of `messages`, in table order (report --csv writes them in this order).
@@ -91,4 +124,11 @@ MESSAGE_COLUMNS = (
     "body_hash",
 )
 # What the status webhooks added, per message (report --csv's last columns).
-DELIVERY_COLUMNS = ("delivery", "delivered_at", "read_at", "delivery_error_code", "delivery_error")
+DELIVERY_COLUMNS = (
+    "delivery",
+    "delivered_at",
+    "read_at",
+    "delivery_error_code",
+    "delivery_error",
+    "pricing_category",
+)

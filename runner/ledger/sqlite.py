@@ -19,13 +19,13 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .records import Batch, LedgerError, Outcome, State, Status, now
+from .records import Batch, Inbound, LedgerError, Outcome, Preference, State, Status, now
 from .schema import MIGRATIONS, VERSION
 
 BUSY_TIMEOUT_MS = 10_000  # a report or receiver holding the file briefly: wait, not fail
@@ -48,6 +48,9 @@ _OUTCOME = (
     " last_attempt = excluded.last_attempt"
 )
 _UPLOAD = "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?)"
+# A customer's message once, whatever Meta repeats; a preference once per time and value.
+_INBOUND = "INSERT OR IGNORE INTO inbound VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_PREFERENCE = "INSERT OR IGNORE INTO preferences VALUES (?, ?, ?, ?, ?, ?)"
 
 _TIMES = ("sent_at", "delivered_at", "read_at", "failed_at")
 _FIRST_TIME = ",\n".join(  # the earliest time seen of each status: repeats change nothing
@@ -57,8 +60,9 @@ _FIRST_TIME = ",\n".join(  # the earliest time seen of each status: repeats chan
 # Idempotent and monotonic: any order, any repetition, the same row.
 _STATUS = f"""
 INSERT INTO statuses (message_id, status, rank, recipient, error_code, error_title,
-    error_details, sent_at, delivered_at, read_at, failed_at, received_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    error_details, pricing_category, billable, sent_at, delivered_at, read_at, failed_at,
+    received_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (message_id) DO UPDATE SET
     status = CASE WHEN excluded.rank > statuses.rank THEN excluded.status ELSE statuses.status END,
     rank = max(statuses.rank, excluded.rank),
@@ -66,6 +70,8 @@ ON CONFLICT (message_id) DO UPDATE SET
     error_code = coalesce(statuses.error_code, excluded.error_code),
     error_title = coalesce(statuses.error_title, excluded.error_title),
     error_details = coalesce(statuses.error_details, excluded.error_details),
+    pricing_category = coalesce(excluded.pricing_category, statuses.pricing_category),
+    billable = coalesce(excluded.billable, statuses.billable),
     {_FIRST_TIME},
     received_at = excluded.received_at
 """
@@ -208,12 +214,25 @@ class SqliteLedger:
             )
             db.executemany(_UPLOAD, [(u.api, u.sha256, u.media_id, stamp) for u in batch.uploads])
 
-    def record_statuses(self, statuses: list[Status]) -> None:
-        """Delivery statuses from the webhooks, in one durable transaction."""
+    def record_webhooks(self, heard: Sequence[Status | Inbound | Preference]) -> None:
+        """What the webhooks said (delivery statuses, customers' messages and preferences), in
+        one durable transaction; any order, any repetition, the same rows."""
         received = now()
+        statuses, inbound, preferences = [], [], []
+        for item in heard:
+            if isinstance(item, Status):
+                statuses.append(_status_row(item, received))
+            elif isinstance(item, Inbound):
+                inbound.append(_inbound_row(item, received))
+            else:
+                preferences.append(
+                    (item.business, item.customer, item.category, item.at, item.value, received)
+                )
         db = self._writes()
         with self._writing(), _transaction(db):
-            db.executemany(_STATUS, [_status_row(s, received) for s in statuses])
+            db.executemany(_STATUS, statuses)
+            db.executemany(_INBOUND, inbound)
+            db.executemany(_PREFERENCE, preferences)
 
     # Plumbing
 
@@ -282,9 +301,16 @@ def _status_row(s: Status, received: str) -> tuple[object, ...]:
         s.code,
         s.title,
         s.details,
+        s.category,
+        s.billable,
         *times,
         received,
     )
+
+
+def _inbound_row(m: Inbound, received: str) -> tuple[object, ...]:
+    row = (m.message_id, m.business, m.customer, m.at, m.kind, m.text, m.payload, m.context)
+    return (*row, received)
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -35,9 +35,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from runner.errors import FlowrunError
-from runner.ledger import Batcher, Status, open_for_writing
+from runner.ledger import Batcher, Inbound, Preference, Status, open_for_writing
 
 from . import callbacks
+from .callbacks import Heard
 from .guard import BACKLOG, GuardedServer, Limits, raise_open_files_limit
 
 SHUTDOWN_WITHIN = 10.0  # seconds for callbacks being answered to finish when it stops
@@ -47,6 +48,8 @@ SHUTDOWN_WITHIN = 10.0  # seconds for callbacks being answered to finish when it
 class Counts:
     callbacks: int = 0
     statuses: int = 0
+    messages: int = 0  # from customers
+    preferences: int = 0  # customers' marketing stops and resumes
     refused: int = 0  # bad or missing signature
     unreadable: int = 0  # not JSON
     invalid: int = 0  # values out of range (callbacks.Invalid)
@@ -57,10 +60,20 @@ class Counts:
     for_room: int = 0  # closed to make room for a new connection
     malformed: int = 0  # not HTTP, or a body whose encoding is broken (400)
 
+    def tally(self, heard: list[Heard]) -> None:
+        for item in heard:
+            if isinstance(item, Status):
+                self.statuses += 1
+            elif isinstance(item, Inbound):
+                self.messages += 1
+            elif isinstance(item, Preference):
+                self.preferences += 1
+
     def summary(self) -> str:
         """The receiver's last line."""
         line = (
-            f"received {self.callbacks:,} callbacks, {self.statuses:,} statuses;"
+            f"received {self.callbacks:,} callbacks, {self.statuses:,} statuses,"
+            f" {self.messages:,} customer messages, {self.preferences:,} preferences;"
             f" refused {self.refused:,} (signature), {self.unreadable:,} (not JSON),"
             f" {self.invalid:,} (invalid values)"
         )
@@ -94,13 +107,13 @@ class Receiver:
 
     def __post_init__(self) -> None:
         self._ledger = open_for_writing(str(self.ledger))
-        self._batches: Batcher[Status] = Batcher(self._commit)
+        self._batches: Batcher[Heard] = Batcher(self._commit)
         self._large_free = self.limits.large_at_once
         self._guard: GuardedServer | None = None
 
-    async def _commit(self, batch: list[Status]) -> None:
+    async def _commit(self, batch: list[Heard]) -> None:
         # In a thread: the commit's fsync must not stop the loop from taking callbacks
-        await asyncio.to_thread(self._ledger.record_statuses, batch)
+        await asyncio.to_thread(self._ledger.record_webhooks, batch)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         guard = self._guard
@@ -156,7 +169,7 @@ class Receiver:
         if found:
             # answered once durable; a failed commit is a 500, and Meta sends it again
             await self._batches.write(*found)
-        self.counts.statuses += len(found)
+        self.counts.tally(found)
         return web.Response(text="ok")
 
     async def _read(self, request: web.BaseRequest) -> bytes:
