@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import pytest
 from runner.sandbox import PHONE_NUMBER_ID, TOKEN, SandboxState
 from tests.conftest import REPO
 from tests.sandbox_helpers import (
+    children,
     count,
     flowrun,
     ledger_rows,
@@ -406,18 +406,6 @@ def test_the_ledger_writer_dying_stops_the_run_cleanly(
     assert start(folder).communicate(timeout=60) is not None  # the next run finishes the job
     assert count(folder, "state = 'sent'") + count(folder, "state = 'uncertain'") == 200
     assert len(state.inbox) - sent + count(folder, "state = 'uncertain'") <= 200
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid:
-                    found.append(int(entry.name))
-    return found
 
 
 def test_ctrl_c_does_not_wait_out_a_long_retry_after(

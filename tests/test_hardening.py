@@ -21,6 +21,7 @@ import pytest
 
 from runner.sandbox import TOKEN, SandboxState, running
 from tests.sandbox_helpers import (
+    children,
     count,
     flowrun,
     login_flow,
@@ -30,7 +31,6 @@ from tests.sandbox_helpers import (
     wait_until,
     write_flow,
 )
-from tests.test_executor import children
 
 TWO_STEPS = (
     "  - name: a\n    text: {body: 'one {{ recipient.name }}'}\n"

@@ -17,8 +17,7 @@ from runner.ledger import GroupCommit, Outcome, SqliteLedger
 from runner.ledger.batcher import FLUSH_AFTER
 from runner.pacing import Pacer, Ticker
 from runner.sandbox import SandboxState
-from tests.sandbox_helpers import count, post, query, start, wait_until, write_flow
-from tests.test_executor import children
+from tests.sandbox_helpers import children, count, post, query, start, wait_until, write_flow
 from tests.test_hardening import gone, integrity
 
 

@@ -29,7 +29,7 @@ from runner.ledger import SqliteLedger
 from runner.receiver import Limits, Receiver, running
 from runner.receiver.callbacks import sign
 from runner.sandbox import SandboxState
-from tests.sandbox_helpers import start, wait_until, write_flow
+from tests.sandbox_helpers import children, start, wait_until, write_flow
 from tests.test_listen import SECRET, cloud, free_port, post, status, table
 
 MB = 1024 * 1024
@@ -517,18 +517,6 @@ def test_an_aborted_upload_is_counted_not_logged(listener: Listener) -> None:
     assert "2 cut short" in out
 
 
-def children_of(pid: int) -> list[int]:
-    """Processes whose parent is `pid` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
 def alive(pid: int) -> bool:
     """Still running (a zombie has finished)."""
     try:
@@ -544,7 +532,7 @@ def receiver_child(run: subprocess.Popen[str]) -> int:
     def found() -> list[int]:
         return [
             pid
-            for pid in children_of(run.pid)
+            for pid in children(run.pid)
             if b"listen" in Path(f"/proc/{pid}/cmdline").read_bytes()
             or b"receiver" in Path(f"/proc/{pid}/cmdline").read_bytes()
         ]
