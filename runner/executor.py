@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from .contacts import Contact, Keywords
 from .dialect import ApiFailure, Dialect, LoginFailed, Verdict
 from .errors import FlowrunError
 from .ledger import GroupCommit, Outcome, RunLedger, State
@@ -81,6 +82,7 @@ class Summary:
     skipped: int = 0
     uncertain: int = 0
     blocked: int = 0
+    opted_out: int = 0  # not sent: the customer asked to stop
     already: int = 0  # sent by an earlier run
     changed: int = 0  # of those, how many the flow now words differently
     held: int = 0  # failed/uncertain from an earlier run, not retried
@@ -158,6 +160,10 @@ class Executor:
         self._login_generation = 0
         self._fresh_login = False  # logged in again, and nothing went through since
         self._history = ledger.has_rows()
+        settings = plan.flow.settings
+        self._words = Keywords.from_settings(settings.opt_out_keywords, settings.resume_keywords)
+        # Nobody of this number's customers wrote: no query per recipient for their history
+        self._heard = ledger.has_heard(dialect.business)
 
     def window(self) -> int:
         """Recipients in progress at once: enough to keep every slot busy while others wait
@@ -245,6 +251,7 @@ class Executor:
         # A ledger that held nothing of this flow when the run began has nothing on anyone:
         # the first run of a campaign skips a query per recipient.
         states = self.ledger.recipient_states(recipient.phone) if self._history else {}
+        contact = self._contact(recipient)
         try:
             items = list(self.renderer.messages(recipient))
         except RenderFailure as failure:  # validated before the run; kept for safety
@@ -259,6 +266,11 @@ class Executor:
                 if self._edited(item, sent_hash):
                     self.summary.changed += 1
                 continue
+            refused = _refused_by(contact, item)
+            if refused is not None and state != "uncertain":  # (what may have arrived stays so)
+                self.commits.record(_skipped(item.step.key, recipient.phone, "opted out", refused))
+                self.summary.opted_out += 1
+                continue  # every path: a failed one is not retried either
             if (state == "failed" and not self.options.retry_failed) or (
                 state == "uncertain" and not self.options.retry_uncertain
             ):
@@ -279,6 +291,13 @@ class Executor:
             if not sent:
                 self._block_rest(items, item, recipient)
                 return
+
+    def _contact(self, recipient: Recipient) -> Contact:
+        """What this customer said that bears on sending (a stop word, a marketing stop)."""
+        if not self._heard:
+            return NOBODY_SAID
+        inbound, preferences = self.ledger.heard_from(self.dialect.business, recipient.phone)
+        return Contact.of(inbound, preferences, self._words)
 
     def _edited(self, item: Message | Skipped, sent_hash: str | None) -> bool:
         """Whether a message sent before reads differently now (uploads aside: their body
@@ -547,6 +566,20 @@ class Executor:
         """Wait before an upload's next try; raises UploadInterrupted when the run stops."""
         if not await self._wait_to_retry(failure, attempt):
             raise UploadInterrupted
+
+
+NOBODY_SAID = Contact()
+
+
+def _refused_by(contact: Contact, item: Message | Skipped) -> str | None:
+    """Why this customer must not get this step: they asked to stop (everything), or stopped
+    marketing (templates: their category is not known here, so each counts as marketing, the
+    safe side)."""
+    if contact.opted_out is not None:
+        return contact.opted_out
+    if contact.marketing_stopped is not None and item.step.kind == "template":
+        return contact.marketing_stopped
+    return None
 
 
 def _skipped(step: str, recipient: str, title: str, why: str) -> Outcome:

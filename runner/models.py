@@ -199,6 +199,18 @@ class Settings(_Strict):
         " pair rate), On-Premises 0.",
     )
     retries: int = Field(5, ge=0, le=20, description="Retries of a message after a failure.")
+    opt_out_keywords: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        None,
+        max_length=100,
+        description="Whole messages that mean the customer asks to stop (any case, spaces and"
+        " punctuation ignored); they get nothing more from this number. Default: STOP,"
+        " UNSUBSCRIBE, CANCEL, END, QUIT, BAJA, STOPP, ARRÊT, СТОП, ОТПИСАТЬСЯ and others.",
+    )
+    resume_keywords: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        None,
+        max_length=100,
+        description="Whole messages that undo a stop. Default: START, UNSTOP, СТАРТ.",
+    )
 
     @property
     def rate_per_second(self) -> float | None:

@@ -452,20 +452,23 @@ def test_edited_and_renamed_flows(api: tuple[str, SandboxState], folder: Path) -
     assert len(state.inbox) == 4
 
 
-@pytest.mark.parametrize("page", [3, 7])
+@pytest.mark.parametrize("table", ["messages", "meta"])
 def test_a_damaged_ledger_is_one_line_not_a_crash(
-    api: tuple[str, SandboxState], folder: Path, page: int
+    api: tuple[str, SandboxState], folder: Path, table: str
 ) -> None:
     """Malformed pages (a disk fault, a copy taken mid-write) once ended in exit 3 and a crash
-    log; now one line that says what to do, and nothing sent on the damaged ledger's word."""
+    log; now one line that says what to do, and nothing sent on the damaged ledger's word.
+    The page damaged is the named table's first (where it is depends on the schema)."""
     base, state = api
     write_flow(folder, base, STEPS, people=30)
     assert flowrun("flow.yaml")[0] == 0
     sent = len(state.inbox)
+    [(page,)] = query(folder, f"SELECT rootpage FROM sqlite_master WHERE name = '{table}'")
     with open(folder / "flow.ledger.sqlite", "r+b") as ledger:
-        ledger.seek(4096 * page + 8)
+        ledger.seek(4096 * (page - 1) + 8)
         ledger.write(bytes(range(256)) * 8)
-    for command in (["flow.yaml"], ["report", "flow.yaml"], ["report", "flow.yaml", "--csv"]):
+    commands = [["flow.yaml"], ["report", "flow.yaml"], ["report", "flow.yaml", "--csv"]]
+    for command in commands if table == "messages" else commands[:1]:  # report reads no meta
         code, _, err = flowrun(*command)
         assert code == 2, (command, err)
         assert "the ledger is damaged (database disk image is malformed)" in err

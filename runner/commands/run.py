@@ -194,7 +194,8 @@ def _print_summary(flow_file: str, summary: Summary, ledger_path: Path) -> None:
         click.echo(f"{flow_file}: nothing to send: {summary.already:,} message(s) were sent before")
     click.echo(
         f"{flow_file}: sent {summary.sent:,}, failed {summary.failed:,}, skipped"
-        f" {summary.skipped + summary.blocked:,}, uncertain {summary.uncertain:,}, uploads"
+        f" {summary.skipped + summary.blocked + summary.opted_out:,}, uncertain"
+        f" {summary.uncertain:,}, uploads"
         f" {summary.uploads}, {summary.seconds:.1f} s ({rate:,.0f} msg/s)"
         + (" — interrupted" if summary.interrupted else "")
     )
@@ -213,6 +214,11 @@ def _advice(summary: Summary) -> list[str]:
         lines.append(
             f"{summary.changed:,} message(s) sent before read differently in the flow now;"
             " they are not sent again"
+        )
+    if summary.opted_out:
+        lines.append(
+            f"{summary.opted_out:,} message(s) not sent: their customers asked to stop"
+            " (flowrun report lists them as skipped, opted out)"
         )
     if summary.held:
         lines.append(

@@ -91,6 +91,11 @@ class Dialect(Protocol):
     def media_path(self) -> str: ...
 
     @property
+    def business(self) -> str:
+        """The business number as webhooks name it (Cloud: the phone number id; On-Premises,
+        whose webhooks name none: ""): whose customers' messages apply to this run."""
+
+    @property
     def upload_key(self) -> str:
         """Uploads are cached per this key: the API, and on Cloud the phone number."""
 

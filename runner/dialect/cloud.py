@@ -71,6 +71,10 @@ class Cloud:
         return f"/{self.version}/{self.phone_number_id}/media"
 
     @property
+    def business(self) -> str:
+        return self.phone_number_id
+
+    @property
     def upload_key(self) -> str:
         # Media ids belong to a phone number; the Graph version does not matter.
         return f"cloud:{public_url(self.base_url)}/{self.phone_number_id}"

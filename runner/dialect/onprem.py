@@ -54,6 +54,7 @@ class OnPrem:
     messages_path = MESSAGES_PATH
     media_path = MEDIA_PATH
     media_ttl = None  # ids name files on the API's own media volume
+    business = ""  # its webhooks name no business number: the API is one
     default_rate = RATE
     default_interval = 0.0  # no documented per-recipient limit
 

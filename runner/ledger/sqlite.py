@@ -169,6 +169,31 @@ class SqliteLedger:
         )
         return dict(rows)
 
+    def has_heard(self, business: str) -> bool:
+        """Whether any customer of this business number wrote or set a preference (if none
+        did, a run asks nothing per recipient)."""
+        query = (
+            "SELECT 1 FROM inbound WHERE business = ?"
+            " UNION ALL SELECT 1 FROM preferences WHERE business = ? LIMIT 1"
+        )
+        return bool(self._read(query, (business, business)))
+
+    def heard_from(self, business: str, customer: str) -> tuple[list[Inbound], list[Preference]]:
+        """What one customer sent this business number, and their preferences (each one
+        indexed range)."""
+        who = (business, customer)
+        inbound = self._read(
+            "SELECT message_id, business, customer, at, kind, text, payload, context"
+            " FROM inbound WHERE business = ? AND customer = ? ORDER BY at",
+            who,
+        )
+        preferences = self._read(
+            "SELECT business, customer, at, value, category FROM preferences"
+            " WHERE business = ? AND customer = ? ORDER BY at",
+            who,
+        )
+        return [Inbound(*row) for row in inbound], [Preference(*row) for row in preferences]
+
     def media_id(
         self, api: str, sha256: str, max_age: timedelta | None = None, at: datetime | None = None
     ) -> str | None:
@@ -267,10 +292,12 @@ def is_damage(exc: sqlite3.DatabaseError) -> bool:
 def damaged(path: Path, exc: sqlite3.DatabaseError) -> LedgerError:
     """The ledger file is damaged (a disk fault, a copy made while it was written): nothing
     may be sent on the word of a ledger that cannot be read whole."""
+    wal = path.with_name(path.name + "-wal")
+    stray = f" (if {wal.name} came from another database, move it away first)"
     return LedgerError(
         f"{path}: the ledger is damaged ({exc}); nothing is sent on its word. Keep a copy, then"
         f" rebuild it: sqlite3 {path} .recover | sqlite3 REPAIRED.sqlite (and run with"
-        " --ledger REPAIRED.sqlite)"
+        f" --ledger REPAIRED.sqlite){stray if wal.exists() else ''}"
     )
 
 
@@ -347,11 +374,11 @@ def _inspect(path: Path) -> None:
             _check_version(db, path)
             _check_legacy(db, path)
     except (LedgerError, sqlite3.DatabaseError) as exc:
+        if isinstance(exc, sqlite3.DatabaseError) and is_damage(exc):
+            raise damaged(path, exc) from None
         if not wal.exists():
             if isinstance(exc, LedgerError):
                 raise
-            if is_damage(exc):
-                raise damaged(path, exc) from None
             raise LedgerError(f"{path}: cannot use the ledger: {exc}") from None
         raise LedgerError(
             f"{path}: not readable as a flowrun ledger together with {wal.name} ({exc}); if"
