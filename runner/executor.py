@@ -23,6 +23,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -30,7 +31,7 @@ import orjson
 from .contacts import Contact, Keywords
 from .dialect import ApiFailure, Dialect, LoginFailed, Verdict
 from .errors import FlowrunError
-from .ledger import GroupCommit, Outcome, RunLedger, State
+from .ledger import GroupCommit, Outcome, Preference, RunLedger, State
 from .media import LocalMedia, MediaError, read_checked
 from .pacing import Pacer, Ticker
 from .plan import Plan
@@ -345,6 +346,8 @@ class Executor:
                     if not isinstance(outcome, ApiFailure):
                         return outcome
                     failure = outcome
+                    if failure.verdict is Verdict.MARKETING_STOPPED:
+                        return self._marketing_stopped(message, failure)
                     if not failure.retry or state.attempt > self.retries:
                         if failure.verdict is Verdict.AUTH:
                             self._stop(StopRun(_auth_message(failure, self.dialect)))
@@ -451,6 +454,20 @@ class Executor:
             )
         )
         self.summary.unsent += 1
+
+    def _marketing_stopped(self, message: Message, failure: ApiFailure) -> bool:
+        """The API says the customer stopped marketing messages: what they asked for is
+        honoured, not a failure. Recorded as a preference, so that no later run sends them a
+        template before they resume; the step is skipped (the recipient's free-form steps go on,
+        as they may)."""
+        customer = message.recipient.phone
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        self.commits.record(Preference(self.dialect.business, customer, now, "stop"))
+        why = f"the API answered {failure}"
+        self.commits.record(_skipped(message.step.key, customer, "opted out", why))
+        self.summary.opted_out += 1
+        self.progress.update(self.summary)
+        return True
 
     def _failed(self, message: Message, failure: ApiFailure, attempts: int) -> bool:
         self.commits.record(_failure_outcome(message, failure, attempts))

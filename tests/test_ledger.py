@@ -24,6 +24,7 @@ from runner.ledger import (
     LedgerReader,
     Mark,
     Outcome,
+    Preference,
     SqliteLedger,
     Status,
     Uploaded,
@@ -137,6 +138,7 @@ def test_records_cross_the_writer_pipe_by_name() -> None:
         [Mark("s", "1", "h")],
         [Outcome("s", "1", "failed", error_code=131026, error_title="t", attempts=2)],
         [Uploaded("api", "sha", "id")],
+        [Preference("1", "2", "2026-01-01T00:00:00+00:00", "stop")],
     )
     wire = to_wire(batch)
     assert wire["outcomes"][0]["error_code"] == 131026  # a name, not a position

@@ -99,3 +99,24 @@ def test_a_flows_own_stop_words_and_other_numbers_customers(
     assert ALICE not in sent_to(state)
     assert sent_to(state)[BOB] == ["template", "text"]
     assert sent_to(state)["15550100000"] == ["template", "text"]  # it wrote to another number
+
+
+def test_131050_records_the_marketing_stop_and_no_later_run_sends_a_template(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    """The API's own word that the customer stopped marketing: not a failure (exit 0), never
+    retried, recorded, and the next run does not even ask."""
+    base, state = api
+    write_flow(folder, base, STEPS, people=2, kind="cloud")
+    # (the sandbox refuses her next message only: a real API refuses templates only)
+    post(f"{base}/sandbox/faults", {"fail_recipients": {ALICE: {"error": 131050, "count": 1}}})
+    code, out, err = flowrun("flow.yaml", "--retry-failed")
+    assert code == 0, err
+    assert "1 message(s) not sent: their customers asked to stop" in err
+    assert "failed 0" in out
+    assert sent_to(state)[ALICE] == ["text"]  # the free-form step still went
+    row = {(r[0], r[1]): r for r in ledger_rows(folder)}[("hello", ALICE)]
+    assert (row[2], row[5]) == ("skipped", "opted out")
+    requests = state.requests
+    assert flowrun("flow.yaml", "--retry-failed")[0] == 0
+    assert state.requests == requests  # Alice's template is not asked for again

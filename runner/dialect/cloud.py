@@ -37,6 +37,11 @@ PAIR_RATE_CODE = 131056
 RETRY_CODES = frozenset({1, 2, 131000, 131016, 131057})
 AUTH_CODES = frozenset({190})  # expired or invalid access token
 MEDIA_CODE = 131053  # the media could not be used: for our own upload, the id expired
+# "This recipient has chosen to stop receiving marketing messages on WhatsApp from your
+# business" (docs/whatsapp-api.md#cloud-api-errors)
+MARKETING_STOPPED_CODE = 131050
+# Refusals a code alone explains (once the status said nothing more urgent)
+_BY_CODE = {MEDIA_CODE: Verdict.MEDIA_GONE, MARKETING_STOPPED_CODE: Verdict.MARKETING_STOPPED}
 HINTS = {
     131047: TEMPLATE_HINT,
     131048: "spam rate limit: too many of this number's messages were blocked or reported;"
@@ -128,9 +133,7 @@ def _classify(status: int, code: int | None) -> Verdict:
         return Verdict.THROTTLED
     if status >= 500 or code in RETRY_CODES:
         return Verdict.RETRY
-    if code == MEDIA_CODE:
-        return Verdict.MEDIA_GONE
-    return Verdict.FAIL
+    return _BY_CODE.get(code, Verdict.FAIL) if code is not None else Verdict.FAIL
 
 
 def check_flow(loaded: LoadedFlow, problems: Problems) -> None:

@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 import orjson
 
-from .records import Batch, LedgerError, Mark, Outcome, Uploaded
+from .records import Batch, LedgerError, Mark, Outcome, Preference, Uploaded
 from .wire import HEADER, frame, to_wire
 
 T = TypeVar("T")
@@ -112,7 +112,7 @@ class GroupCommit:
         self.location = location
         self._writer = writer
         self._failure: LedgerError | None = None
-        self._batches: Batcher[Mark | Outcome | Uploaded] = Batcher(self._commit)
+        self._batches: Batcher[Mark | Outcome | Uploaded | Preference] = Batcher(self._commit)
 
     @classmethod
     async def start(cls, location: str, flow: str) -> GroupCommit:
@@ -129,14 +129,14 @@ class GroupCommit:
         """A `sending` mark; back once it is durable."""
         await self._batches.write(Mark(step, recipient, body_hash))
 
-    def record(self, outcome: Outcome) -> None:
-        """An outcome: it rides with the next batch."""
+    def record(self, outcome: Outcome | Preference) -> None:
+        """An outcome (or a preference an answer revealed): it rides with the next batch."""
         self._batches.add(outcome)
 
     async def remember_upload(self, api: str, sha256: str, media_id: str) -> None:
         await self._batches.write(Uploaded(api, sha256, media_id))
 
-    async def _commit(self, items: list[Mark | Outcome | Uploaded]) -> None:
+    async def _commit(self, items: list[Mark | Outcome | Uploaded | Preference]) -> None:
         if self._failure is not None:
             raise self._failure
         batch = Batch()
@@ -145,8 +145,10 @@ class GroupCommit:
                 batch.marks.append(item)
             elif isinstance(item, Outcome):
                 batch.outcomes.append(item)
-            else:
+            elif isinstance(item, Uploaded):
                 batch.uploads.append(item)
+            else:
+                batch.preferences.append(item)
         try:
             error = await self._exchange(batch)
         except Exception as exc:  # unexpected: still stops the run, with one line

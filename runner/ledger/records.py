@@ -115,9 +115,10 @@ class Batch:
     marks: list[Mark] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     uploads: list[Uploaded] = field(default_factory=list)
+    preferences: list[Preference] = field(default_factory=list)  # learnt from the API's answers
 
     def __bool__(self) -> bool:
-        return bool(self.marks or self.outcomes or self.uploads)
+        return bool(self.marks or self.outcomes or self.uploads or self.preferences)
 
 
 def now() -> str:

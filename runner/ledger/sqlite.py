@@ -238,6 +238,7 @@ class SqliteLedger:
                 [(self.flow, m.step, m.recipient, stamp, stamp, m.body_hash) for m in batch.marks],
             )
             db.executemany(_UPLOAD, [(u.api, u.sha256, u.media_id, stamp) for u in batch.uploads])
+            db.executemany(_PREFERENCE, [_preference_row(p, stamp) for p in batch.preferences])
 
     def record_webhooks(self, heard: Sequence[Status | Inbound | Preference]) -> None:
         """What the webhooks said (delivery statuses, customers' messages and preferences), in
@@ -250,9 +251,7 @@ class SqliteLedger:
             elif isinstance(item, Inbound):
                 inbound.append(_inbound_row(item, received))
             else:
-                preferences.append(
-                    (item.business, item.customer, item.category, item.at, item.value, received)
-                )
+                preferences.append(_preference_row(item, received))
         db = self._writes()
         with self._writing(), _transaction(db):
             db.executemany(_STATUS, statuses)
@@ -333,6 +332,10 @@ def _status_row(s: Status, received: str) -> tuple[object, ...]:
         *times,
         received,
     )
+
+
+def _preference_row(p: Preference, received: str) -> tuple[object, ...]:
+    return (p.business, p.customer, p.category, p.at, p.value, received)
 
 
 def _inbound_row(m: Inbound, received: str) -> tuple[object, ...]:

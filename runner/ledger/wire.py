@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from .records import Batch, Mark, Outcome, Uploaded
+from .records import Batch, Mark, Outcome, Preference, Uploaded
 
 HEADER = struct.Struct("<I")
 
@@ -37,6 +37,7 @@ def to_wire(batch: Batch) -> dict[str, Any]:
         "marks": [_fields(m) for m in batch.marks],
         "outcomes": [_fields(o) for o in batch.outcomes],
         "uploads": [_fields(u) for u in batch.uploads],
+        "preferences": [_fields(p) for p in batch.preferences],
     }
 
 
@@ -46,8 +47,9 @@ def batch_from_wire(data: dict[str, Any]) -> Batch:
         [Mark(**m) for m in data["marks"]],
         [Outcome(**o) for o in data["outcomes"]],
         [Uploaded(**u) for u in data["uploads"]],
+        [Preference(**p) for p in data["preferences"]],
     )
 
 
-def _fields(record: Mark | Outcome | Uploaded) -> dict[str, Any]:
+def _fields(record: Mark | Outcome | Uploaded | Preference) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__slots__}
