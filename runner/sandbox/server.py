@@ -139,7 +139,18 @@ def build_app(state: SandboxState | None = None) -> web.Application:
     app.router.add_post("/sandbox/customers", _set_customers)
     app.router.add_get("/sandbox/customers", _customers)
     app.router.add_post("/sandbox/inbound", _inbound)
+    app.on_cleanup.append(_stop_callbacks)
     return app
+
+
+async def _stop_callbacks(app: web.Application) -> None:
+    """Callbacks and customers still under way stop with the server, closing their
+    connections (left to the garbage collector, their sockets would be leaked)."""
+    state = app[STATE]
+    tasks = {*state.customers.tasks, *(state.webhook.tasks if state.webhook else ())}
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @web.middleware
