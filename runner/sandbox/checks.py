@@ -279,7 +279,7 @@ def _check_buttons(spec: TemplateSpec, buttons: list[dict[str, Any]]) -> None:
 
 def quick_replies(body: dict[str, Any]) -> list[tuple[str, str]]:
     """A checked message's quick-reply buttons, by index: (the payload our body gave it, its
-    label). What a customer who taps one sends back (docs/whatsapp-api.md#incoming-messages);
+    label). What a customer who taps one sends back (docs/whatsapp-api.md#incoming-message-shapes);
     empty for anything but a template with quick replies."""
     template = body.get("template")
     if body.get("type") != "template" or not isinstance(template, dict):

@@ -15,7 +15,8 @@ customers who write on request, as signed webhooks of the real shapes.
   it was written at `at` (unix seconds); it moves the window as a real one would, by its own
   timestamp, and goes to the webhook if one is configured.
 
-Shapes and their sources: docs/whatsapp-api.md#incoming-messages and #user-preferences-webhooks.
+Shapes and their sources: docs/whatsapp-api.md#incoming-message-shapes and
+#user-preferences-webhooks.
 """
 
 from __future__ import annotations
@@ -293,7 +294,7 @@ class Customers:
 
 def _value(inbound: Inbound, message_id: str) -> tuple[dict[str, Any], str]:
     """The webhook value and field for a customer's message or preference change
-    (docs/whatsapp-api.md#incoming-messages, #user-preferences-webhooks)."""
+    (docs/whatsapp-api.md#incoming-message-shapes, #user-preferences-webhooks)."""
     profile = inbound.name or f"Customer {inbound.wa_id[-4:]}"
     contacts = [{"profile": {"name": profile}, "wa_id": inbound.wa_id}]
     if inbound.kind == "user_preferences":

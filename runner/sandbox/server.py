@@ -7,7 +7,8 @@ ids). Requests are checked as strictly as the real APIs do (checks.py); what is 
 goes to an inbox; faults are injected on request. Shapes: docs/whatsapp-api.md#message-bodies.
 
 Control endpoints (not part of the WhatsApp API) live under /sandbox/:
-- GET /sandbox/inbox: the accepted messages, in order; DELETE clears inbox and faults
+- GET /sandbox/inbox: the accepted messages, in order; DELETE clears inbox and faults, and
+  forgets customers (windows, actions, refusals, the simulation)
 - POST /sandbox/faults: {"latency": s, "status": {"code": 429, "count": n, "retry_after": s,
   "error": 130429}, "drop": n, "slow": s,
   "fail_recipients": {"<wa id>": 1013, "<wa id>": {"error": 131056, "count": 2, "status": 400}}}

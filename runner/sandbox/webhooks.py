@@ -10,8 +10,7 @@ after a 200 (docs/whatsapp-api.md#customer-service-window). Callbacks that are n
 200 are tried again, as Meta does. Configured with POST /sandbox/webhook.
 
 Customers' messages (customers.py) go out through the same `Webhook.post`, in the shapes of
-docs/whatsapp-api.md#incoming-messages, built here by `envelope` so that statuses and messages
-share one Cloud envelope.
+docs/whatsapp-api.md#incoming-message-shapes, wrapped by `envelope` like the statuses.
 """
 
 from __future__ import annotations
@@ -32,17 +31,19 @@ from .checks import WINDOW_DETAILS
 
 # The sandbox's one business number as webhooks name it: Meta's example WhatsApp Business
 # Account and display number, which go with the example phone number id the sandbox serves
-# (docs/whatsapp-api.md#incoming-messages).
+# (docs/whatsapp-api.md#incoming-message-shapes).
 WABA_ID = "102290129340398"
 DISPLAY_PHONE_NUMBER = "15550783881"
 
 # Real reasons a message fails after it was accepted (Cloud code, On-Premises code, title).
+# The last is the customer service window's, decided by the window itself (server.py), never
+# at random: a random "re-engagement" to a customer who just wrote would contradict it.
 FAILURES = (
     (131026, 1026, "Message undeliverable"),
     (131053, 1006, "Media upload error"),
     (131047, 470, "Re-engagement message"),
 )
-WINDOW_FAILURE = 2  # the index in FAILURES of a message sent outside the window
+WINDOW_FAILURE = len(FAILURES) - 1
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Webhook:
         """("read", None), or ("failed", index into FAILURES): the same for the same id."""
         digest = hashlib.sha256(f"{self.seed}:{message_id}".encode()).digest()
         if int.from_bytes(digest[:4], "big") / 2**32 < self.fail_share:
-            return "failed", digest[4] % len(FAILURES)
+            return "failed", digest[4] % WINDOW_FAILURE
         return "read", None
 
     def accepted(
