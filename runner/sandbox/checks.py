@@ -33,7 +33,14 @@ CODES = {
     "template_params": (2000, 132000, "Number of parameters does not match"),
     "template_missing": (2001, 132001, "Template name does not exist in the translation"),
     "object": (1009, 100, "Unsupported post request"),
+    # free-form outside the customer service window (docs/whatsapp-api.md#customer-service-window)
+    "window": (470, 131047, "Re-engagement message"),
 }
+
+WINDOW_DETAILS = (
+    "Message failed to send because more than 24 hours have passed since the customer last"
+    " replied to this number."
+)
 
 
 # Titles of codes a test may inject (fail_recipients), as the real APIs word them.
@@ -83,6 +90,7 @@ class TemplateSpec:
     header: str | None  # image | video | document | text | None
     body: int  # number of body parameters
     buttons: tuple[str, ...] = ()  # sub_type of each button with a parameter, by index
+    labels: tuple[str, ...] = ()  # each button's text as approved (what a tap sends back)
 
 
 # The templates the sandbox knows (by name and language), used by the example flows and tests.
@@ -91,8 +99,10 @@ TEMPLATES: dict[tuple[str, str], TemplateSpec] = {
     ("onboarding_welcome", "en_US"): TemplateSpec("image", 2, ("url",)),
     ("onboarding_welcome", "de"): TemplateSpec("image", 2, ("url",)),
     ("invoice_reminder", "en_US"): TemplateSpec("document", 3),
-    ("launch_offer", "en_US"): TemplateSpec("video", 1, ("quick_reply", "quick_reply")),
-    ("order_update", "en_US"): TemplateSpec("text", 1, ("quick_reply",)),
+    ("launch_offer", "en_US"): TemplateSpec(
+        "video", 1, ("quick_reply", "quick_reply"), ("Tell me more", "Not now")
+    ),
+    ("order_update", "en_US"): TemplateSpec("text", 1, ("quick_reply",), ("Track my order",)),
 }
 
 
@@ -265,3 +275,21 @@ def _check_buttons(spec: TemplateSpec, buttons: list[dict[str, Any]]) -> None:
         raise ApiError(
             "template_params", f"the template's {len(spec.buttons)} button(s) need parameters"
         )
+
+
+def quick_replies(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """A checked message's quick-reply buttons, by index: (the payload our body gave it, its
+    label). What a customer who taps one sends back (docs/whatsapp-api.md#incoming-message-shapes);
+    empty for anything but a template with quick replies."""
+    template = body.get("template")
+    if body.get("type") != "template" or not isinstance(template, dict):
+        return []
+    spec = TEMPLATES.get((str(template.get("name")), str(template["language"]["code"])))
+    found = []
+    for component in template.get("components", []):
+        if component.get("type") == "button" and component.get("sub_type") == "quick_reply":
+            index = int(component["index"])
+            payload = str(component["parameters"][0]["payload"])
+            labels = spec.labels if spec else ()
+            found.append((index, payload, labels[index] if index < len(labels) else payload))
+    return [(payload, label) for _, payload, label in sorted(found)]

@@ -7,7 +7,8 @@ ids). Requests are checked as strictly as the real APIs do (checks.py); what is 
 goes to an inbox; faults are injected on request. Shapes: docs/whatsapp-api.md#message-bodies.
 
 Control endpoints (not part of the WhatsApp API) live under /sandbox/:
-- GET /sandbox/inbox: the accepted messages, in order; DELETE clears inbox and faults
+- GET /sandbox/inbox: the accepted messages, in order; DELETE clears inbox and faults, and
+  forgets customers (windows, actions, refusals, the simulation)
 - POST /sandbox/faults: {"latency": s, "status": {"code": 429, "count": n, "retry_after": s,
   "error": 130429}, "drop": n, "slow": s,
   "fail_recipients": {"<wa id>": 1013, "<wa id>": {"error": 131056, "count": 2, "status": 400}}}
@@ -15,6 +16,13 @@ Control endpoints (not part of the WhatsApp API) live under /sandbox/:
 - POST /sandbox/tokens/expire: every token stops working (logging in again gives a new one)
 - POST /sandbox/webhook {"url", "secret", "delay", "fail_share", "seed"}: status callbacks for
   what it accepts (webhooks.py); GET: the final status it decided for each message
+- POST /sandbox/window {"enforce": true, "window_errors": "async" | "sync" | "auto"}: refuse
+  free-form messages outside the 24-hour customer service window (131047 / 470); GET: the
+  settings, each customer's window and the messages refused
+- POST /sandbox/customers {"reply_share", "tap_share", "stop_share", "delay", "texts", "seed"}:
+  simulated customers (customers.py); GET: what every customer did
+- POST /sandbox/inbound {"from", "text" | "button" + "context" | "user_preferences", "at"}: one
+  customer message now (or written at `at`), to the webhook if one is configured
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import itertools
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,7 +44,8 @@ from aiohttp import BodyPartReader, web
 from runner.media import LIMITS
 from runner.threadserver import serving
 
-from .checks import NAMESPACE, ApiError, check_message
+from .checks import NAMESPACE, WINDOW_DETAILS, ApiError, check_message
+from .customers import Customers, Inbound, Refused, Simulation
 from .webhooks import Webhook
 
 __all__ = ["LOGIN", "NAMESPACE", "PHONE_NUMBER_ID", "TOKEN", "SandboxState", "running", "serve"]
@@ -44,6 +55,7 @@ LOGIN = ("sandbox", "sandbox")
 PHONE_NUMBER_ID = "106540352242922"  # the one business number the sandbox's Cloud API serves
 ALL_MIME = frozenset().union(*(mimes for mimes, _ in LIMITS.values()))
 VERSION_PATH = r"{version:v\d+\.\d+}"
+WINDOW_ERRORS = ("auto", "async", "sync")
 
 
 @dataclass
@@ -71,6 +83,15 @@ class SandboxState:
     logins: int = 0
     ids: Iterator[int] = field(default_factory=itertools.count)
     webhook: Webhook | None = None  # where status callbacks go, if anywhere
+    # TRANSITIONAL: off until flowrun's executor waits for the window; then on by default.
+    # Read in one place only: `_window_closed`.
+    enforce_window: bool = False
+    window_errors: str = "auto"  # how a closed window refuses: async, sync, auto (see README)
+    refused: list[dict[str, Any]] = field(default_factory=list)  # free-form to closed windows
+    customers: Customers = field(default_factory=Customers)
+
+    def __post_init__(self) -> None:
+        self.customers.webhook = lambda: self.webhook  # customers write to the webhook of now
 
 
 STATE = web.AppKey("state", SandboxState)
@@ -114,7 +135,23 @@ def build_app(state: SandboxState | None = None) -> web.Application:
     app.router.add_post("/sandbox/tokens/expire", _expire_tokens)
     app.router.add_post("/sandbox/webhook", _set_webhook)
     app.router.add_get("/sandbox/webhook", _webhook_decisions)
+    app.router.add_post("/sandbox/window", _set_window)
+    app.router.add_get("/sandbox/window", _window)
+    app.router.add_post("/sandbox/customers", _set_customers)
+    app.router.add_get("/sandbox/customers", _customers)
+    app.router.add_post("/sandbox/inbound", _inbound)
+    app.on_cleanup.append(_stop_callbacks)
     return app
+
+
+async def _stop_callbacks(app: web.Application) -> None:
+    """Callbacks and customers still under way stop with the server, closing their
+    connections (left to the garbage collector, their sockets would be leaked)."""
+    state = app[STATE]
+    tasks = {*state.customers.tasks, *(state.webhook.tasks if state.webhook else ())}
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @web.middleware
@@ -246,12 +283,18 @@ async def _send(request: web.Request) -> web.Response:
     state: SandboxState = request.app[STATE]
     check_message(body, state.media, dialect)
     _injected_failure(state, body["to"])
+    business = _business_number(request)
+    closed = _window_closed(state, business, body)
+    if closed and _window_errors(state) == "sync":
+        state.refused.append(_refusal(None, body, dialect, "sync"))
+        raise ApiError("window", WINDOW_DETAILS)
     number = next(state.ids)
     state.inbox.append({"id": _message_id(dialect, number), **body})
     state.received.append(time.monotonic())
     message_id = state.inbox[-1]["id"]
-    if state.webhook is not None:
-        state.webhook.accepted(message_id, body["to"], dialect)
+    if closed:
+        state.refused.append(_refusal(message_id, body, dialect, "async"))
+    _accepted(state, message_id, business, body, dialect, closed=closed)
     if dialect == "cloud":
         return web.json_response(
             {
@@ -264,6 +307,71 @@ async def _send(request: web.Request) -> web.Response:
         {"messages": [{"id": message_id}], "meta": {"api_status": "stable", "version": "sandbox"}},
         status=201,
     )
+
+
+def _business_number(request: web.Request) -> str:
+    """The business number a message is sent from: Cloud names it in the path; the sandbox's
+    On-Premises API is the same one number (so a customer who wrote opens both)."""
+    return request.match_info.get("number", PHONE_NUMBER_ID)
+
+
+def _window_closed(state: SandboxState, business: str, body: dict[str, Any]) -> bool:
+    """Whether the API refuses this message for the customer service window: a free-form
+    message (anything but a template) to a customer who has not written to this number in
+    the last 24 hours (docs/whatsapp-api.md#customer-service-window). The one place that
+    reads `enforce_window`."""
+    if not state.enforce_window or body["type"] == "template":
+        return False
+    return not state.customers.window_open(business, body["to"], time.time())
+
+
+def _window_errors(state: SandboxState) -> str:
+    """How a closed window refuses: `async` (accepted, then a `failed` status webhook, which
+    Meta mostly does) when there is a webhook to hear it, else `sync` (the 400 answer Meta
+    also gives): without a webhook an asynchronous refusal would pass unseen."""
+    if state.window_errors != "auto":
+        return state.window_errors
+    return "async" if state.webhook is not None else "sync"
+
+
+def _refusal(
+    message_id: str | None, body: dict[str, Any], dialect: str, how: str
+) -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "to": body["to"],
+        "type": body["type"],
+        "dialect": dialect,
+        "how": how,
+    }
+
+
+def _accepted(
+    state: SandboxState,
+    message_id: str,
+    business: str,
+    body: dict[str, Any],
+    dialect: str,
+    *,
+    closed: bool,
+) -> None:
+    """What follows an accepted message: its statuses to the webhook, and once it is delivered
+    (at once without a webhook: nothing says otherwise) its recipient may act on it."""
+
+    def delivered() -> None:
+        state.customers.delivered(message_id, business, body, dialect)
+
+    if state.webhook is not None:
+        state.webhook.accepted(
+            message_id,
+            body["to"],
+            dialect,
+            business,
+            window_closed=closed,
+            on_delivered=None if closed else delivered,
+        )
+    elif not closed:
+        delivered()
 
 
 def _message_id(dialect: str, number: int) -> str:
@@ -295,6 +403,8 @@ async def _reset(request: web.Request) -> web.Response:
     state.received.clear()
     state.faults = Faults()
     state.requests = 0
+    state.refused.clear()
+    state.customers.reset()
     return web.json_response({})
 
 
@@ -343,6 +453,84 @@ async def _set_webhook(request: web.Request) -> web.Response:
 async def _webhook_decisions(request: web.Request) -> web.Response:
     webhook = request.app[STATE].webhook
     return web.json_response(webhook.decided if webhook else {})
+
+
+async def _set_window(request: web.Request) -> web.Response:
+    """{"enforce": true}: free-form messages need an open customer service window (off by
+    default until flowrun waits for the window; see README). {"window_errors": "async" |
+    "sync" | "auto"}: how a closed window refuses (`_window_errors`)."""
+    spec = await _control_body(request)
+    state: SandboxState = request.app[STATE]
+    if set(spec) - {"enforce", "window_errors"}:
+        raise _refused(f"unknown fields {sorted(set(spec) - {'enforce', 'window_errors'})}")
+    enforce = spec.get("enforce", state.enforce_window)
+    errors = spec.get("window_errors", state.window_errors)
+    if not isinstance(enforce, bool):
+        raise _refused("enforce must be true or false")
+    if errors not in WINDOW_ERRORS:
+        raise _refused(f"window_errors must be one of {', '.join(WINDOW_ERRORS)}")
+    state.enforce_window, state.window_errors = enforce, errors
+    return await _window(request)
+
+
+async def _window(request: web.Request) -> web.Response:
+    state: SandboxState = request.app[STATE]
+    return web.json_response(
+        {
+            "enforce": state.enforce_window,
+            "window_errors": state.window_errors,
+            "windows": state.customers.windows(time.time()),
+            "refused": state.refused,
+        }
+    )
+
+
+async def _set_customers(request: web.Request) -> web.Response:
+    """Simulated customers from now on ({} or all shares 0: none act)."""
+    spec = await _control_body(request)
+    try:
+        simulation = Simulation.parse(spec)
+    except Refused as exc:
+        raise _refused(str(exc)) from None
+    request.app[STATE].customers.simulation = simulation
+    return await _customers(request)
+
+
+async def _customers(request: web.Request) -> web.Response:
+    customers = request.app[STATE].customers
+    simulation = customers.simulation
+    return web.json_response(
+        {
+            "simulation": None if simulation is None else dataclasses.asdict(simulation),
+            "actions": customers.actions,
+        }
+    )
+
+
+async def _inbound(request: web.Request) -> web.Response:
+    """One customer message, now: answered once the webhook (if any) was told."""
+    spec = await _control_body(request)
+    try:
+        inbound, dialect = Inbound.parse(spec, time.time())
+    except Refused as exc:
+        raise _refused(str(exc)) from None
+    action = await request.app[STATE].customers.inject(inbound, PHONE_NUMBER_ID, dialect)
+    return web.json_response(action)
+
+
+async def _control_body(request: web.Request) -> dict[str, Any]:
+    try:
+        spec = await request.json()
+    except ValueError:
+        raise _refused("the body is not JSON") from None
+    if not isinstance(spec, dict):
+        raise _refused("the body must be a JSON object")
+    return spec
+
+
+def _refused(reason: str) -> web.HTTPBadRequest:
+    """A control request refused: 400 with its one-line reason."""
+    return web.HTTPBadRequest(text=json.dumps({"error": reason}), content_type="application/json")
 
 
 async def _expire_media(request: web.Request) -> web.Response:
