@@ -120,3 +120,28 @@ def test_131050_records_the_marketing_stop_and_no_later_run_sends_a_template(
     requests = state.requests
     assert flowrun("flow.yaml", "--retry-failed")[0] == 0
     assert state.requests == requests  # Alice's template is not asked for again
+
+
+def test_what_a_customer_says_through_the_webhooks_is_honoured_by_the_next_run(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    """End to end: the sandbox's customers write (a STOP, a marketing stop) as signed webhooks
+    of Meta's shapes, the receiver records them in the flow's ledger, the next run honours them."""
+    from runner.receiver import Receiver, running
+
+    base, state = api
+    write_flow(folder, base, STEPS, people=3, kind="cloud")
+    ledger = folder / "flow.ledger.sqlite"
+    SqliteLedger.for_run(ledger, "t").close()
+    receiver = Receiver(ledger, "app-secret")
+    with running(receiver) as url:
+        post(f"{base}/sandbox/webhook", {"url": url, "secret": "app-secret"})
+        post(f"{base}/sandbox/inbound", {"from": ALICE, "text": "Stop"})
+        post(f"{base}/sandbox/inbound", {"from": BOB, "user_preferences": "stop"})
+    receiver.close()
+    assert (receiver.counts.messages, receiver.counts.preferences) == (1, 1)
+    post(f"{base}/sandbox/webhook", {})
+    assert flowrun("flow.yaml")[0] == 0
+    assert ALICE not in sent_to(state)
+    assert sent_to(state)[BOB] == ["text"]
+    assert sent_to(state)["15550100000"] == ["template", "text"]
