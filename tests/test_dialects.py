@@ -334,7 +334,7 @@ def test_outside_the_24_hour_window_fails_with_a_hint(
     assert exit_code == 1
     assert f"error {code}, " in err
     assert "Re-engagement message" in err
-    assert "only a template message may start the conversation" in err
+    assert "only a template message (a `template:` step) may reach them now" in err
     rows = [row[:6] for row in ledger_rows(folder) if row[1] == "15550100001"]
     title = f"(#{code}) Re-engagement message" if kind == "cloud" else "Re-engagement message"
     assert rows == [

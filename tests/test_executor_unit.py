@@ -161,7 +161,7 @@ def test_outside_the_window_fails_with_the_template_hint(tmp_path: Path, code: i
     refused = Response(400, {"error": {"code": code, "message": "Re-engagement message"}}, None)
     summary, _ = run(tmp_path, MemoryTransport(lambda body: refused))
     [reason] = summary.failures
-    assert "only a template message may start the conversation" in reason
+    assert "only a template message (a `template:` step) may reach them now" in reason
 
 
 def test_a_file_swapped_after_validation_is_never_uploaded(tmp_path: Path) -> None:

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 # Both dialects refuse a free-form message outside the 24-hour window (Cloud 131047, On-Premises
 # 470): docs/whatsapp-api.md#customer-service-window
 TEMPLATE_HINT = (
-    "more than 24 hours since the recipient last wrote: only a template message may start"
-    " the conversation (a `template:` step)"
+    "the customer has not written in the last 24 hours: only a template message (a"
+    " `template:` step) may reach them now; free-form messages only after they write back"
+    " (a template does not open the window)"
 )
 
 
