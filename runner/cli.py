@@ -67,6 +67,7 @@ def cli() -> None:
     flowrun FLOW               run a flow (same as: flowrun run FLOW)
     flowrun validate FLOW...   check flows completely, send nothing
     flowrun plan FLOW          show what a run would send
+    flowrun contacts FLOW      who opted out; --import FILE.csv adds a list
     flowrun schema             print the JSON Schema of the flow format
     """
 
@@ -191,6 +192,29 @@ def listen(flow: str | None, ledger_path: str | None, host: str, port: int) -> N
     from .commands.listen import listen as listen_for_statuses
 
     sys.exit(_handled(lambda: listen_for_statuses(flow, ledger_path, host, port)))
+
+
+@cli.command()
+@click.argument("flow", type=click.Path(dir_okay=False))
+@click.option("--ledger", "ledger_path", help="Ledger file (default: the FLOW's).")
+@click.option("--sandbox", "use_sandbox", is_flag=True, help="The FLOW's sandbox ledger.")
+@click.option(
+    "--import",
+    "import_file",
+    type=click.Path(dir_okay=False, exists=True),
+    metavar="FILE.csv",
+    help="Add these phones (a CSV with a 'phone' column) as opted out.",
+)
+@click.option("--csv", "as_csv", is_flag=True, help="List as CSV.")
+def contacts(
+    flow: str, *, ledger_path: str | None, use_sandbox: bool, import_file: str | None, as_csv: bool
+) -> None:
+    """The customers of FLOW's number who opted out (stop words, marketing stops, imports)."""
+    from .commands.contacts import ContactsRequest
+    from .commands.contacts import contacts as show_contacts
+
+    request = ContactsRequest(ledger_path, use_sandbox, import_file, as_csv)
+    sys.exit(_handled(lambda: show_contacts(flow, request)))
 
 
 @cli.command()

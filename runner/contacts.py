@@ -10,7 +10,7 @@ Messaging Policy requires honouring such requests: docs/whatsapp-api.md#incoming
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .ledger import Inbound, Preference
@@ -27,6 +27,9 @@ DEFAULT_STOP_WORDS = (
     "СТОП", "ОТПИСАТЬСЯ", "ОТПИСКА", "ОТПИШИТЕ",  # Russian
 )  # fmt: skip
 DEFAULT_RESUME_WORDS = ("START", "UNSTOP", "СТАРТ")
+# The category of an opt-out the business brought (`flowrun contacts FLOW --import`): everything
+# stops, as for a stop word.
+IMPORTED = "imported"
 
 
 def keyword(text: str) -> str:
@@ -64,22 +67,35 @@ class Contact:
     def of(
         cls, inbound: Iterable[Inbound], preferences: Iterable[Preference], words: Keywords
     ) -> Contact:
-        return cls(_opted_out(inbound, words), _marketing_stopped(preferences))
+        preferences = list(preferences)
+        return cls(_opted_out(inbound, preferences, words), _marketing_stopped(preferences))
 
 
-def _opted_out(inbound: Iterable[Inbound], words: Keywords) -> str | None:
-    latest: Inbound | None = None  # the latest stop or resume word
+def _opted_out(
+    inbound: Iterable[Inbound], preferences: Iterable[Preference], words: Keywords
+) -> str | None:
+    """Why the customer gets nothing: the latest of their stop and resume words, and the
+    business's own opt-out list (imported), decides."""
+    latest: tuple[str, bool, str] | None = None  # (when, stops, why)
+    for event in _stops_and_resumes(inbound, preferences, words):
+        if latest is None or event[0] >= latest[0]:
+            latest = event
+    return latest[2] if latest is not None and latest[1] else None
+
+
+def _stops_and_resumes(
+    inbound: Iterable[Inbound], preferences: Iterable[Preference], words: Keywords
+) -> Iterator[tuple[str, bool, str]]:
     for message in inbound:
         if message.kind != "text" or message.text is None:
             continue  # a tap on a button labelled "Stop" is the template's, not a stop word
         said = keyword(message.text)
-        if (said in words.stop or said in words.resume) and (
-            latest is None or message.at >= latest.at
-        ):
-            latest = message
-    if latest is None or latest.text is None or keyword(latest.text) in words.resume:
-        return None
-    return f"wrote '{latest.text}' on {latest.at}"
+        if said in words.stop or said in words.resume:
+            yield message.at, said in words.stop, f"wrote '{message.text}' on {message.at}"
+    for preference in preferences:
+        if preference.category == IMPORTED:
+            why = f"on the business's opt-out list since {preference.at}"
+            yield preference.at, preference.value == "stop", why
 
 
 def _marketing_stopped(preferences: Iterable[Preference]) -> str | None:

@@ -152,7 +152,7 @@ def _rows(reader: Any, header: list[str], display: str) -> Iterator[tuple[int, d
         yield start, dict(zip(header, row, strict=True))
 
 
-def _with_phone(fields: dict[str, Any]) -> dict[str, Any]:
+def with_phone(fields: dict[str, Any]) -> dict[str, Any]:
     """The row with `phone` under that exact name, whatever case the header used."""
     if "phone" not in fields:
         for key, value in fields.items():
@@ -227,7 +227,7 @@ class RecipientStream:
     def __iter__(self) -> Iterator[Recipient]:
         seen = PhoneSet()
         for where, row in self._rows():
-            fields = _with_phone(row)
+            fields = with_phone(row)
             try:
                 phone = normalize_phone(fields.get("phone"))
             except ValueError as exc:

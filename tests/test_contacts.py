@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.contacts import DEFAULT_STOP_WORDS, Contact, Keywords, keyword
+from runner.contacts import DEFAULT_STOP_WORDS, IMPORTED, Contact, Keywords, keyword
 from runner.ledger import Inbound, Preference
 
 WORDS = Keywords.from_settings(None, None)
@@ -73,3 +73,14 @@ def test_a_flows_own_words() -> None:
     assert Contact.of(history, [], WORDS).opted_out is None  # not a default stop word
     history.append(said("Go  on", "2026-01-02T10:00:00+00:00"))
     assert Contact.of(history, [], words).opted_out is None
+
+
+def test_an_imported_opt_out_stops_everything_until_the_customer_resumes() -> None:
+    imported = Preference("1", "15550100001", "2026-01-01T10:00:00+00:00", "stop", IMPORTED)
+    assert Contact.of([], [imported], WORDS).opted_out == (
+        "on the business's opt-out list since 2026-01-01T10:00:00+00:00"
+    )
+    later = said("start", "2026-01-02T10:00:00+00:00")
+    assert Contact.of([later], [imported], WORDS).opted_out is None
+    earlier = said("start", "2025-12-31T10:00:00+00:00")
+    assert Contact.of([earlier], [imported], WORDS).opted_out is not None

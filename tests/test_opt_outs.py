@@ -145,3 +145,39 @@ def test_what_a_customer_says_through_the_webhooks_is_honoured_by_the_next_run(
     assert ALICE not in sent_to(state)
     assert sent_to(state)[BOB] == ["text"]
     assert sent_to(state)["15550100000"] == ["template", "text"]
+
+
+def test_an_imported_opt_out_list_is_honoured_and_listed(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    """A business brings its suppression list; the run honours it; `contacts` lists who is
+    withheld and why, as the run decides it."""
+    base, state = api
+    write_flow(folder, base, STEPS, people=3, kind="cloud")
+    (folder / "suppressed.csv").write_text("Phone;name\n+1 (555) 010-0001;Alice\n", "utf-8")
+    code, out, err = flowrun("contacts", "flow.yaml", "--import", "suppressed.csv")
+    assert code == 0, err
+    assert "suppressed.csv: 1 opt-out(s) added to flow.ledger.sqlite" in out
+    when = "2026-11-30T10:00:00+00:00"
+    heard(folder, Preference(PHONE_NUMBER_ID, BOB, when, "stop"))
+    assert flowrun("flow.yaml")[0] == 0
+    assert ALICE not in sent_to(state)
+    code, out, _ = flowrun("contacts", "flow.yaml")
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{ALICE}  no everything: on the business's opt-out list since ")
+    assert (
+        lines[1] == f"{BOB}  no marketing: stopped marketing messages on 2026-11-30T10:00:00+00:00"
+    )
+    assert lines[2] == "2 customer(s) opted out"
+
+
+def test_a_bad_phone_in_an_opt_out_list_imports_nothing(
+    folder: Path, api: tuple[str, SandboxState]
+) -> None:
+    base, _ = api
+    write_flow(folder, base, STEPS, people=1, kind="cloud")
+    (folder / "suppressed.csv").write_text("phone\n+15550100001\n07911 123456\n", "utf-8")
+    code, _, err = flowrun("contacts", "flow.yaml", "--import", "suppressed.csv")
+    assert code == 2
+    assert err.startswith("suppressed.csv:3:1: phone '07911 123456' has no country code")
+    assert flowrun("contacts", "flow.yaml")[0] == 2  # no ledger: nothing was written

@@ -117,6 +117,11 @@ class SqliteLedger:
         """The writing side only: the run's writer process, or the webhook receiver."""
         return cls(path, flow, lock=False, reads=False)
 
+    @classmethod
+    def for_customers(cls, path: Path) -> SqliteLedger:
+        """What customers said, to read and to add to (`flowrun contacts`), beside a run."""
+        return cls(path, "", lock=False, reads=True)
+
     @property
     def location(self) -> str:
         return str(self.path)
@@ -177,6 +182,15 @@ class SqliteLedger:
             " UNION ALL SELECT 1 FROM preferences WHERE business = ? LIMIT 1"
         )
         return bool(self._read(query, (business, business)))
+
+    def customers_heard(self, business: str) -> list[str]:
+        """Every customer of this business number who wrote or set a preference."""
+        rows = self._read(
+            "SELECT customer FROM inbound WHERE business = ?"
+            " UNION SELECT customer FROM preferences WHERE business = ? ORDER BY 1",
+            (business, business),
+        )
+        return [customer for (customer,) in rows]
 
     def heard_from(self, business: str, customer: str) -> tuple[list[Inbound], list[Preference]]:
         """What one customer sent this business number, and their preferences (each one
