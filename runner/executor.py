@@ -84,6 +84,7 @@ class Summary:
     uncertain: int = 0
     blocked: int = 0
     opted_out: int = 0  # not sent: the customer asked to stop
+    unusable: dict[str, int] = field(default_factory=dict)  # step → withheld: its template
     already: int = 0  # sent by an earlier run
     changed: int = 0  # of those, how many the flow now words differently
     held: int = 0  # failed/uncertain from an earlier run, not retried
@@ -154,6 +155,8 @@ class Executor:
         self.ticker = Ticker()
         self.slots = asyncio.Semaphore(options.concurrency)
         self._media: dict[str, asyncio.Task[str]] = {}
+        # (step, template, language) → the API's word that the template cannot be used
+        self._unusable: dict[tuple[str, str, str], ApiFailure] = {}
         self._stopping = False
         self._stop_error: BaseException | None = None
         self._streak = 0
@@ -334,6 +337,9 @@ class Executor:
                 state.media_id = await self._media_id(message.upload)
             while True:
                 async with self.slots:
+                    unusable = self._unusable.get(_template_of(message)) if self._unusable else None
+                    if unusable is not None:  # (checked in the slot: only those in flight ask)
+                        return self._withheld(message, unusable)
                     state.attempt += 1
                     outcome = await self._try_once(message, state)
                     # Refused before it was taken (a new login or upload repairs that): sent
@@ -346,15 +352,9 @@ class Executor:
                     if not isinstance(outcome, ApiFailure):
                         return outcome
                     failure = outcome
-                    if failure.verdict is Verdict.MARKETING_STOPPED:
-                        return self._marketing_stopped(message, failure)
-                    if not failure.retry or state.attempt > self.retries:
-                        if failure.verdict is Verdict.AUTH:
-                            self._stop(StopRun(_auth_message(failure, self.dialect)))
-                        return self._failed(message, failure, 1)
-                    # Waiting for the next attempt: the slot goes back, and the message is on
-                    # record as failed (the API refused it) until its next mark.
-                    self.commits.record(_failure_outcome(message, failure, 1))
+                    settled = self._settle(message, failure, state.attempt)
+                    if settled is not None:
+                        return settled
                 if not await self._wait_to_retry(failure, state.attempt):
                     self._interrupted(message)
                     return None
@@ -362,6 +362,22 @@ class Executor:
             return self._failed(message, exc.failure, 1)
         except UploadInterrupted:
             return None
+
+    def _settle(self, message: Message, failure: ApiFailure, attempt: int) -> bool | None:
+        """What a refusal means for this message: settled (whether it counts as sent: False),
+        or None to try again after a wait (on record as failed until then)."""
+        if failure.verdict is Verdict.MARKETING_STOPPED:
+            return self._marketing_stopped(message, failure)
+        if failure.verdict is Verdict.TEMPLATE_UNUSABLE:
+            self._unusable.setdefault(_template_of(message), failure)
+        if not failure.retry or attempt > self.retries:
+            if failure.verdict is Verdict.AUTH:
+                self._stop(StopRun(_auth_message(failure, self.dialect)))
+            return self._failed(message, failure, 1)
+        # Waiting for the next attempt: the slot goes back, and the message is on record as
+        # failed (the API refused it) until its next mark.
+        self.commits.record(_failure_outcome(message, failure, 1))
+        return None
 
     async def _try_once(self, message: Message, state: _Sending) -> bool | ApiFailure | None:
         """Pace, mark, send (holding a slot): True sent, False uncertain, None stopping, or
@@ -454,6 +470,15 @@ class Executor:
             )
         )
         self.summary.unsent += 1
+
+    def _withheld(self, message: Message, failure: ApiFailure) -> bool:
+        """The step's template (in this language) cannot be used: the API said so for one of
+        its messages, and would say it for every other. Not sent, looked at again next run."""
+        why = f"the template cannot be used: {failure}"
+        self.commits.record(_skipped(message.step.key, message.recipient.phone, "template", why))
+        unusable = self.summary.unusable
+        unusable[message.step.key] = unusable.get(message.step.key, 0) + 1
+        return False  # the recipient's later steps wait behind it, as behind a failure
 
     def _marketing_stopped(self, message: Message, failure: ApiFailure) -> bool:
         """The API says the customer stopped marketing messages: what they asked for is
@@ -586,6 +611,15 @@ class Executor:
 
 
 NOBODY_SAID = Contact()
+
+
+def _template_of(message: Message) -> tuple[str, str, str]:
+    """What a template refusal is about: the step's template in this message's language (a
+    template may exist in one language and not in another)."""
+    content = message.content
+    language = content.get("language")
+    code = language.get("code", "") if isinstance(language, dict) else ""
+    return message.step.key, str(content.get("name", "")), str(code)
 
 
 def _refused_by(contact: Contact, item: Message | Skipped) -> str | None:

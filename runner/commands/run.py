@@ -220,6 +220,12 @@ def _advice(summary: Summary) -> list[str]:
             f"{summary.opted_out:,} message(s) not sent: their customers asked to stop"
             " (flowrun report lists them as skipped, opted out)"
         )
+    for step, count in summary.unusable.items():
+        lines.append(
+            f"{count:,} message(s) of step {step} not sent: its template cannot be used (see the"
+            " failure below); fix it in WhatsApp Manager or in the flow, then run with"
+            " --retry-failed"
+        )
     if summary.held:
         lines.append(
             f"{summary.held:,} recipient(s) wait behind a failed or uncertain message of an"

@@ -41,6 +41,8 @@ class Verdict(enum.Enum):
     PAIR_RATE = "pair rate"  # too many to this one recipient: delay only them, then again
     AUTH = "auth"  # the token is refused: log in again if the dialect can, else stop
     MEDIA_GONE = "media gone"  # a media id expired: upload again (once), then try again
+    TEMPLATE_UNUSABLE = "template unusable"  # missing, paused, disabled, wrong parameters: the
+    # same for every recipient of the step (in that language): the step stops, once
     MARKETING_STOPPED = "marketing stopped"  # the customer stopped marketing: never retried,
     # recorded, and no template goes to them until they resume
     FAIL = "fail"  # settled: the message failed, with the API's reason

@@ -40,8 +40,15 @@ MEDIA_CODE = 131053  # the media could not be used: for our own upload, the id e
 # "This recipient has chosen to stop receiving marketing messages on WhatsApp from your
 # business" (docs/whatsapp-api.md#cloud-api-errors)
 MARKETING_STOPPED_CODE = 131050
+# The template cannot be used as sent: parameters that do not match it, missing in that
+# language, paused, disabled (docs/whatsapp-api.md#cloud-api-errors)
+TEMPLATE_CODES = (132000, 132001, 132015, 132016)
 # Refusals a code alone explains (once the status said nothing more urgent)
-_BY_CODE = {MEDIA_CODE: Verdict.MEDIA_GONE, MARKETING_STOPPED_CODE: Verdict.MARKETING_STOPPED}
+_BY_CODE = {
+    MEDIA_CODE: Verdict.MEDIA_GONE,
+    MARKETING_STOPPED_CODE: Verdict.MARKETING_STOPPED,
+    **dict.fromkeys(TEMPLATE_CODES, Verdict.TEMPLATE_UNUSABLE),
+}
 HINTS = {
     131047: TEMPLATE_HINT,
     131048: "spam rate limit: too many of this number's messages were blocked or reported;"
@@ -49,6 +56,8 @@ HINTS = {
     131026: "the recipient cannot receive it (not on WhatsApp, or an old app)",
     132000: "the number of template parameters does not match the template",
     132001: "no such template in this language: check name and language in WhatsApp Manager",
+    132015: "the template is paused (its quality fell): edit it in WhatsApp Manager",
+    132016: "the template is disabled: make a new one in WhatsApp Manager",
 }
 
 

@@ -32,7 +32,13 @@ RATE = 250.0  # messages/s: the documented ceiling (docs/whatsapp-api.md#rate-li
 RETRY_CODES = frozenset({1011, 1014, 1016, 1017, 1018, 408})
 THROTTLE_CODES = frozenset({1015})
 OUTSIDE_WINDOW = 470
+TEMPLATE_CODES = (2000, 2001)  # parameters do not match; missing in that language
 MEDIA_NOT_FOUND = 1006
+# Refusals a code alone explains (once the status said nothing more urgent)
+_BY_CODE = {
+    MEDIA_NOT_FOUND: Verdict.MEDIA_GONE,
+    **dict.fromkeys(TEMPLATE_CODES, Verdict.TEMPLATE_UNUSABLE),
+}
 
 
 @dataclass(frozen=True)
@@ -123,11 +129,9 @@ def _classify(status: int, code: int | None) -> tuple[Verdict, str | None]:
         return Verdict.THROTTLED, None
     if status >= 500 or code in RETRY_CODES:
         return Verdict.RETRY, None
-    if code == MEDIA_NOT_FOUND:
-        return Verdict.MEDIA_GONE, None
     if code == OUTSIDE_WINDOW:
         return Verdict.FAIL, TEMPLATE_HINT
-    return Verdict.FAIL, None
+    return _BY_CODE.get(code, Verdict.FAIL) if code is not None else Verdict.FAIL, None
 
 
 def check_flow(loaded: LoadedFlow, problems: Problems) -> None:
