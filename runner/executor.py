@@ -23,7 +23,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -84,6 +84,9 @@ class Summary:
     uncertain: int = 0
     blocked: int = 0
     opted_out: int = 0  # not sent: the customer asked to stop
+    later: int = 0  # failed ones --retry-failed may not send yet (131049: a day)
+    later_until: str = ""  # the latest time one of those may go
+    never: int = 0  # failed ones the API will never take (130472)
     unusable: dict[str, int] = field(default_factory=dict)  # step → withheld: its template
     already: int = 0  # sent by an earlier run
     changed: int = 0  # of those, how many the flow now words differently
@@ -275,7 +278,7 @@ class Executor:
                 self.commits.record(_skipped(item.step.key, recipient.phone, "opted out", refused))
                 self.summary.opted_out += 1
                 continue  # every path: a failed one is not retried either
-            if (state == "failed" and not self.options.retry_failed) or (
+            if (state == "failed" and not self._may_resend(item, recipient)) or (
                 state == "uncertain" and not self.options.retry_uncertain
             ):
                 self.summary.held += 1
@@ -295,6 +298,25 @@ class Executor:
             if not sent:
                 self._block_rest(items, item, recipient)
                 return
+
+    def _may_resend(self, item: Message | Skipped, recipient: Recipient) -> bool:
+        """A failed message is sent again only with --retry-failed, and not before its
+        refusal allows (the dialect says how long: a day, or never)."""
+        if not self.options.retry_failed:
+            return False
+        code, last = self.ledger.failure_of(item.step.key, recipient.phone)
+        wait = self.dialect.resend_wait(code)
+        if wait is None:
+            return True
+        if wait == timedelta.max:
+            self.summary.never += 1
+            return False
+        until = _parsed(last) + wait
+        if datetime.now(UTC) >= until:
+            return True
+        self.summary.later += 1
+        self.summary.later_until = max(self.summary.later_until, until.isoformat("T", "minutes"))
+        return False
 
     def _contact(self, recipient: Recipient) -> Contact:
         """What this customer said that bears on sending (a stop word, a marketing stop)."""
@@ -611,6 +633,14 @@ class Executor:
 
 
 NOBODY_SAID = Contact()
+
+
+def _parsed(stamp: str | None) -> datetime:
+    """A ledger time; an unreadable one counts as long ago (the wait is over)."""
+    try:
+        return datetime.fromisoformat(stamp or "")
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def _template_of(message: Message) -> tuple[str, str, str]:

@@ -220,6 +220,16 @@ def _advice(summary: Summary) -> list[str]:
             f"{summary.opted_out:,} message(s) not sent: their customers asked to stop"
             " (flowrun report lists them as skipped, opted out)"
         )
+    if summary.later:
+        lines.append(
+            f"{summary.later:,} message(s) refused by Meta's per-user marketing limit wait until"
+            f" {summary.later_until} UTC (a day after the refusal); --retry-failed sends them then"
+        )
+    if summary.never:
+        lines.append(
+            f"{summary.never:,} message(s) will not be sent again: the API will not take it for"
+            " those numbers (see flowrun report)"
+        )
     for step, count in summary.unusable.items():
         lines.append(
             f"{count:,} message(s) of step {step} not sent: its template cannot be used (see the"

@@ -116,6 +116,11 @@ class Dialect(Protocol):
     def default_interval(self) -> float:
         """Seconds between one recipient's messages when the flow sets none."""
 
+    def resend_wait(self, code: int | None) -> timedelta | None:
+        """How long after a refusal with this code the message may be tried again (with
+        --retry-failed); None: at once; `timedelta.max`: never (the API will not take it)."""
+        ...
+
     def message_body(self, to: str, kind: str, content: dict[str, Any]) -> dict[str, Any]:
         """The JSON body that sends `content` (the object under `kind`) to `to`."""
         ...

@@ -40,6 +40,10 @@ MEDIA_CODE = 131053  # the media could not be used: for our own upload, the id e
 # "This recipient has chosen to stop receiving marketing messages on WhatsApp from your
 # business" (docs/whatsapp-api.md#cloud-api-errors)
 MARKETING_STOPPED_CODE = 131050
+# Refusals --retry-failed must not simply repeat: Meta's per-user marketing limit is not lifted
+# for a day; a number in one of Meta's experiments never takes the message
+# (docs/whatsapp-api.md#cloud-api-errors).
+RESEND_WAIT = {131049: timedelta(hours=24), 130472: timedelta.max}
 # The template cannot be used as sent: parameters that do not match it, missing in that
 # language, paused, disabled (docs/whatsapp-api.md#cloud-api-errors)
 TEMPLATE_CODES = (132000, 132001, 132015, 132016)
@@ -56,6 +60,9 @@ HINTS = {
     131026: "the recipient cannot receive it (not on WhatsApp, or an old app)",
     132000: "the number of template parameters does not match the template",
     132001: "no such template in this language: check name and language in WhatsApp Manager",
+    131049: "Meta's per-user marketing limit: this customer got enough marketing messages for"
+    " now; flowrun tries again no sooner than 24 hours later",
+    130472: "the number is part of one of Meta's experiments: the API will not take it",
     132015: "the template is paused (its quality fell): edit it in WhatsApp Manager",
     132016: "the template is disabled: make a new one in WhatsApp Manager",
 }
@@ -92,6 +99,9 @@ class Cloud:
     def upload_key(self) -> str:
         # Media ids belong to a phone number; the Graph version does not matter.
         return f"cloud:{public_url(self.base_url)}/{self.phone_number_id}"
+
+    def resend_wait(self, code: int | None) -> timedelta | None:
+        return RESEND_WAIT.get(code) if code is not None else None
 
     def message_body(self, to: str, kind: str, content: dict[str, Any]) -> dict[str, Any]:
         return {

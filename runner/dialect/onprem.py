@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from runner import models
@@ -71,6 +72,9 @@ class OnPrem:
     @property
     def upload_key(self) -> str:
         return public_url(self.base_url)
+
+    def resend_wait(self, code: int | None) -> timedelta | None:
+        return None  # no refusal of this API is known to last
 
     def message_body(self, to: str, kind: str, content: dict[str, Any]) -> dict[str, Any]:
         if kind == "template":

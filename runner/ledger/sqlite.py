@@ -174,6 +174,15 @@ class SqliteLedger:
         )
         return dict(rows)
 
+    def failure_of(self, step: str, recipient: str) -> tuple[int | None, str | None]:
+        """The error code and time of a failed message's last attempt."""
+        rows = self._read(
+            "SELECT error_code, last_attempt FROM messages"
+            " WHERE flow = ? AND recipient = ? AND step = ?",
+            (self.flow, recipient, step),
+        )
+        return (rows[0][0], rows[0][1]) if rows else (None, None)
+
     def has_heard(self, business: str) -> bool:
         """Whether any customer of this business number wrote or set a preference (if none
         did, a run asks nothing per recipient)."""
