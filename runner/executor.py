@@ -46,6 +46,10 @@ PAIR_BACKOFF = 6.0  # seconds, doubled per attempt: one recipient messaged too o
 WINDOW_MAX = 20_000  # recipients in progress at once, at most
 RETRY_AFTER_MAX = 300.0
 FAILURE_STREAK_LIMIT = 100  # this many failures in a row pause the campaign
+# Cloud's spam rate limit (131048): everyone waits this long and the rate halves; at this many
+# such refusals in a run it stops (more messages now would only lower the number's quality).
+SPAM_PAUSE = 60.0
+SPAM_STOP_AFTER = 3
 ON_TIME = 0.001  # seconds: a pacing slot this close is now (not worth a tick's wait)
 
 
@@ -87,6 +91,7 @@ class Summary:
     later: int = 0  # failed ones --retry-failed may not send yet (131049: a day)
     later_until: str = ""  # the latest time one of those may go
     never: int = 0  # failed ones the API will never take (130472)
+    spam: int = 0  # refusals for the number's spam rate limit (131048)
     unusable: dict[str, int] = field(default_factory=dict)  # step → withheld: its template
     already: int = 0  # sent by an earlier run
     changed: int = 0  # of those, how many the flow now words differently
@@ -392,6 +397,11 @@ class Executor:
             return self._marketing_stopped(message, failure)
         if failure.verdict is Verdict.TEMPLATE_UNUSABLE:
             self._unusable.setdefault(_template_of(message), failure)
+        if failure.verdict is Verdict.SPAM_LIMIT:
+            self.summary.spam += 1
+            if self.summary.spam >= SPAM_STOP_AFTER:
+                self._stop(StopRun(_spam_message(failure, self.summary.spam)))
+                return self._failed(message, failure, 1)
         if not failure.retry or attempt > self.retries:
             if failure.verdict is Verdict.AUTH:
                 self._stop(StopRun(_auth_message(failure, self.dialect)))
@@ -468,7 +478,9 @@ class Executor:
         """Wait before the next try (the whole run slows down too, if the API said it was
         too fast); whether the run goes on."""
         delay = self._retry_delay(failure, attempt)
-        if failure.verdict is Verdict.THROTTLED:
+        if failure.verdict is Verdict.SPAM_LIMIT:
+            delay = max(delay, SPAM_PAUSE)
+        if failure.verdict in (Verdict.THROTTLED, Verdict.SPAM_LIMIT):
             self.pacer.throttled(delay)
         return await self._pause(delay)
 
@@ -677,6 +689,14 @@ def _failure_outcome(message: Message, failure: ApiFailure, attempts: int) -> Ou
         error_title=failure.title,
         error_details=failure.details,
         attempts=attempts,
+    )
+
+
+def _spam_message(failure: ApiFailure, refusals: int) -> str:
+    return (
+        f"the API's spam rate limit refused {refusals} messages ({failure}); the run stops:"
+        " sending more now would lower the number's quality further. Check its quality rating"
+        " in WhatsApp Manager, then run again later with --retry-failed"
     )
 
 

@@ -220,6 +220,11 @@ def _advice(summary: Summary) -> list[str]:
             f"{summary.opted_out:,} message(s) not sent: their customers asked to stop"
             " (flowrun report lists them as skipped, opted out)"
         )
+    if summary.spam:
+        lines.append(
+            f"the API's spam rate limit refused {summary.spam:,} message(s) (too many of the"
+            " number's messages were blocked or reported): the run paused and slowed down"
+        )
     if summary.later:
         lines.append(
             f"{summary.later:,} message(s) refused by Meta's per-user marketing limit wait until"

@@ -38,6 +38,8 @@ class Verdict(enum.Enum):
 
     RETRY = "retry"  # transient: back off and try again
     THROTTLED = "throttled"  # the number's throughput: slow the whole run, then try again
+    SPAM_LIMIT = "spam limit"  # the number's messages were blocked or reported: everyone
+    # pauses and slows down; if it goes on, the run stops
     PAIR_RATE = "pair rate"  # too many to this one recipient: delay only them, then again
     AUTH = "auth"  # the token is refused: log in again if the dialect can, else stop
     MEDIA_GONE = "media gone"  # a media id expired: upload again (once), then try again
@@ -62,7 +64,12 @@ class ApiFailure:
 
     @property
     def retry(self) -> bool:
-        return self.verdict in (Verdict.RETRY, Verdict.THROTTLED, Verdict.PAIR_RATE)
+        return self.verdict in (
+            Verdict.RETRY,
+            Verdict.THROTTLED,
+            Verdict.SPAM_LIMIT,
+            Verdict.PAIR_RATE,
+        )
 
     def __str__(self) -> str:
         parts = [f"HTTP {self.http_status}"] if self.http_status else []

@@ -40,6 +40,7 @@ MEDIA_CODE = 131053  # the media could not be used: for our own upload, the id e
 # "This recipient has chosen to stop receiving marketing messages on WhatsApp from your
 # business" (docs/whatsapp-api.md#cloud-api-errors)
 MARKETING_STOPPED_CODE = 131050
+SPAM_LIMIT_CODE = 131048  # too many of the number's messages were blocked or reported
 # Refusals --retry-failed must not simply repeat: Meta's per-user marketing limit is not lifted
 # for a day; a number in one of Meta's experiments never takes the message
 # (docs/whatsapp-api.md#cloud-api-errors).
@@ -49,6 +50,7 @@ RESEND_WAIT = {131049: timedelta(hours=24), 130472: timedelta.max}
 TEMPLATE_CODES = (132000, 132001, 132015, 132016)
 # Refusals a code alone explains (once the status said nothing more urgent)
 _BY_CODE = {
+    SPAM_LIMIT_CODE: Verdict.SPAM_LIMIT,
     MEDIA_CODE: Verdict.MEDIA_GONE,
     MARKETING_STOPPED_CODE: Verdict.MARKETING_STOPPED,
     **dict.fromkeys(TEMPLATE_CODES, Verdict.TEMPLATE_UNUSABLE),
