@@ -13,6 +13,11 @@ import heapq
 import math
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .dialect import Dialect
+    from .models import Settings
 
 RECOVER_AFTER = 5.0  # seconds without a throttle before the rate climbs again
 RECOVER_FACTOR = 1.25
@@ -162,21 +167,14 @@ class Ticker:
         self._armed = number
 
 
-def run_pace(
-    flow_rate: float | None,
-    flow_interval: float | None,
-    dialect_rate: float | None,
-    dialect_interval: float,
-    *,
-    sandbox: bool,
-) -> tuple[float | None, float]:
+def run_pace(settings: Settings, dialect: Dialect, *, sandbox: bool) -> tuple[float | None, float]:
     """A run's rate (messages/s, None: none) and per-recipient interval (s): the flow's, else
     the dialect's documented limits. The sandbox has no limits, so trying a flow there is
     quick."""
-    rate = flow_rate
+    rate = settings.rate_per_second
     if rate is None and not sandbox:
-        rate = dialect_rate
-    interval = flow_interval
+        rate = dialect.default_rate
+    interval = settings.per_recipient_interval
     if interval is None:
-        interval = 0.0 if sandbox else dialect_interval
+        interval = 0.0 if sandbox else dialect.default_interval
     return rate or None, interval

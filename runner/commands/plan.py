@@ -40,13 +40,7 @@ def _show(flow_file: str, checked: Checked, sample: int) -> None:
         f" ({result.skipped:,} skipped by when)"
     )
     settings = flow.settings
-    rate, interval = run_pace(
-        settings.rate_per_second,
-        settings.per_recipient_interval,
-        dialect.default_rate,
-        dialect.default_interval,
-        sandbox=False,
-    )
+    rate, interval = run_pace(settings, dialect, sandbox=False)
     click.echo(
         f"  concurrency  {settings.concurrency}, rate {rate or 0:g}/s, {interval:g} s between"
         f" messages to one recipient, retries {settings.retries}"

@@ -53,13 +53,7 @@ def run(flow_file: str, request: RunRequest) -> int:
         target = _target(plan, stack, request.use_sandbox)
         dialect = dialects.build(target)
         settings = plan.flow.settings
-        rate, interval = run_pace(
-            settings.rate_per_second,
-            settings.per_recipient_interval,
-            dialect.default_rate,
-            dialect.default_interval,
-            sandbox=request.use_sandbox,
-        )
+        rate, interval = run_pace(settings, dialect, sandbox=request.use_sandbox)
         options = RunOptions(
             concurrency=request.concurrency or settings.concurrency,
             limit=request.limit,
