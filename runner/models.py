@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from .durations import Duration
+
 CAPTION_MAX = 1024  # Meta's image/video/document reference: "Maximum 1024 characters"
 TEXT_BODY_MAX = 4096  # text messages; longer bodies fail with error 1001 / 131008
 
@@ -210,6 +212,20 @@ class Settings(_Strict):
         None,
         max_length=100,
         description="Whole messages that undo a stop. Default: START, UNSTOP, СТАРТ.",
+    )
+    window: Literal["check", "open"] = Field(
+        "check",
+        description="check (the default): a message that is not a template goes only to a"
+        " customer who wrote in the last 24 hours (as the ledger or the CSV's last_inbound_at"
+        " column says), else it waits for them to write. open: you state that every recipient"
+        " wrote in the last 24 hours; flowrun trusts it (the API still refuses a closed window,"
+        " and then the message waits).",
+    )
+    expires: Duration = Field(
+        "7d",
+        description="How long a step waits (for the customer to write, or to answer) before it"
+        " is skipped and the flow goes on, counted from the recipient's last message sent."
+        " Default 7d; a step's own expires overrides it.",
     )
 
     @property
@@ -413,7 +429,16 @@ class _Step(_Strict):
         None, description="Unique name; the ledger knows the step by it (else by its position)."
     )
     when: str | None = Field(
-        None, description="A Jinja2 expression; the step is sent only when it is true."
+        None,
+        description="A Jinja2 expression; the step is sent only when it is true. It may read"
+        " an earlier named step's answer: steps.NAME.button (the quick reply tapped on it),"
+        " steps.NAME.reply (the text of the customer's first message after it), and"
+        " steps.NAME.answered; the step then waits for that answer.",
+    )
+    expires: Duration | None = Field(
+        None,
+        description="How long this step may wait (for the customer to write, or to answer)"
+        " before it is skipped; default settings.expires (7d).",
     )
 
     @property

@@ -253,8 +253,8 @@ def test_report(api: tuple[str, SandboxState], folder: Path) -> None:
     code, out, _ = flowrun("report", "flow.yaml")
     assert code == 0
     assert out.splitlines()[2:] == [
-        "  t/#1                     2         1         0         0         0",
-        "  t/#2                     2         0         1         0         0",
+        "  t/#1                     2         1         0         0         0         0",
+        "  t/#2                     2         0         1         0         0         0",
         "failures:",
         "  1x HTTP 400, error 1013, User is not valid: 15550100001",
     ]

@@ -50,7 +50,10 @@ def test_the_summary(ledger: Path) -> None:
     lines = summary_lines(ledger, "f")
     assert lines[0] == f"ledger: {ledger}"
     table = {line.split()[0]: line.split()[1:] for line in lines[2:4]}
-    assert table == {"f/bye": ["0", "0", "1", "0", "1"], "f/hello": ["4", "7", "0", "0", "0"]}
+    assert table == {
+        "f/bye": ["0", "0", "1", "0", "1", "0"],
+        "f/hello": ["4", "7", "0", "0", "0", "0"],
+    }
     failures = lines[lines.index("failures:") + 1]
     assert failures.startswith("  7x HTTP 400, error 131026, Message undeliverable: 15550200000,")
     assert failures.endswith(", ...")  # five recipients named, then the rest implied

@@ -23,7 +23,7 @@ from runner.untrusted import printable, spreadsheet_cell
 
 from .checking import ledger_for
 
-STATES = ("sent", "failed", "skipped", "uncertain", "sending")
+STATES = ("sent", "failed", "skipped", "uncertain", "sending", "waiting")
 DELIVERY_KINDS = ("sent", "delivered", "read", "failed", "waiting")
 
 

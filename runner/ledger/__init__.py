@@ -30,6 +30,7 @@ from .records import (
     Preference,
     State,
     Status,
+    StepRecord,
     Uploaded,
     now,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "SqliteLedger",
     "State",
     "Status",
+    "StepRecord",
     "Uploaded",
     "default_path",
     "now",
@@ -77,6 +79,10 @@ class RunLedger(Protocol):
         """`sending` rows of a dead run → `uncertain`; how many."""
 
     def recipient_states(self, recipient: str) -> dict[str, tuple[State, str | None]]: ...
+
+    def history(self, recipient: str) -> dict[str, StepRecord]: ...
+
+    def inbound_since(self, business: str, received: str) -> list[tuple[str, str, str]]: ...
 
     def other_flows(self) -> list[str]: ...
 

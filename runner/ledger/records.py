@@ -13,8 +13,8 @@ from typing import Literal
 
 from runner.errors import FlowrunError
 
-State = Literal["sending", "sent", "failed", "skipped", "uncertain"]
-STATES: tuple[State, ...] = ("sending", "sent", "failed", "skipped", "uncertain")
+State = Literal["sending", "sent", "failed", "skipped", "uncertain", "waiting"]
+STATES: tuple[State, ...] = ("sending", "sent", "failed", "skipped", "uncertain", "waiting")
 DONE_STATES: tuple[State, ...] = ("sent", "skipped")  # never sent again
 
 # How far along a delivered message is; a status never replaces a further one
@@ -51,6 +51,23 @@ class Outcome:
     error_title: str | None = None
     error_details: str | None = None
     attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """What the ledger holds of one recipient's step: its row, and what the delivery webhooks
+    said of the message it sent (a `sent` message may still have failed: 131047 arrives as a
+    `failed` status after the API took the request)."""
+
+    state: State
+    body_hash: str | None = None
+    message_id: str | None = None
+    at: str | None = None  # when the row was last written (a sent message: when it went)
+    since: str | None = None  # when the row was first written (a waiting step: since when)
+    error_code: int | None = None
+    delivery: str | None = None  # the furthest status heard: delivered, read, failed, ...
+    delivery_code: int | None = None  # the error code of a failed status
+    failed_at: str | None = None  # when the status said it failed
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@ The `meta` row stays `1`: flowrun releases before `user_version` check it, and e
 so far only adds tables, which they ignore.
 
 Tables, for people who query them (README.md, "The ledger"):
-- messages: one row per (flow, step, recipient): its state and the API's answer
+- messages: one row per (flow, step, recipient): its state (sent, failed, skipped, uncertain,
+  waiting, or sending while its request is out) and the API's answer
 - uploads: a local file's media id per API (and phone number, on Cloud)
 - statuses: what the delivery webhooks said of each message id
 - inbound: what customers sent (replies, button taps, stop words)
@@ -103,8 +104,38 @@ CREATE TABLE IF NOT EXISTS preferences (
 ) WITHOUT ROWID;
 """
 
+# A step may wait (for the customer to write, or to answer): a state of its own, with its reason
+# in error_title/error_details. SQLite cannot change a CHECK constraint in place, so the table
+# is rebuilt (https://sqlite.org/lang_altertable.html#otheralter: create, copy, drop, rename),
+# inside the migration's transaction. `--follow` finds new customer messages by arrival.
+WAITING = """
+CREATE TABLE messages_v4 (
+    flow TEXT NOT NULL,
+    step TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    state TEXT NOT NULL
+        CHECK (state IN ('sending', 'sent', 'failed', 'skipped', 'uncertain', 'waiting')),
+    message_id TEXT,
+    http_status INTEGER,
+    error_code INTEGER,
+    error_title TEXT,
+    error_details TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_attempt TEXT,
+    last_attempt TEXT,
+    body_hash TEXT,
+    PRIMARY KEY (flow, recipient, step)
+) WITHOUT ROWID;
+INSERT INTO messages_v4 SELECT flow, step, recipient, state, message_id, http_status,
+    error_code, error_title, error_details, attempts, first_attempt, last_attempt, body_hash
+    FROM messages;
+DROP TABLE messages;
+ALTER TABLE messages_v4 RENAME TO messages;
+CREATE INDEX IF NOT EXISTS inbound_by_arrival ON inbound (received_at);
+"""
+
 # MIGRATIONS[n] brings a ledger from version n to n + 1.
-MIGRATIONS: tuple[str, ...] = (MESSAGES, STATUSES, CUSTOMERS)
+MIGRATIONS: tuple[str, ...] = (MESSAGES, STATUSES, CUSTOMERS, WAITING)
 VERSION = len(MIGRATIONS)
 
 # The columns of `messages`, in table order (report --csv writes them in this order).

@@ -25,7 +25,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .records import Batch, Inbound, LedgerError, Outcome, Preference, State, Status, now
+from .records import (
+    Batch,
+    Inbound,
+    LedgerError,
+    Outcome,
+    Preference,
+    State,
+    Status,
+    StepRecord,
+    now,
+)
 from .schema import MIGRATIONS, VERSION
 
 BUSY_TIMEOUT_MS = 10_000  # a report or receiver holding the file briefly: wait, not fail
@@ -144,12 +154,30 @@ class SqliteLedger:
     # Reads (a run's)
 
     def recipient_states(self, recipient: str) -> dict[str, tuple[State, str | None]]:
-        """step → (state, body hash) of one recipient's messages (one indexed query)."""
+        """step → (state, body hash) of one recipient's messages."""
+        return {step: (r.state, r.body_hash) for step, r in self.history(recipient).items()}
+
+    def history(self, recipient: str) -> dict[str, StepRecord]:
+        """step → what happened to one recipient's step, with its delivery status (one indexed
+        range, and a primary-key lookup per sent message)."""
         rows = self._read(
-            "SELECT step, state, body_hash FROM messages WHERE flow = ? AND recipient = ?",
+            "SELECT m.step, m.state, m.body_hash, m.message_id, m.last_attempt,"
+            " m.first_attempt, m.error_code, s.status, s.error_code, s.failed_at"
+            " FROM messages AS m LEFT JOIN statuses AS s ON s.message_id = m.message_id"
+            " WHERE m.flow = ? AND m.recipient = ?",
             (self.flow, recipient),
         )
-        return {step: (state, body_hash) for step, state, body_hash in rows}
+        return {row[0]: StepRecord(*row[1:]) for row in rows}
+
+    def inbound_since(self, business: str, received: str) -> list[tuple[str, str, str]]:
+        """(customer, message id, received_at) of the customer messages recorded at or after
+        `received` (a receiver's time stamp), oldest first: what `--follow` reacts to."""
+        rows = self._read(
+            "SELECT customer, message_id, received_at FROM inbound"
+            " WHERE received_at >= ? AND business = ? ORDER BY received_at",
+            (received, business),
+        )
+        return [(customer, message_id, at) for customer, message_id, at in rows]
 
     def states(self) -> dict[tuple[str, str], State]:
         """(step, recipient) → state of every message of this flow."""
