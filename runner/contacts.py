@@ -62,13 +62,15 @@ class Contact:
 
     opted_out: str | None = None  # why nothing may be sent
     marketing_stopped: str | None = None  # why no marketing template may be sent
+    wrote: str | None = None  # the time of their latest message: their window runs from it
 
     @classmethod
     def of(
         cls, inbound: Iterable[Inbound], preferences: Iterable[Preference], words: Keywords
     ) -> Contact:
-        preferences = list(preferences)
-        return cls(_opted_out(inbound, preferences, words), _marketing_stopped(preferences))
+        inbound, preferences = list(inbound), list(preferences)
+        wrote = max((message.at for message in inbound), default=None)
+        return cls(_opted_out(inbound, preferences, words), _marketing_stopped(preferences), wrote)
 
 
 def _opted_out(

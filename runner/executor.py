@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import hashlib
 import random
 import signal
@@ -29,15 +30,17 @@ from typing import Any
 import orjson
 
 from .contacts import Contact, Keywords
+from .conversation import Answer, Window, answer_to, closed_at, latest, ledger_time
 from .dialect import ApiFailure, Dialect, LoginFailed, Verdict
+from .durations import said
 from .errors import FlowrunError
-from .ledger import GroupCommit, Outcome, Preference, RunLedger, State
+from .ledger import GroupCommit, Inbound, Outcome, Preference, RunLedger, State, StepRecord, now
 from .media import LocalMedia, MediaError, read_checked
 from .pacing import Pacer, Ticker
-from .plan import Plan
+from .plan import Plan, StepPlan
 from .progress import Progress
 from .recipients import Recipient
-from .render import Message, Renderer, RenderFailure, Skipped
+from .render import Item, Message, Renderer, RenderFailure, Skipped, Waiting
 from .transport import MaybeDelivered, NotDelivered, Response, Transport
 
 BACKOFF_BASE = 0.5  # seconds; doubled per attempt, with full jitter
@@ -51,6 +54,25 @@ FAILURE_STREAK_LIMIT = 100  # this many failures in a row pause the campaign
 SPAM_PAUSE = 60.0
 SPAM_STOP_AFTER = 3
 ON_TIME = 0.001  # seconds: a pacing slot this close is now (not worth a tick's wait)
+# The reasons a step is not sent yet, or no more (the ledger's error_title of its row)
+WINDOW_WAIT = "window"  # waits for the customer to write: their window is closed
+ANSWER = "answer"  # its `when` reads an answer to an earlier step, not given yet
+EXPIRED = "expired"  # waited `expires` in vain: skipped for good, the flow went on
+
+
+class _Go(enum.Enum):
+    """What the ledger says of a step before it is looked at (Executor._settled)."""
+
+    NEXT = "next"  # settled: on to the recipient's next step
+    STOP = "stop"  # the recipient's later steps wait (held behind a failure, in flight)
+    DECIDE = "decide"  # nothing decided yet: send it, or wait
+
+
+class _Retry(enum.Enum):
+    RETRY = "retry"
+
+
+_RETRY = _Retry.RETRY  # Executor._settle: try again after a wait
 
 
 class UploadFailed(Exception):
@@ -93,6 +115,10 @@ class Summary:
     never: int = 0  # failed ones the API will never take (130472)
     spam: int = 0  # refusals for the number's spam rate limit (131048)
     unusable: dict[str, int] = field(default_factory=dict)  # step → withheld: its template
+    waiting: dict[str, int] = field(default_factory=dict)  # reason → steps waiting for it
+    expired: int = 0  # skipped: they waited `expires` in vain
+    refused_window: int = 0  # of the waiting: the API refused them for a closed window
+    trusted_window: bool = False  # settings.window: open
     already: int = 0  # sent by an earlier run
     changed: int = 0  # of those, how many the flow now words differently
     held: int = 0  # failed/uncertain from an earlier run, not retried
@@ -176,6 +202,8 @@ class Executor:
         self._words = Keywords.from_settings(settings.opt_out_keywords, settings.resume_keywords)
         # Nobody of this number's customers wrote: no query per recipient for their history
         self._heard = ledger.has_heard(dialect.business)
+        self._trust_window = settings.window == "open"
+        self.summary.trusted_window = self._trust_window
 
     def window(self) -> int:
         """Recipients in progress at once: enough to keep every slot busy while others wait
@@ -259,52 +287,149 @@ class Executor:
         except Exception as exc:
             self._stop(exc)
 
-    async def _serve(self, recipient: Recipient) -> None:
+    async def _serve(self, recipient: Recipient) -> datetime | None:
+        """Send this recipient's due steps, in order; when one must wait (for the customer to
+        write, or to answer), when that wait expires (`--follow` serves them again then, or
+        when they write)."""
         # A ledger that held nothing of this flow when the run began has nothing on anyone:
         # the first run of a campaign skips a query per recipient.
-        states = self.ledger.recipient_states(recipient.phone) if self._history else {}
-        contact = self._contact(recipient)
-        try:
-            items = list(self.renderer.messages(recipient))
-        except RenderFailure as failure:  # validated before the run; kept for safety
-            raise StopRun(failure.problem.format()) from None
+        history = self.ledger.history(recipient.phone) if self._history else {}
+        contact, inbound = self._contact(recipient)
+        window = Window(
+            latest(ledger_time(contact.wrote), recipient.wrote),
+            self._trust_window,
+            *closed_at(history.values(), self.dialect.window_closed),
+        )
+
+        def answers(key: str) -> Answer:
+            return answer_to(history.get(key), inbound)
+
+        items = _rendered(self.renderer.messages(recipient, answers))
         last_request: float | None = None
         for item in items:
             if self._stopping:
-                return
-            state, sent_hash = states.get(item.step.key, (None, None))
-            if state == "sent":
-                self.summary.already += 1
-                if self._edited(item, sent_hash):
-                    self.summary.changed += 1
+                return None
+            settled = self._settled(item, history.get(item.step.key), contact)
+            if settled is _Go.NEXT:
                 continue
-            refused = _refused_by(contact, item)
-            if refused is not None and state != "uncertain":  # (what may have arrived stays so)
-                self.commits.record(_skipped(item.step.key, recipient.phone, "opted out", refused))
-                self.summary.opted_out += 1
-                continue  # every path: a failed one is not retried either
-            if (state == "failed" and not self._may_resend(item, recipient)) or (
-                state == "uncertain" and not self.options.retry_uncertain
+            if settled is _Go.STOP:
+                return None
+            assert not isinstance(item, Skipped)  # _settled recorded it
+            if isinstance(item, Waiting) or (
+                item.step.free_form and not window.open_at(datetime.now(UTC))
             ):
-                self.summary.held += 1
-                return  # later steps wait until this one is settled
-            if isinstance(item, Skipped):
-                self.commits.record(_skipped(item.step.key, recipient.phone, "when", item.reason))
-                self.summary.skipped += 1
-                continue
+                deadline = self._wait(item, history, window)
+                if deadline is None:
+                    continue  # expired: skipped, and the flow goes on
+                return deadline
             if last_request is not None and not await self._pause(
                 last_request + self.options.interval - time.monotonic()
             ):
-                return  # stopping: the later steps are sent by the next run
+                return None  # stopping: the later steps are sent by the next run
             sent = await self._send(item)
             last_request = time.monotonic()
-            if sent is None:  # stopping: the rest waits for the next run
-                return
             if not sent:
-                self._block_rest(items, item, recipient)
-                return
+                return self._unsent(sent, item, items, history)
+            history[item.step.key] = StepRecord("sent", at=now())
+        return None
 
-    def _may_resend(self, item: Message | Skipped, recipient: Recipient) -> bool:
+    def _unsent(
+        self,
+        sent: bool | None,
+        item: Message,
+        later: Iterator[Item],
+        history: dict[str, StepRecord],
+    ) -> datetime | None:
+        """After a message that did not go: None, the run stops (the rest goes next run), or
+        the API said the window is closed (the step waits: when that wait expires); False, it
+        failed (the recipient's later steps are blocked)."""
+        if sent is None:
+            return None if self._stopping else self._deadline(item.step, history)
+        self._block_rest(later, item, item.recipient)
+        return None
+
+    def _settled(self, item: Item, record: StepRecord | None, contact: Contact) -> _Go:
+        """What the ledger and the customer decided of this step before it is looked at:
+        sent already, withheld (they asked to stop), held behind a failure, skipped by
+        `when` (recorded here), or nothing yet."""
+        phone = item.recipient.phone
+        state = record.state if record is not None else None
+        if record is not None and self._done(item, record):
+            return _Go.NEXT
+        if state == "sending":
+            return _Go.STOP  # in flight in this run (a --follow run serves a recipient again)
+        refused = _refused_by(contact, item)
+        if refused is not None and state != "uncertain":  # (what may have arrived stays so)
+            self.commits.record(_skipped(item.step.key, phone, "opted out", refused))
+            self.summary.opted_out += 1
+            return _Go.NEXT  # every path: a failed one is not retried either
+        if (state == "failed" and not self._may_resend(item, item.recipient)) or (
+            state == "uncertain" and not self.options.retry_uncertain
+        ):
+            self.summary.held += 1
+            return _Go.STOP  # later steps wait until this one is settled
+        if isinstance(item, Skipped):
+            self.commits.record(_skipped(item.step.key, phone, "when", item.reason))
+            self.summary.skipped += 1
+            return _Go.NEXT
+        return _Go.DECIDE
+
+    def _done(self, item: Item, record: StepRecord) -> bool:
+        """Sent before (and not refused afterwards for a closed window), or expired: final
+        (sent later, an expired step would come after the steps that followed it)."""
+        if record.state == "sent" and not self._refused_for_window(record):
+            self.summary.already += 1
+            if self._edited(item, record):
+                self.summary.changed += 1
+            return True
+        return record.state == "skipped" and record.error_title == EXPIRED
+
+    def _wait(
+        self, item: Message | Waiting, history: dict[str, StepRecord], window: Window
+    ) -> datetime | None:
+        """The step cannot go yet: recorded as waiting, with its reason (once: a run that
+        finds it waiting already writes nothing), or skipped when it waited long enough.
+        When its wait expires, or None if it just did."""
+        step, phone = item.step, item.recipient.phone
+        deadline = self._deadline(step, history)
+        record = history.get(step.key)
+        if datetime.now(UTC) >= deadline:
+            why = f"waited {said(step.expires)} for {_awaited(item)}, in vain"
+            self.commits.record(_skipped(step.key, phone, EXPIRED, why))
+            self.summary.expired += 1
+            return None
+        title = ANSWER if isinstance(item, Waiting) else WINDOW_WAIT
+        counts = self.summary.waiting
+        counts[title] = counts.get(title, 0) + 1
+        if record is None or record.state != "waiting" or record.error_title != title:
+            why = f"waits for {_awaited(item)}; expires {_stamp(deadline)}"
+            # the API's refusal stays on record: a window the flow trusts is closed for them
+            code = window.code if title == WINDOW_WAIT else None
+            self.commits.record(_waiting(step.key, phone, title, why, code))
+        return deadline
+
+    def _deadline(self, step: StepPlan, history: dict[str, StepRecord]) -> datetime:
+        """When a wait of this step expires: `expires` after the recipient's latest message
+        sent before it, or (nothing sent yet) after it began to wait."""
+        earlier = {s.key for s in self.plan.steps[: step.position - 1]}
+        sent = [ledger_time(r.at) for k, r in history.items() if k in earlier and r.state == "sent"]
+        record = history.get(step.key)
+        began = (
+            ledger_time(record.since) if record is not None and record.state == "waiting" else None
+        )
+        since = latest(*sent) or began or datetime.now(UTC)
+        return since + step.expires
+
+    def _refused_for_window(self, record: StepRecord | None) -> bool:
+        """A message the API took (200) and then failed for a closed window (131047 comes
+        that way): never delivered, so it waits for the window and goes again."""
+        return (
+            record is not None
+            and record.delivery == "failed"
+            and self.dialect.window_closed(record.delivery_code)
+        )
+
+    def _may_resend(self, item: Item, recipient: Recipient) -> bool:
         """A failed message is sent again only with --retry-failed, and not before its
         refusal allows (the dialect says how long: a day, or never)."""
         if not self.options.retry_failed:
@@ -323,22 +448,23 @@ class Executor:
         self.summary.later_until = max(self.summary.later_until, until.isoformat("T", "minutes"))
         return False
 
-    def _contact(self, recipient: Recipient) -> Contact:
-        """What this customer said that bears on sending (a stop word, a marketing stop)."""
+    def _contact(self, recipient: Recipient) -> tuple[Contact, list[Inbound]]:
+        """What this customer said that bears on sending (a stop word, a marketing stop, when
+        they last wrote), and their messages (oldest first: answers are read from them)."""
         if not self._heard:
-            return NOBODY_SAID
+            return NOBODY_SAID, []
         inbound, preferences = self.ledger.heard_from(self.dialect.business, recipient.phone)
-        return Contact.of(inbound, preferences, self._words)
+        return Contact.of(inbound, preferences, self._words), inbound
 
-    def _edited(self, item: Message | Skipped, sent_hash: str | None) -> bool:
+    def _edited(self, item: Item, record: StepRecord | None) -> bool:
         """Whether a message sent before reads differently now (uploads aside: their body
         holds a media id only known after upload)."""
+        sent_hash = record.body_hash if record is not None else None
         if not isinstance(item, Message) or item.upload is not None or not sent_hash:
             return False
         return body_hash(encode(item.body(self.dialect))) != sent_hash
 
-    def _block_rest(self, items: list[Message | Skipped], failed: Message, who: Recipient) -> None:
-        later = items[items.index(failed) + 1 :]
+    def _block_rest(self, later: Iterator[Item], failed: Message, who: Recipient) -> None:
         why = f"step {failed.step.key} did not go through"
         for item in later:
             self.commits.record(_skipped(item.step.key, who.phone, "blocked", why))
@@ -356,43 +482,51 @@ class Executor:
         return not self._stopping
 
     async def _send(self, message: Message) -> bool | None:
-        """Send one message, retrying as its failures allow: whether it was sent, None when
-        the run stopped before it could be (nothing is on record as in flight)."""
+        """Send one message, retrying as its failures allow: whether it was sent; None when
+        the run stopped before it could be (nothing is on record as in flight), or the API
+        said the customer's window is closed (the step waits)."""
         state = _Sending()
         try:
             if message.upload is not None:
                 state.media_id = await self._media_id(message.upload)
-            while True:
-                async with self.slots:
-                    unusable = self._unusable.get(_template_of(message)) if self._unusable else None
-                    if unusable is not None:  # (checked in the slot: only those in flight ask)
-                        return self._withheld(message, unusable)
-                    state.attempt += 1
-                    outcome = await self._try_once(message, state)
-                    # Refused before it was taken (a new login or upload repairs that): sent
-                    # again at once, in the same slot, so its mark never outnumbers the slots.
-                    while isinstance(outcome, ApiFailure) and await self._repair(
-                        message, outcome, state
-                    ):
-                        state.attempt += 1
-                        outcome = await self._try_once(message, state)
-                    if not isinstance(outcome, ApiFailure):
-                        return outcome
-                    failure = outcome
-                    settled = self._settle(message, failure, state.attempt)
-                    if settled is not None:
-                        return settled
-                if not await self._wait_to_retry(failure, state.attempt):
-                    self._interrupted(message)
-                    return None
+            return await self._attempts(message, state)
         except UploadFailed as exc:
             return self._failed(message, exc.failure, 1)
         except UploadInterrupted:
             return None
 
-    def _settle(self, message: Message, failure: ApiFailure, attempt: int) -> bool | None:
-        """What a refusal means for this message: settled (whether it counts as sent: False),
-        or None to try again after a wait (on record as failed until then)."""
+    async def _attempts(self, message: Message, state: _Sending) -> bool | None:
+        while True:
+            async with self.slots:
+                unusable = self._unusable.get(_template_of(message)) if self._unusable else None
+                if unusable is not None:  # (checked in the slot: only those in flight ask)
+                    return self._withheld(message, unusable)
+                state.attempt += 1
+                outcome = await self._try_once(message, state)
+                # Refused before it was taken (a new login or upload repairs that): sent
+                # again at once, in the same slot, so its mark never outnumbers the slots.
+                while isinstance(outcome, ApiFailure) and await self._repair(
+                    message, outcome, state
+                ):
+                    state.attempt += 1
+                    outcome = await self._try_once(message, state)
+                if not isinstance(outcome, ApiFailure):
+                    return outcome
+                failure = outcome
+                settled = self._settle(message, failure, state.attempt)
+                if settled is not _RETRY:
+                    return settled
+            if not await self._wait_to_retry(failure, state.attempt):
+                self._interrupted(message)
+                return None
+
+    def _settle(self, message: Message, failure: ApiFailure, attempt: int) -> bool | _Retry | None:
+        """What a refusal means for this message: settled (whether it counts as sent: False;
+        None: it waits for the customer's window), or _RETRY after a wait (on record as failed
+        until then)."""
+        if failure.verdict is Verdict.WINDOW_CLOSED:
+            self._window_refused(message, failure)
+            return None
         if failure.verdict is Verdict.MARKETING_STOPPED:
             return self._marketing_stopped(message, failure)
         if failure.verdict is Verdict.TEMPLATE_UNUSABLE:
@@ -409,7 +543,7 @@ class Executor:
         # Waiting for the next attempt: the slot goes back, and the message is on record as
         # failed (the API refused it) until its next mark.
         self.commits.record(_failure_outcome(message, failure, 1))
-        return None
+        return _RETRY
 
     async def _try_once(self, message: Message, state: _Sending) -> bool | ApiFailure | None:
         """Pace, mark, send (holding a slot): True sent, False uncertain, None stopping, or
@@ -504,6 +638,19 @@ class Executor:
             )
         )
         self.summary.unsent += 1
+
+    def _window_refused(self, message: Message, failure: ApiFailure) -> None:
+        """The API says the customer's window is closed (whatever the ledger, the CSV or the
+        flow's `window: open` said): the step waits for them to write. The refusal's code on
+        the row tells later runs the window was closed then (conversation.closed_at)."""
+        why = f"the API answered {failure}: waits for the customer to write"
+        self.commits.record(
+            _waiting(message.step.key, message.recipient.phone, WINDOW_WAIT, why, failure.code)
+        )
+        self.summary.refused_window += 1
+        counts = self.summary.waiting
+        counts[WINDOW_WAIT] = counts.get(WINDOW_WAIT, 0) + 1
+        self.progress.update(self.summary)
 
     def _withheld(self, message: Message, failure: ApiFailure) -> bool:
         """The step's template (in this language) cannot be used: the API said so for one of
@@ -664,7 +811,7 @@ def _template_of(message: Message) -> tuple[str, str, str]:
     return message.step.key, str(content.get("name", "")), str(code)
 
 
-def _refused_by(contact: Contact, item: Message | Skipped) -> str | None:
+def _refused_by(contact: Contact, item: Item) -> str | None:
     """Why this customer must not get this step: they asked to stop (everything), or stopped
     marketing (templates: their category is not known here, so each counts as marketing, the
     safe side)."""
@@ -676,8 +823,41 @@ def _refused_by(contact: Contact, item: Message | Skipped) -> str | None:
 
 
 def _skipped(step: str, recipient: str, title: str, why: str) -> Outcome:
-    """Not sent, and why (`when`, `blocked`, `interrupted`): looked at again next run."""
+    """Not sent, and why (`when`, `blocked`, `interrupted`): looked at again next run
+    (`expired` aside: final)."""
     return Outcome(step, recipient, "skipped", error_title=title, error_details=why, attempts=0)
+
+
+def _waiting(step: str, recipient: str, title: str, why: str, code: int | None = None) -> Outcome:
+    """Not sent yet, and what it waits for (WINDOW_WAIT, ANSWER): looked at again next run."""
+    return Outcome(
+        step,
+        recipient,
+        "waiting",
+        error_code=code,
+        error_title=title,
+        error_details=why,
+        attempts=0,
+    )
+
+
+def _awaited(item: Message | Waiting) -> str:
+    if isinstance(item, Waiting):
+        return f"the answer to step {item.on}"
+    return "the customer to write (a message other than a template needs their 24-hour window)"
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _rendered(items: Iterator[Item]) -> Iterator[Item]:
+    """A recipient's items; a render failure (validated before the run, so a bug or a file
+    changed under it) stops the run with its located line."""
+    try:
+        yield from items
+    except RenderFailure as failure:
+        raise StopRun(failure.problem.format()) from None
 
 
 def _failure_outcome(message: Message, failure: ApiFailure, attempts: int) -> Outcome:

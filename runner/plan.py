@@ -7,21 +7,24 @@ flow file. Rendering recipients with it is render.py's work; nothing is parsed t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from jinja2 import TemplateSyntaxError
 
-from . import models
+from . import durations, models
+from .conversation import ANSWER_FIELDS
 from .dialect import check_flow
 from .errors import FlowInvalid, Location, Problem, Problems
 from .loader import LoadedFlow
 from .media import LocalFiles, LocalMedia, MediaError
 from .recipients import CsvError, RecipientStream, read_csv
-from .templates import EnvVars, Render, compile_condition, compile_text, describe
+from .templates import EnvVars, Render, compile_condition, compile_text, describe, step_reads
 from .yamldoc import YamlPath
 
 
@@ -50,6 +53,13 @@ class StepPlan:
     when_source: str | None
     path: YamlPath
     template: TemplatePlan | None = None
+    reads: tuple[str, ...] = ()  # the earlier steps whose answer `when` reads (their keys)
+    expires: timedelta = timedelta(days=7)  # how long it may wait, after the last step sent
+
+    @property
+    def free_form(self) -> bool:
+        """Anything but a template needs the customer's window open."""
+        return self.kind != "template"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +131,69 @@ def compile_plan(loaded: LoadedFlow, env: EnvVars | None = None) -> Plan:
                     )
                 )
             names.setdefault(step.name, index + 1)
-        steps.append(_compile_step(loaded, step, index, problems))
+        compiled = _compile_step(loaded, step, index, problems)
+        reads = _answer_reads(loaded, step, index, names, problems)
+        steps.append(dataclasses.replace(compiled, reads=reads, expires=_expiry(loaded.flow, step)))
     check_flow(loaded, problems)
     plan = Plan(loaded, tuple(steps), problems, env or EnvVars(), LocalFiles(loaded.base_dir))
     _check_constant_files(plan)
     if problems.has_errors():
         raise FlowInvalid(problems)
     return plan
+
+
+def _expiry(flow: models.Flow, step: Any) -> timedelta:
+    return durations.parse(step.expires or flow.settings.expires)
+
+
+def _answer_reads(
+    loaded: LoadedFlow, step: Any, index: int, earlier: Mapping[str, int], problems: Problems
+) -> tuple[str, ...]:
+    """The earlier named steps whose answer this step's `when` reads (`steps.NAME.button`):
+    each name must be an earlier step's, each field one of ANSWER_FIELDS, or the flow is
+    refused here, at the `when:`, rather than at a recipient's run."""
+    if step.when is None:
+        return ()
+    where = loaded.locate(("messages", index, "when"))
+    reads, others = step_reads(step.when)
+    if others:
+        problems.add(
+            Problem(
+                where,
+                "steps is read here in a way flowrun cannot check",
+                "name the step and the field: steps.NAME.button, steps.NAME.reply or"
+                " steps.NAME.answered",
+            )
+        )
+    found: list[str] = []
+    for name, field, _line in reads:
+        problem = _read_problem(name, field, step.name, earlier)
+        if problem is not None:
+            problems.add(Problem(where, *problem))
+        elif name not in found:
+            found.append(name)
+    return tuple(found)
+
+
+def _read_problem(
+    name: str, field: str, own: str | None, earlier: Mapping[str, int]
+) -> tuple[str, str] | None:
+    """(message, hint) for a `steps.NAME.FIELD` that cannot be read, else None."""
+    named = ", ".join(sorted(n for n in earlier if n != own)) or "none is named"
+    if name == own:
+        return (f"step '{name}' reads its own answer", "a step can only read earlier steps")
+    if name not in earlier:
+        return (
+            f"no earlier step is named '{name}'",
+            f"a when: reads the steps before it, by name (earlier named steps: {named})",
+        )
+    if field not in ANSWER_FIELDS:
+        return (
+            f"steps.{name}.{field}: a step offers {', '.join(ANSWER_FIELDS)}",
+            "button is the quick reply tapped on it, reply the text the customer wrote after"
+            " it, answered whether they wrote at all",
+        )
+    return None
 
 
 def _compile_step(loaded: LoadedFlow, step: Any, index: int, problems: Problems) -> StepPlan:

@@ -14,9 +14,11 @@ import csv
 from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .conversation import parse_time
 from .errors import Location, Problem, Problems
 
 PHONE_MIN_DIGITS = 7
@@ -32,6 +34,12 @@ class Recipient:
     phone: str
     fields: Mapping[str, Any]
     where: Location
+    # When the business knows the customer last wrote (the `last_inbound_at` column: its CRM's
+    # export of today's chats), for the 24-hour window: runner/conversation.py
+    wrote: datetime | None = None
+
+
+LAST_INBOUND = "last_inbound_at"
 
 
 def normalize_phone(raw: object) -> str:
@@ -243,4 +251,19 @@ class RecipientStream:
                 )
                 continue
             fields["phone"] = phone
-            yield Recipient(phone, fields, where)
+            try:
+                wrote = _wrote(fields)
+            except ValueError as exc:
+                self._problems.add(Problem(where, f"{LAST_INBOUND}: {exc}"))
+                continue
+            yield Recipient(phone, fields, where, wrote)
+
+
+def _wrote(fields: Mapping[str, Any]) -> datetime | None:
+    """The `last_inbound_at` column, if given and not empty (a customer who never wrote)."""
+    value = fields.get(LAST_INBOUND)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, datetime):  # YAML reads an unquoted ISO time as one
+        return parse_time(value.isoformat())
+    return parse_time(str(value))

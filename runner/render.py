@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from . import models
+from .conversation import NOT_SENT, UNANSWERED, Answer
 from .errors import Problem
 from .media import LocalMedia, MediaError
 from .plan import FieldPlan, Plan, StepPlan, TemplatePlan
@@ -74,6 +75,21 @@ class Skipped:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A step that cannot be decided yet: its `when` reads the answer to an earlier step
+    (`on`) that was sent and not answered yet."""
+
+    recipient: Recipient
+    step: StepPlan
+    on: str  # the step whose answer it waits for
+
+
+# The answer to a step of this recipient's (by key); None: nothing sent of it.
+Answers = Callable[[str], Answer]
+Item = Message | Skipped | Waiting
+
+
 class RenderFailure(Exception):
     """A recipient's step could not be rendered; `problem` says where and why."""
 
@@ -99,16 +115,34 @@ class Renderer:
             "env": self._env,
         }
 
-    def messages(self, recipient: Recipient) -> Iterator[Message | Skipped]:
-        """This recipient's steps, in order; raises RenderFailure for the first broken one."""
+    def messages(self, recipient: Recipient, answers: Answers | None = None) -> Iterator[Item]:
+        """This recipient's steps, in order; raises RenderFailure for the first broken one.
+
+        Lazy: a step's `when` reads `answers` when the step is reached, so a run that sends a
+        step and then asks for the next one sees it sent. Without `answers` (validate, plan),
+        a step counts as sent when it rendered to a message in this pass, unanswered."""
         context = self.context(recipient)
+        rendered: set[str] = set()
+
+        def assumed(key: str) -> Answer:
+            return UNANSWERED if key in rendered else NOT_SENT
+
         for step in self.plan.steps:
-            yield self._render_step(step, recipient, context)
+            item = self._render_step(step, recipient, context, answers or assumed)
+            if isinstance(item, Message):
+                rendered.add(step.key)
+            yield item
 
     def _render_step(
-        self, step: StepPlan, recipient: Recipient, context: Mapping[str, Any]
-    ) -> Message | Skipped:
+        self, step: StepPlan, recipient: Recipient, context: Mapping[str, Any], answers: Answers
+    ) -> Item:
         when = step.when
+        if step.reads:
+            read = {key: answers(key) for key in step.reads}
+            waits = next((key for key, answer in read.items() if answer.pending), None)
+            if waits is not None:
+                return Waiting(recipient, step, waits)
+            context = {**context, "steps": {key: a.fields() for key, a in read.items()}}
         if when is not None and not self._guard(
             lambda: when(context), (*step.path, "when"), recipient
         ):
@@ -291,8 +325,9 @@ class Survey:
     recipients: int = 0
     messages: int = 0
     skipped: int = 0
+    waiting: int = 0  # steps that wait for an answer to an earlier one (and those behind them)
     per_step: dict[str, int] = field(default_factory=dict)
-    samples: list[Message | Skipped] = field(default_factory=list)
+    samples: list[Item] = field(default_factory=list)
 
 
 def survey(
@@ -313,6 +348,9 @@ def survey(
         for item in items:
             if isinstance(item, Skipped):
                 result.skipped += 1
+                continue
+            if isinstance(item, Waiting):
+                result.waiting += 1
                 continue
             result.messages += 1
             result.per_step[item.step.key] += 1

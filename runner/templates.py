@@ -208,6 +208,53 @@ def _env_reads(tree: nodes.Node) -> Iterator[tuple[str, int]]:
             yield key, node.lineno
 
 
+def step_reads(source: str) -> tuple[list[tuple[str, str, int]], list[int]]:
+    """What a `when:` reads of `steps`: (step name, field, line) of each `steps.NAME.FIELD`
+    (or `steps['NAME'].FIELD`), and the lines of any other use of `steps` (a computed name, the
+    whole mapping), which cannot be checked before the run and are refused by the caller.
+
+    Parsed, not searched as text: `'steps.x'` inside a string is not a read."""
+    try:
+        tree = Parser(ENVIRONMENT, source, state="variable").parse_expression()
+    except (RecursionError, SyntaxError, TemplateSyntaxError):
+        return [], []  # compile_condition reports it
+    reads: list[tuple[str, str, int]] = []
+    inner: set[int] = set()  # the `steps.NAME` nodes of the reads found
+    for node in tree.find_all(nodes.Getattr):
+        owner = node.node
+        key = _literal_key(owner)
+        base = getattr(owner, "node", None)
+        if key is not None and isinstance(base, nodes.Name) and base.name == "steps":
+            reads.append((key, node.attr, node.lineno))
+            inner.add(id(owner))
+    names = [*tree.find_all(nodes.Name), *([tree] if isinstance(tree, nodes.Name) else [])]
+    others = [
+        name.lineno
+        for name in names
+        if name.name == "steps" and not any(id(p) in inner for p in _parents_of(tree, name))
+    ]
+    return reads, others
+
+
+def _literal_key(node: nodes.Node) -> str | None:
+    """NAME of `x.NAME` or `x['NAME']`."""
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+        value = node.arg.value
+        return value if isinstance(value, str) else None
+    return None
+
+
+def _parents_of(tree: nodes.Node, target: nodes.Node) -> list[nodes.Node]:
+    """The nodes directly holding `target` (Jinja nodes keep no parent links)."""
+    return [
+        node
+        for node in tree.find_all((nodes.Getattr, nodes.Getitem))
+        if getattr(node, "node", None) is target
+    ]
+
+
 def _check_secrets(tree: nodes.Node) -> None:
     for name, line in _env_reads(tree):
         reason = secret_reason(name, frozenset())

@@ -11,7 +11,7 @@ import click
 from runner import dialect as dialects
 from runner.errors import EXIT_OK
 from runner.pacing import run_pace
-from runner.render import Skipped
+from runner.render import Skipped, Waiting
 
 from .checking import Checked, check
 
@@ -60,6 +60,12 @@ def _show(flow_file: str, checked: Checked, sample: int) -> None:
     for item in result.samples:
         if isinstance(item, Skipped):
             click.echo(f"# {item.recipient.phone} step {item.step.key}: skipped ({item.reason})")
+            continue
+        if isinstance(item, Waiting):
+            click.echo(
+                f"# {item.recipient.phone} step {item.step.key}: waits for the answer to step"
+                f" {item.on}"
+            )
             continue
         click.echo(f"# {item.recipient.phone} step {item.step.key}")
         click.echo(json.dumps(item.body(dialect), ensure_ascii=False, indent=2))

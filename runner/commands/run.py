@@ -14,7 +14,7 @@ import click
 
 from runner import dialect as dialects
 from runner.errors import FlowInvalid, FlowrunError
-from runner.executor import Executor, RunOptions, Summary
+from runner.executor import ANSWER, WINDOW_WAIT, Executor, RunOptions, Summary
 from runner.ledger import RunLedger, default_path, now, open_for_run
 from runner.pacing import run_pace
 from runner.plan import Plan
@@ -186,14 +186,47 @@ def _print_summary(flow_file: str, summary: Summary, ledger_path: Path) -> None:
         click.echo(f"  failed {count:,}x: {reason}", err=True)
     if not summary.sent and summary.already and not summary.failed:
         click.echo(f"{flow_file}: nothing to send: {summary.already:,} message(s) were sent before")
+    waiting = sum(summary.waiting.values())
     click.echo(
         f"{flow_file}: sent {summary.sent:,}, failed {summary.failed:,}, skipped"
-        f" {summary.skipped + summary.blocked + summary.opted_out:,}, uncertain"
-        f" {summary.uncertain:,}, uploads"
+        f" {summary.skipped + summary.blocked + summary.opted_out + summary.expired:,},"
+        f" waiting {waiting:,}, uncertain {summary.uncertain:,}, uploads"
         f" {summary.uploads}, {summary.seconds:.1f} s ({rate:,.0f} msg/s)"
         + (" — interrupted" if summary.interrupted else "")
     )
     click.echo(f"ledger: {ledger_path}")
+
+
+def _conversation(summary: Summary) -> list[str]:
+    """What waits for the customers, and what the flow's own statement about them did."""
+    lines = []
+    if summary.trusted_window:
+        lines.append(
+            "settings.window is open: flowrun trusted that every recipient wrote in the last 24"
+            " hours (the API's refusals for a closed window make those steps wait)"
+        )
+    window = summary.waiting.get(WINDOW_WAIT, 0)
+    if window:
+        refused = (
+            f" ({summary.refused_window:,} after the API said so)" if summary.refused_window else ""
+        )
+        lines.append(
+            f"{window:,} step(s) wait for the customer to write{refused}: only a template may"
+            " reach someone who has not written in the last 24 hours; the next run (or"
+            " --follow) sends them once they write"
+        )
+    answer = summary.waiting.get(ANSWER, 0)
+    if answer:
+        lines.append(
+            f"{answer:,} step(s) wait for an answer to an earlier step (their when: reads it);"
+            " the next run (or --follow) goes on once the customer answers"
+        )
+    if summary.expired:
+        lines.append(
+            f"{summary.expired:,} step(s) waited until they expired and were skipped; the flows"
+            " went on (expires: on a step, settings.expires for all)"
+        )
+    return lines
 
 
 def _advice(summary: Summary) -> list[str]:
@@ -209,6 +242,7 @@ def _advice(summary: Summary) -> list[str]:
             f"{summary.changed:,} message(s) sent before read differently in the flow now;"
             " they are not sent again"
         )
+    lines += _conversation(summary)
     if summary.opted_out:
         lines.append(
             f"{summary.opted_out:,} message(s) not sent: their customers asked to stop"

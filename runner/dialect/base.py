@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 # 470): docs/whatsapp-api.md#customer-service-window
 TEMPLATE_HINT = (
     "the customer has not written in the last 24 hours: only a template message (a"
-    " `template:` step) may reach them now; free-form messages only after they write back"
-    " (a template does not open the window)"
+    " `template:` step) may reach them now; the step waits until they write back (a"
+    " template does not open the window)"
 )
 
 
@@ -45,6 +45,8 @@ class Verdict(enum.Enum):
     MEDIA_GONE = "media gone"  # a media id expired: upload again (once), then try again
     TEMPLATE_UNUSABLE = "template unusable"  # missing, paused, disabled, wrong parameters: the
     # same for every recipient of the step (in that language): the step stops, once
+    WINDOW_CLOSED = "window closed"  # free-form outside the customer service window: the
+    # step waits until the customer writes (docs/whatsapp-api.md#customer-service-window)
     MARKETING_STOPPED = "marketing stopped"  # the customer stopped marketing: never retried,
     # recorded, and no template goes to them until they resume
     FAIL = "fail"  # settled: the message failed, with the API's reason
@@ -126,6 +128,11 @@ class Dialect(Protocol):
     def resend_wait(self, code: int | None) -> timedelta | None:
         """How long after a refusal with this code the message may be tried again (with
         --retry-failed); None: at once; `timedelta.max`: never (the API will not take it)."""
+        ...
+
+    def window_closed(self, code: int | None) -> bool:
+        """Whether this error code (of a refusal, or of a `failed` delivery status) means the
+        customer service window was closed (Cloud 131047, On-Premises 470)."""
         ...
 
     def message_body(self, to: str, kind: str, content: dict[str, Any]) -> dict[str, Any]:

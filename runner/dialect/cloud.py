@@ -40,6 +40,7 @@ MEDIA_CODE = 131053  # the media could not be used: for our own upload, the id e
 # "This recipient has chosen to stop receiving marketing messages on WhatsApp from your
 # business" (docs/whatsapp-api.md#cloud-api-errors)
 MARKETING_STOPPED_CODE = 131050
+WINDOW_CODE = 131047  # "Re-engagement message": outside the customer service window
 SPAM_LIMIT_CODE = 131048  # too many of the number's messages were blocked or reported
 # Refusals --retry-failed must not simply repeat: Meta's per-user marketing limit is not lifted
 # for a day; a number in one of Meta's experiments never takes the message
@@ -53,6 +54,7 @@ _BY_CODE = {
     SPAM_LIMIT_CODE: Verdict.SPAM_LIMIT,
     MEDIA_CODE: Verdict.MEDIA_GONE,
     MARKETING_STOPPED_CODE: Verdict.MARKETING_STOPPED,
+    WINDOW_CODE: Verdict.WINDOW_CLOSED,
     **dict.fromkeys(TEMPLATE_CODES, Verdict.TEMPLATE_UNUSABLE),
 }
 HINTS = {
@@ -104,6 +106,9 @@ class Cloud:
 
     def resend_wait(self, code: int | None) -> timedelta | None:
         return RESEND_WAIT.get(code) if code is not None else None
+
+    def window_closed(self, code: int | None) -> bool:
+        return code == WINDOW_CODE
 
     def message_body(self, to: str, kind: str, content: dict[str, Any]) -> dict[str, Any]:
         return {

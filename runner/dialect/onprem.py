@@ -76,6 +76,9 @@ class OnPrem:
     def resend_wait(self, code: int | None) -> timedelta | None:
         return None  # no refusal of this API is known to last
 
+    def window_closed(self, code: int | None) -> bool:
+        return code == OUTSIDE_WINDOW
+
     def message_body(self, to: str, kind: str, content: dict[str, Any]) -> dict[str, Any]:
         if kind == "template":
             language = {"policy": "deterministic", **content["language"]}
@@ -134,7 +137,7 @@ def _classify(status: int, code: int | None) -> tuple[Verdict, str | None]:
     if status >= 500 or code in RETRY_CODES:
         return Verdict.RETRY, None
     if code == OUTSIDE_WINDOW:
-        return Verdict.FAIL, TEMPLATE_HINT
+        return Verdict.WINDOW_CLOSED, TEMPLATE_HINT
     return _BY_CODE.get(code, Verdict.FAIL) if code is not None else Verdict.FAIL, None
 
 

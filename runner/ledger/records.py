@@ -65,6 +65,7 @@ class StepRecord:
     at: str | None = None  # when the row was last written (a sent message: when it went)
     since: str | None = None  # when the row was first written (a waiting step: since when)
     error_code: int | None = None
+    error_title: str | None = None  # a skipped or waiting step: why (`expired`, `window`, ...)
     delivery: str | None = None  # the furthest status heard: delivered, read, failed, ...
     delivery_code: int | None = None  # the error code of a failed status
     failed_at: str | None = None  # when the status said it failed

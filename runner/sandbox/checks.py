@@ -103,6 +103,9 @@ TEMPLATES: dict[tuple[str, str], TemplateSpec] = {
         "video", 1, ("quick_reply", "quick_reply"), ("Tell me more", "Not now")
     ),
     ("order_update", "en_US"): TemplateSpec("text", 1, ("quick_reply",), ("Track my order",)),
+    ("welcome_choice", "en_US"): TemplateSpec(
+        None, 0, ("quick_reply", "quick_reply"), ("Send the brochure", "Later")
+    ),
 }
 
 
