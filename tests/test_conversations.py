@@ -39,7 +39,7 @@ def closed(api: tuple[str, SandboxState], folder: Path) -> Iterator[tuple[str, S
     to hear a later refusal), and `flowrun listen` recording what its customers say in the
     ledger, in a process of its own as in production (in this one, a run's closing of the
     ledger file would drop the receiver's SQLite locks: sqlite.py, _take_lock)."""
-    base, state = api
+    base, _state = api
     post(f"{base}/sandbox/window", {"enforce": True, "window_errors": "sync"})
     ledger = folder / "flow.ledger.sqlite"
     SqliteLedger.for_run(ledger, "t").close()
@@ -161,7 +161,7 @@ def test_a_tapped_quick_reply_picks_the_branch(
     text: {body: "We will write again next month"}
 """
     write_flow(folder, base, steps, people=3, kind="cloud", window="check")
-    code, out, err = flowrun("flow.yaml")
+    code, _out, err = flowrun("flow.yaml")
     assert code == 0, err
     assert "3 step(s) wait for an answer" in err
     welcome = {m["to"]: m["id"] for m in state.inbox}
@@ -211,11 +211,11 @@ def test_a_window_the_flow_trusts_wrongly_makes_the_step_wait(
     write_flow(folder, base, WELCOME, people=2, kind="cloud", window="open")
     writes(base, ANN, hours_ago=2)
     heard(folder, 1)
-    code, out, err = flowrun("flow.yaml")
+    code, _, err = flowrun("flow.yaml")
     assert code == 0, err
     if how == "async":
         wait_until(lambda: _delivery_failed(folder, BOB))
-        code, out, err = flowrun("flow.yaml")
+        code, _out, err = flowrun("flow.yaml")
         assert code == 0, err
     assert rows(folder)[("note", BOB)][0] == "waiting"
     refused = len(state.refused)
