@@ -54,6 +54,8 @@ FAILURE_STREAK_LIMIT = 100  # this many failures in a row pause the campaign
 SPAM_PAUSE = 60.0
 SPAM_STOP_AFTER = 3
 ON_TIME = 0.001  # seconds: a pacing slot this close is now (not worth a tick's wait)
+FOLLOW_POLL = 0.25  # seconds between two looks at the ledger for customers' new messages
+LOOK_BACK = timedelta(seconds=5)  # a receiver's row may commit after a later-stamped one
 # The reasons a step is not sent yet, or no more (the ledger's error_title of its row)
 WINDOW_WAIT = "window"  # waits for the customer to write: their window is closed
 ANSWER = "answer"  # its `when` reads an answer to an earlier step, not given yet
@@ -100,6 +102,7 @@ class RunOptions:
     retry_uncertain: bool = False
     rate: float | None = None  # messages/s for the whole run
     interval: float = 0.0  # seconds between two messages to one recipient
+    follow: bool = False  # after the pass, serve waiting recipients again as they write
 
 
 @dataclass
@@ -203,6 +206,8 @@ class Executor:
         # Nobody of this number's customers wrote: no query per recipient for their history
         self._heard = ledger.has_heard(dialect.business)
         self._trust_window = settings.window == "open"
+        # --follow: who waits (phone → recipient, when the wait expires)
+        self._waiting: dict[str, tuple[Recipient, datetime]] = {}
         self.summary.trusted_window = self._trust_window
 
     def window(self) -> int:
@@ -216,12 +221,15 @@ class Executor:
 
     async def run(self) -> Summary:
         started = time.monotonic()
+        _started = datetime.now(UTC)
         self.summary.recovered = self.ledger.recover()
         self.commits = await GroupCommit.start(self.ledger.location, self.ledger.flow)
         self._install_signals()
         try:
             await self._login()
             await self._serve_all()
+            if self.options.follow and not self._stopping:
+                await self._follow(_started)
         finally:
             self.ticker.close()
             await self.commits.close()
@@ -244,6 +252,47 @@ class Executor:
                 await self._guarded(recipient)
 
         await asyncio.gather(*(server() for _ in range(self.window())))
+
+    async def _follow(self, since: datetime) -> None:
+        """`--follow`: after the pass, serve a waiting recipient again as soon as they write
+        (the receiver records it: `--listen`, or a `flowrun listen` on the same ledger) or
+        their wait expires; until nothing waits, or Ctrl-C."""
+        self._history = True  # this run wrote rows: always read them now
+        seen: set[str] = set()
+        cursor = since - LOOK_BACK
+        serving: dict[str, asyncio.Task[None]] = {}
+        self.progress.line(
+            f"flowrun: following {len(self._waiting):,} recipient(s) who wait; Ctrl-C stops"
+        )
+        while self._waiting and await self._pause(FOLLOW_POLL):
+            due = self._expired_waits()
+            for customer, message_id, received in self.ledger.inbound_since(
+                self.dialect.business, cursor.isoformat(timespec="milliseconds")
+            ):
+                if message_id not in seen:
+                    seen.add(message_id)
+                    self._heard = True
+                    due.add(customer)
+                cursor = max(cursor, (ledger_time(received) or cursor) - LOOK_BACK)
+            for phone in due:
+                if phone in self._waiting and phone not in serving:
+                    serving[phone] = asyncio.create_task(self._again(phone, serving))
+        if serving:
+            await asyncio.gather(*serving.values())
+
+    def _expired_waits(self) -> set[str]:
+        now_ = datetime.now(UTC)
+        return {phone for phone, (_, deadline) in self._waiting.items() if deadline <= now_}
+
+    async def _again(self, phone: str, serving: dict[str, asyncio.Task[None]]) -> None:
+        """Serve one waiting recipient again, once the ledger holds all this run did (one
+        recipient is never served twice at once: `serving`)."""
+        try:
+            recipient, _ = self._waiting.pop(phone)
+            await self.commits.flush()
+            await self._guarded(recipient)
+        finally:
+            serving.pop(phone, None)
 
     def _recipients(self) -> Iterator[Recipient]:
         count = 0
@@ -281,11 +330,14 @@ class Executor:
 
     async def _guarded(self, recipient: Recipient) -> None:
         """Serve one recipient; an error stops the run (raised once everything in progress
-        has drained and the ledger is written)."""
+        has drained and the ledger is written). With --follow, one who waits is kept."""
         try:
-            await self._serve(recipient)
+            deadline = await self._serve(recipient)
         except Exception as exc:
             self._stop(exc)
+            return
+        if deadline is not None and self.options.follow:
+            self._waiting[recipient.phone] = (recipient, deadline)
 
     async def _serve(self, recipient: Recipient) -> datetime | None:
         """Send this recipient's due steps, in order; when one must wait (for the customer to

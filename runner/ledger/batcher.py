@@ -45,6 +45,13 @@ class Batcher(Generic[T]):
             self._pump = asyncio.ensure_future(self._commit_batches())
         await durable
 
+    async def flush(self) -> None:
+        """Return once what was added so far is durable (or its commit failed)."""
+        if self._pending:
+            await self.write()
+        elif self._pump is not None:
+            await asyncio.wait([self._pump])
+
     def add(self, item: T) -> None:
         """Add to the next batch without waiting; it is committed within FLUSH_AFTER seconds
         at the latest, so what happened is on disk soon even when no waited write follows."""
@@ -132,6 +139,10 @@ class GroupCommit:
     def record(self, outcome: Outcome | Preference) -> None:
         """An outcome (or a preference an answer revealed): it rides with the next batch."""
         self._batches.add(outcome)
+
+    async def flush(self) -> None:
+        """Everything recorded so far is durable: the ledger now says what this run did."""
+        await self._batches.flush()
 
     async def remember_upload(self, api: str, sha256: str, media_id: str) -> None:
         await self._batches.write(Uploaded(api, sha256, media_id))
