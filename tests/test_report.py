@@ -23,6 +23,8 @@ from runner.ledger import (
     SqliteLedger,
     Status,
 )
+from tests.sandbox_helpers import flowrun, write_flow
+from tests.test_ledger import legacy_ledger
 
 AT = "2026-12-01T10:00:00+00:00"
 
@@ -134,17 +136,16 @@ def text(message_id: str, who: str, clock: str, body: str) -> Inbound:
     return Inbound(message_id, "106540352242922", who, at(clock), "text", body)
 
 
-def conversation(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def conversation(path: Path, monkeypatch: pytest.MonkeyPatch, flow: str = "f") -> None:
     """welcome to all five at 10:00 (E's refused by a `failed` status), brochure to A and B at
     10:10; C and D wait for brochure, A for last; then what each customer did."""
-    with SqliteLedger.for_run(path, "f") as run:
-        monkeypatch.setattr("runner.ledger.sqlite.now", lambda: at("10:00:00.000"))
+    with SqliteLedger.for_run(path, flow) as run, monkeypatch.context() as clock:
+        clock.setattr("runner.ledger.sqlite.now", lambda: at("10:00:00.000"))
         run.commit(Batch(outcomes=sent("welcome", A, B, C, D, E)))
-        monkeypatch.setattr("runner.ledger.sqlite.now", lambda: at("10:10:00.400"))
+        clock.setattr("runner.ledger.sqlite.now", lambda: at("10:10:00.400"))
         outcomes = [*sent("brochure", A, B), *waiting("brochure", "window", C)]
         outcomes += [*waiting("brochure", "answer", D), *waiting("last", "answer", A)]
         run.commit(Batch(outcomes=outcomes))
-    monkeypatch.undo()
     heard: list[Status | Inbound | Preference] = [
         text("in.0", A, "09:00:00", "hello before anything"),  # before welcome: no step
         tap("in.1", A, "10:05:00", ("brochure", "Tell me more"), "welcome"),
@@ -211,3 +212,69 @@ def test_each_rows_reply_and_button(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         "Tell me more",
         "brochure",
     )
+
+
+def conversation_row(out: str, label: str) -> list[str]:
+    """The cells of a step's row in the conversations table."""
+    lines = out.splitlines()
+    start = next(n for n, line in enumerate(lines) if line.startswith("conversations"))
+    return next(line.split() for line in lines[start:] if line.split()[0] == label)
+
+
+def test_the_flows_stop_words_and_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`report FLOW` reads what customers wrote with the flow's own stop words (they replace
+    the defaults); `--ledger` alone, with the defaults."""
+    monkeypatch.chdir(tmp_path)
+    steps = "  - name: welcome\n    text: {body: hi}\n"
+    write_flow(tmp_path, "http://127.0.0.1:9", steps, opt_out_keywords='["basta"]')
+    conversation(tmp_path / "flow.ledger.sqlite", monkeypatch, flow="t")
+    code, out, err = flowrun("report", "flow.yaml")
+    assert code == 0, err
+    welcome = conversation_row(out, "t/welcome")
+    assert welcome == [  # D's marketing stop; " Stop! " is no stop word here
+        "t/welcome",
+        "5",
+        "4",
+        "(80%)",
+        "1",
+        "-",
+        "brochure",
+        "2,",
+        "later",
+        "1",
+    ]
+    code, out, _ = flowrun("report", "--ledger", "flow.ledger.sqlite")
+    welcome = conversation_row(out, "t/welcome")
+    assert welcome[4] == "2"  # " Stop! " is a default stop word
+    code, out, _ = flowrun("report", "flow.yaml", "--csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert {(row["step"], row["button"]) for row in rows if row["button"]} == {
+        ("welcome", "brochure"),
+        ("welcome", "later"),
+    }
+
+
+def test_every_flow_in_the_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a FLOW, each flow's steps count the customers' messages that follow them."""
+    path = tmp_path / "l.sqlite"
+    conversation(path, monkeypatch)
+    with SqliteLedger.for_run(path, "g") as run, monkeypatch.context() as clock:
+        clock.setattr("runner.ledger.sqlite.now", lambda: at("10:30:00.000"))
+        run.commit(Batch(outcomes=[Outcome("welcome", B, "sent", message_id="wamid.g.1")]))
+    out = "\n".join(summary_lines(path, None))
+    assert conversation_row(out, "g/welcome") == ["g/welcome", "1", "1", "(100%)", "0", "-", "-"]
+    assert conversation_row(out, "f/welcome")[1:4] == ["5", "4", "(80%)"]
+
+
+def test_a_ledger_from_before_customers_were_heard(tmp_path: Path) -> None:
+    """A ledger no flowrun has opened since schema 3 (no inbound, no preferences): read-only,
+    it is not migrated; nothing was heard, nothing waits, and the rows' answers are empty."""
+    path = tmp_path / "old.sqlite"
+    legacy_ledger(path, with_statuses=False)
+    lines = summary_lines(path, None)
+    assert lines[2].split() == ["f/hello", "1", "0", "0", "0", "0", "0"]
+    assert not any(line.startswith("conversations") for line in lines)
+    out = io.StringIO()
+    write_rows(path, None, "csv", out)
+    (row,) = csv.DictReader(io.StringIO(out.getvalue()))
+    assert (row["message_id"], row["reply"], row["button"]) == ("wamid.OLD", "", "")
