@@ -23,6 +23,7 @@ from runner.ledger import (
     SqliteLedger,
     Status,
 )
+from runner.untrusted import printable
 from tests.sandbox_helpers import flowrun, write_flow
 from tests.test_ledger import legacy_ledger
 
@@ -278,3 +279,25 @@ def test_a_ledger_from_before_customers_were_heard(tmp_path: Path) -> None:
     write_rows(path, None, "csv", out)
     (row,) = csv.DictReader(io.StringIO(out.getvalue()))
     assert (row["message_id"], row["reply"], row["button"]) == ("wamid.OLD", "", "")
+
+
+def test_what_customers_typed_reaches_no_terminal_and_no_spreadsheet(tmp_path: Path) -> None:
+    """A payload and a reply are the customer's (or anyone's who can post a webhook): printed
+    printable, written to CSV as text, never a formula."""
+    path = tmp_path / "l.sqlite"
+    with SqliteLedger.for_run(path, "f") as run:
+        run.commit(Batch(outcomes=sent("welcome", A)))
+    later = "2999-01-01T00:00:00+00:00"
+    hostile = '\x1b[2J=HYPERLINK("http://evil.example/")'
+    with SqliteLedger.for_writer(path) as receiver:
+        receiver.record_webhooks(
+            [Inbound("in.1", "", A, later, "button", "=1+1", hostile, f"wamid.welcome.{A}")]
+        )
+    summary = "\n".join(summary_lines(path, "f"))
+    assert "\x1b" not in summary
+    assert '=HYPERLINK("http://evil.example/") 1' in summary
+    out = io.StringIO()
+    write_rows(path, "f", "csv", out)
+    (row,) = csv.DictReader(io.StringIO(out.getvalue()))
+    assert (row["reply"], row["button"]) == ("'=1+1", "'" + printable(hostile))
+    assert "\x1b" not in row["button"]
