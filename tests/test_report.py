@@ -11,7 +11,21 @@ from pathlib import Path
 import pytest
 
 from runner.commands.report import summary_lines, write_rows
-from runner.ledger import Batch, LedgerError, Mark, Outcome, SqliteLedger, Status
+from runner.contacts import IMPORTED
+from runner.ledger import (
+    Batch,
+    Inbound,
+    LedgerError,
+    LedgerReader,
+    Mark,
+    Outcome,
+    Preference,
+    SqliteLedger,
+    Status,
+)
+from runner.untrusted import printable
+from tests.sandbox_helpers import flowrun, write_flow
+from tests.test_ledger import legacy_ledger
 
 AT = "2026-12-01T10:00:00+00:00"
 
@@ -89,3 +103,201 @@ def test_not_a_ledger_is_one_line(tmp_path: Path) -> None:
     path.write_text("not a database", "utf-8")
     with pytest.raises(LedgerError, match="not a flowrun ledger"):
         summary_lines(path, None)
+
+
+# What customers did after each step. The ledger's clock is set per commit (the store stamps
+# each row with `now()`), so that steps go minutes apart, as in a campaign.
+A, B, C, D, E = (f"1555040000{i}" for i in range(5))
+
+
+def at(clock: str) -> str:
+    return f"2026-12-01T{clock}+00:00"
+
+
+def sent(step: str, *recipients: str) -> list[Outcome]:
+    return [Outcome(step, who, "sent", message_id=f"wamid.{step}.{who}") for who in recipients]
+
+
+def waiting(step: str, reason: str, *recipients: str) -> list[Outcome]:
+    why = f"waits ({reason})"
+    return [
+        Outcome(step, who, "waiting", error_title=reason, error_details=why, attempts=0)
+        for who in recipients
+    ]
+
+
+def tap(message_id: str, who: str, clock: str, button: tuple[str, str], step: str) -> Inbound:
+    """A quick-reply tap: `button` is (payload, title)."""
+    payload, title = button
+    context = f"wamid.{step}.{who}"
+    return Inbound(message_id, "106540352242922", who, at(clock), "button", title, payload, context)
+
+
+def text(message_id: str, who: str, clock: str, body: str) -> Inbound:
+    return Inbound(message_id, "106540352242922", who, at(clock), "text", body)
+
+
+def conversation(path: Path, monkeypatch: pytest.MonkeyPatch, flow: str = "f") -> None:
+    """welcome to all five at 10:00 (E's refused by a `failed` status), brochure to A and B at
+    10:10; C and D wait for brochure, A for last; then what each customer did."""
+    with SqliteLedger.for_run(path, flow) as run, monkeypatch.context() as clock:
+        clock.setattr("runner.ledger.sqlite.now", lambda: at("10:00:00.000"))
+        run.commit(Batch(outcomes=sent("welcome", A, B, C, D, E)))
+        clock.setattr("runner.ledger.sqlite.now", lambda: at("10:10:00.400"))
+        outcomes = [*sent("brochure", A, B), *waiting("brochure", "window", C)]
+        outcomes += [*waiting("brochure", "answer", D), *waiting("last", "answer", A)]
+        run.commit(Batch(outcomes=outcomes))
+    heard: list[Status | Inbound | Preference] = [
+        text("in.0", A, "09:00:00", "hello before anything"),  # before welcome: no step
+        tap("in.1", A, "10:05:00", ("brochure", "Tell me more"), "welcome"),
+        tap("in.2", A, "10:06:00", ("brochure", "Tell me more"), "welcome"),  # twice: one person
+        text("in.3", A, "10:20:00", "thanks"),  # after brochure: brochure's
+        tap("in.4", B, "10:09:00", ("later", "Not now"), "welcome"),
+        text("in.5", B, "10:09:59", "ok"),  # a second before brochure went: the clock slack
+        text("in.6", C, "10:30:00", " Stop! "),  # C's brochure waits: welcome's
+        Inbound("in.7", "", D, at("10:03:00"), "image"),
+        text("in.8", E, "10:02:00", "STOP"),  # E never had welcome: no step's
+        text("in.9", "15559999999", "10:02:00", "STOP"),  # not a recipient of the flow
+        tap("in.10", B, "10:40:00", ("brochure", "Tell me more"), "welcome"),  # a late tap
+        Status("wamid.welcome." + E, "failed", at("10:00:05"), code=131047, title="Re-engage"),
+        Preference("106540352242922", D, at("10:04:00"), "stop"),
+        Preference("106540352242922", A, at("10:50:00"), "stop", IMPORTED),  # the business's
+    ]
+    with SqliteLedger.for_writer(path) as receiver:
+        receiver.record_webhooks(heard)
+
+
+def test_what_customers_did_after_each_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "l.sqlite"
+    conversation(path, monkeypatch)
+    lines = summary_lines(path, "f")
+    start = lines.index(
+        "conversations (what customers did after each step, until their next step was sent):"
+    )
+    assert lines[start + 1 :] == [
+        "  flow/step   sent   replied  opted out  waiting             taps",
+        "  f/brochure     2  2 (100%)          0  answer 1, window 1  -",
+        "  f/last         0         0          0  answer 1            -",
+        "  f/welcome      5   4 (80%)          2  -                   brochure 2, later 1",
+        "  waiting: window = until the customer writes; answer = until they answer an earlier step",
+    ]
+
+
+def test_each_rows_reply_and_button(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "l.sqlite"
+    conversation(path, monkeypatch)
+    out = io.StringIO()
+    write_rows(path, "f", "csv", out)
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert rows[0] == [*LedgerReader.columns, "reply", "button"]  # appended, in order
+    answers = {(row[1], row[2]): (row[-2], row[-1]) for row in rows[1:]}
+    assert answers == {
+        ("welcome", A): ("Tell me more", "brochure"),
+        ("brochure", A): ("thanks", ""),
+        ("last", A): ("", ""),
+        ("welcome", B): ("Not now", "later"),  # the first tap, not the later one
+        ("brochure", B): ("ok", ""),
+        ("welcome", C): ("Stop!", ""),
+        ("brochure", C): ("", ""),
+        ("welcome", D): ("[image]", ""),
+        ("brochure", D): ("", ""),
+        ("welcome", E): ("", ""),  # refused by a failed status: what E wrote answers nothing
+    }
+    out = io.StringIO()
+    write_rows(path, "f", "jsonl", out)
+    first = json.loads(out.getvalue().splitlines()[2])
+    assert (first["step"], first["reply"], first["button"]) == (
+        "welcome",
+        "Tell me more",
+        "brochure",
+    )
+
+
+def conversation_row(out: str, label: str) -> list[str]:
+    """The cells of a step's row in the conversations table."""
+    lines = out.splitlines()
+    start = next(n for n, line in enumerate(lines) if line.startswith("conversations"))
+    return next(line.split() for line in lines[start:] if line.split()[0] == label)
+
+
+def test_the_flows_stop_words_and_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`report FLOW` reads what customers wrote with the flow's own stop words (they replace
+    the defaults); `--ledger` alone, with the defaults."""
+    monkeypatch.chdir(tmp_path)
+    steps = "  - name: welcome\n    text: {body: hi}\n"
+    write_flow(tmp_path, "http://127.0.0.1:9", steps, opt_out_keywords='["basta"]')
+    conversation(tmp_path / "flow.ledger.sqlite", monkeypatch, flow="t")
+    code, out, err = flowrun("report", "flow.yaml")
+    assert code == 0, err
+    welcome = conversation_row(out, "t/welcome")
+    assert welcome == [  # D's marketing stop; " Stop! " is no stop word here
+        "t/welcome",
+        "5",
+        "4",
+        "(80%)",
+        "1",
+        "-",
+        "brochure",
+        "2,",
+        "later",
+        "1",
+    ]
+    code, out, _ = flowrun("report", "--ledger", "flow.ledger.sqlite")
+    welcome = conversation_row(out, "t/welcome")
+    assert welcome[4] == "2"  # " Stop! " is a default stop word
+    code, out, _ = flowrun("report", "flow.yaml", "--csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert {(row["step"], row["button"]) for row in rows if row["button"]} == {
+        ("welcome", "brochure"),
+        ("welcome", "later"),
+    }
+
+
+def test_every_flow_in_the_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a FLOW, each flow's steps count the customers' messages that follow them."""
+    path = tmp_path / "l.sqlite"
+    conversation(path, monkeypatch)
+    with SqliteLedger.for_run(path, "g") as run, monkeypatch.context() as clock:
+        clock.setattr("runner.ledger.sqlite.now", lambda: at("10:30:00.000"))
+        run.commit(Batch(outcomes=[Outcome("welcome", B, "sent", message_id="wamid.g.1")]))
+    out = "\n".join(summary_lines(path, None))
+    assert conversation_row(out, "g/welcome") == ["g/welcome", "1", "1", "(100%)", "0", "-", "-"]
+    assert conversation_row(out, "f/welcome")[1:4] == ["5", "4", "(80%)"]
+
+
+def test_a_ledger_from_before_customers_were_heard(tmp_path: Path) -> None:
+    """A ledger no flowrun has opened since schema 3 (no inbound, no preferences): read-only,
+    it is not migrated; nothing was heard, nothing waits, and the rows' answers are empty."""
+    path = tmp_path / "old.sqlite"
+    legacy_ledger(path, with_statuses=False)
+    lines = summary_lines(path, None)
+    assert lines[2].split() == ["f/hello", "1", "0", "0", "0", "0", "0"]
+    assert not any(line.startswith("conversations") for line in lines)
+    out = io.StringIO()
+    write_rows(path, None, "csv", out)
+    (row,) = csv.DictReader(io.StringIO(out.getvalue()))
+    assert (row["message_id"], row["reply"], row["button"]) == ("wamid.OLD", "", "")
+
+
+def test_what_customers_typed_reaches_no_terminal_and_no_spreadsheet(tmp_path: Path) -> None:
+    """A payload and a reply are the customer's (or anyone's who can post a webhook): printed
+    printable, written to CSV as text, never a formula."""
+    path = tmp_path / "l.sqlite"
+    with SqliteLedger.for_run(path, "f") as run:
+        run.commit(Batch(outcomes=sent("welcome", A)))
+    later = "2999-01-01T00:00:00+00:00"
+    hostile = '\x1b[2J=HYPERLINK("http://evil.example/")'
+    with SqliteLedger.for_writer(path) as receiver:
+        receiver.record_webhooks(
+            [Inbound("in.1", "", A, later, "button", "=1+1", hostile, f"wamid.welcome.{A}")]
+        )
+    summary = "\n".join(summary_lines(path, "f"))
+    assert "\x1b" not in summary
+    assert '=HYPERLINK("http://evil.example/") 1' in summary
+    out = io.StringIO()
+    write_rows(path, "f", "csv", out)
+    (row,) = csv.DictReader(io.StringIO(out.getvalue()))
+    assert (row["reply"], row["button"]) == ("'=1+1", "'" + printable(hostile))
+    assert "\x1b" not in row["button"]

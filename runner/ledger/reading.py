@@ -14,10 +14,23 @@ from pathlib import Path
 from typing import Any
 
 from .records import LedgerError
-from .schema import DELIVERY_COLUMNS, MESSAGE_COLUMNS, STATUSES
+from .schema import CUSTOMERS, DELIVERY_COLUMNS, MESSAGE_COLUMNS, STATUSES
 from .sqlite import damaged, is_damage
 
 _JOIN = "FROM messages m LEFT JOIN statuses s ON s.message_id = m.message_id"
+# Clock slack for attributing a customer's message to a step: its `at` has whole seconds (the
+# webhook's unix timestamp), a message's last_attempt has milliseconds and the machine's clock.
+SLACK_SECONDS = 2.0
+# The step a customer's event (customer `{who}`, at `{at}`, in the flow `f.flow`) follows: the
+# latest of their messages of the flow that was sent and not refused by a `failed` status (a
+# 131047 arrives that way: the customer never had it). One range of the primary key
+# (flow, recipient, step), a few rows per recipient.
+_LATEST_STEP = """(SELECT m.step FROM messages m
+    LEFT JOIN statuses s ON s.message_id = m.message_id
+    WHERE m.flow = f.flow AND m.recipient = {who} AND m.state = 'sent'
+      AND coalesce(s.status, '') != 'failed'
+      AND julianday(m.last_attempt) <= julianday({at}) + ?
+    ORDER BY julianday(m.last_attempt) DESC, m.step DESC LIMIT 1)"""
 _DELIVERY = (  # in DELIVERY_COLUMNS' order
     "s.status",
     "s.delivered_at",
@@ -34,6 +47,30 @@ class Count:
     step: str
     state: str  # a message state, or a delivery status ('waiting': nothing heard yet)
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """A customer's message, as `report` attributes it within one flow (`LedgerReader.heard`)."""
+
+    flow: str
+    step: str | None  # the latest step received before it: the one it counts for as a reply
+    recipient: str
+    at: str  # the message's own time
+    kind: str  # text, button, interactive, image, ...
+    text: str | None
+    payload: str | None  # a quick reply's payload, when it is a tap on `tapped`
+    tapped: str | None  # the step whose message the tap answers (its `context`)
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """A `preferences` stop (`LedgerReader.stops`), attributed like a reply."""
+
+    flow: str
+    step: str
+    recipient: str
+    category: str  # marketing_messages (the customer's), imported (the business's list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +130,9 @@ class LedgerReader:
                 "CREATE TEMP VIEW statuses AS SELECT *, NULL AS pricing_category,"
                 " NULL AS billable FROM main.statuses"
             )
+        if not self._has("inbound"):  # schema 3 added customers' messages and preferences
+            tables = CUSTOMERS[CUSTOMERS.index("CREATE TABLE IF NOT EXISTS inbound") :]
+            self._db.executescript(tables.replace("CREATE TABLE", "CREATE TEMP TABLE"))
 
     def _has(self, table: str) -> bool:
         found = self._db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,))
@@ -162,3 +202,55 @@ class LedgerReader:
         query = f"SELECT count(*) {_JOIN} {where} AND coalesce(s.rank, 0) < ?"
         count: int = self._query(query, (*args, since, settled_rank))[0][0]
         return count
+
+    def waiting(self, flow: str | None) -> list[Count]:
+        """Messages that wait, per step and reason (`state` here is the reason, error_title:
+        "window" = until the customer writes, "answer" = until they answer an earlier step)."""
+        where, args = self._where(flow, "m.state = 'waiting'")
+        query = (
+            "SELECT m.flow, m.step, coalesce(m.error_title, 'unknown'), count(*)"
+            f" FROM messages m {where} GROUP BY 1, 2, 3"
+        )
+        return [Count(*row) for row in self._query(query, args)]
+
+    def heard(self, flow: str | None) -> list[Heard]:
+        """Every customer message that follows a step of the flow, or taps a button on one of
+        its messages, oldest first per recipient.
+
+        Customers are matched by WhatsApp id (`inbound.customer` = `messages.recipient`), on
+        any business number. A message counts as a reply for the latest step the customer had
+        received at its time (sent, not refused by a `failed` status, last_attempt at most
+        SLACK_SECONDS after `at`): so it answers that step, until their next step was sent.
+        A tap counts for the step whose message its `context` names, whenever it came.
+        Set-based: one pass over `inbound` (per flow in the ledger), each message looked up by
+        the messages' primary key, never a query per recipient."""
+        flows, args = self._where(flow)
+        latest = _LATEST_STEP.format(who="i.customer", at="i.at")
+        query = f"""
+            WITH f AS (SELECT DISTINCT m.flow FROM messages m {flows})
+            SELECT * FROM (
+                SELECT f.flow, {latest} AS step, i.customer, i.at, i.kind, i.text,
+                    i.payload, CASE WHEN i.payload IS NOT NULL THEN (
+                        SELECT m.step FROM messages m WHERE m.flow = f.flow
+                        AND m.recipient = i.customer AND m.message_id = i.context) END AS tapped
+                FROM f CROSS JOIN inbound i
+            ) WHERE step IS NOT NULL OR tapped IS NOT NULL
+            ORDER BY flow, customer, at"""
+        rows = self._query(query, (*args, *self._slack()))
+        return [Heard(*row) for row in rows]
+
+    def stops(self, flow: str | None) -> list[Stopped]:
+        """`preferences` stops, each attributed to the step it followed, as `heard` does."""
+        flows, args = self._where(flow)
+        latest = _LATEST_STEP.format(who="p.customer", at="p.at")
+        query = f"""
+            WITH f AS (SELECT DISTINCT m.flow FROM messages m {flows})
+            SELECT * FROM (
+                SELECT f.flow, {latest} AS step, p.customer, p.category
+                FROM f CROSS JOIN preferences p WHERE p.value = 'stop'
+            ) WHERE step IS NOT NULL"""
+        return [Stopped(*row) for row in self._query(query, (*args, *self._slack()))]
+
+    @staticmethod
+    def _slack() -> tuple[float]:
+        return (SLACK_SECONDS / 86400,)  # julianday counts days
