@@ -90,7 +90,14 @@ def cli() -> None:
     "listen_port",
     type=click.IntRange(1, 65535),
     metavar="PORT",
-    help="Receive status webhooks on 127.0.0.1:PORT during the run (= flowrun listen).",
+    help="Receive webhooks (statuses, customers' messages) on 127.0.0.1:PORT during the run"
+    " (= flowrun listen).",
+)
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep running: send a waiting step as soon as its customer writes or answers (their"
+    " messages come through --listen, or a flowrun listen on the same ledger); Ctrl-C stops.",
 )
 @click.option(
     "--sandbox",
@@ -109,6 +116,7 @@ def run(
     retry_failed: bool,
     retry_uncertain: bool,
     listen_port: int | None,
+    follow: bool,
     use_sandbox: bool,
 ) -> None:
     """Send every message of FLOW that the ledger does not show as sent."""
@@ -128,6 +136,7 @@ def run(
         retry_uncertain=retry_uncertain,
         use_sandbox=use_sandbox,
         listen_port=listen_port,
+        follow=follow,
     )
     sys.exit(_handled(lambda: run_flow(flow, request)))
 

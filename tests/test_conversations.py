@@ -19,7 +19,7 @@ import pytest
 
 from runner.ledger import SqliteLedger
 from runner.sandbox import SandboxState
-from tests.sandbox_helpers import flowrun, ledger_rows, post, wait_until, write_flow
+from tests.sandbox_helpers import flowrun, ledger_rows, post, start, wait_until, write_flow
 
 ANN, BOB, CAROL = "15550100000", "15550100001", "15550100002"  # write_flow's people
 WELCOME = """\
@@ -290,3 +290,64 @@ def test_when_reads_only_earlier_steps_answers(folder: Path, when: str, message:
     code, _, err = flowrun("validate", "flow.yaml")
     assert code == 2
     assert f"flow.yaml:20:11: {message}" in err, err
+
+
+def test_follow_sends_a_waiting_step_seconds_after_the_customer_writes(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--follow --listen PORT`: the customer's reply reaches the run's receiver as a signed
+    webhook, and the step that waited for it goes out; the run ends once nothing waits."""
+    base, state = api
+    post(f"{base}/sandbox/window", {"enforce": True, "window_errors": "sync"})
+    write_flow(folder, base, WELCOME, people=2, kind="cloud", window="check")
+    port = free_port()
+    monkeypatch.setenv("WA_APP_SECRET", SECRET)
+    post(f"{base}/sandbox/webhook", {"url": f"http://127.0.0.1:{port}/", "secret": SECRET})
+    process = start(folder, "--follow", "--listen", str(port))
+    try:
+        wait_until(lambda: len(state.inbox) == 2)  # the two templates
+        for customer in (ANN, BOB):
+            writes(base, customer, "Yes please")
+            written = time.monotonic()
+            wait_until(lambda c=customer: sent_to(state).get(c) == ["template", "text"])
+            assert time.monotonic() - written < 10  # a hang guard; the note says how fast
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert "following 2 recipient(s) who wait" in err
+    assert state.refused == []
+
+
+@pytest.mark.slow
+def test_kill_9_during_follow_then_a_rerun_sends_nothing_twice(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Customers answer while `--follow` sends the steps that waited for them; kill -9 in the
+    middle. The next run sends nothing twice and leaves at most `concurrency` uncertain."""
+    base, state = api
+    post(f"{base}/sandbox/window", {"enforce": True, "window_errors": "sync"})
+    post(f"{base}/sandbox/faults", {"latency": 0.02})
+    post(f"{base}/sandbox/customers", {"reply_share": 1.0, "delay": 0.05, "seed": "kill"})
+    write_flow(folder, base, WELCOME, people=300, kind="cloud", window="check", rate="400/s")
+    port = free_port()
+    monkeypatch.setenv("WA_APP_SECRET", SECRET)
+    post(f"{base}/sandbox/webhook", {"url": f"http://127.0.0.1:{port}/", "secret": SECRET})
+    process = start(folder, "--follow", "--listen", str(port))
+    try:
+        wait_until(lambda: sum(m["type"] == "text" for m in state.inbox) >= 60, 60)
+    finally:
+        process.kill()
+        process.wait()
+    post(f"{base}/sandbox/webhook", {})
+    post(f"{base}/sandbox/customers", {})
+    code, _, err = flowrun("flow.yaml")
+    assert code in (0, 1), err  # 1: uncertain ones are held
+    sent = [(m["to"], m["type"]) for m in state.inbox]
+    assert len(sent) == len(set(sent)), "a message went twice"
+    states = [r[2] for r in ledger_rows(folder)]
+    assert states.count("uncertain") <= 4  # write_flow's concurrency
+    assert "sending" not in states
+    assert state.refused == []  # every note went to an open window

@@ -38,6 +38,7 @@ class RunRequest:
     retry_uncertain: bool = False
     use_sandbox: bool = False
     listen_port: int | None = None
+    follow: bool = False
 
 
 def run(flow_file: str, request: RunRequest) -> int:
@@ -62,6 +63,7 @@ def run(flow_file: str, request: RunRequest) -> int:
             retry_uncertain=request.retry_uncertain,
             rate=rate,
             interval=interval,
+            follow=request.follow,
         )
         path = (
             Path(request.ledger_path)
@@ -70,6 +72,12 @@ def run(flow_file: str, request: RunRequest) -> int:
         )
         ledger = stack.enter_context(contextlib.closing(open_for_run(path, plan.loaded.name)))
         _check_renamed(ledger, path, chosen=request.ledger_path is not None)
+        if request.follow and request.listen_port is None:
+            click.echo(
+                f"flowrun: following without --listen: customers' messages are heard only if a"
+                f" flowrun listen records them in {path}",
+                err=True,
+            )
         if request.listen_port is not None:
             from runner.receiver.process import listening
 
