@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,10 @@ def test_a_window_the_flow_trusts_wrongly_makes_the_step_wait(
     assert len(state.refused) == refused
 
 
+def _got_both(state: SandboxState, customer: str) -> bool:
+    return sent_to(state).get(customer) == ["template", "text"]
+
+
 def _delivery_failed(folder: Path, customer: str) -> bool:
     with contextlib.closing(SqliteLedger.for_run(folder / "flow.ledger.sqlite", "t")) as ledger:
         record = ledger.history(customer).get("note")
@@ -309,7 +314,7 @@ def test_follow_sends_a_waiting_step_seconds_after_the_customer_writes(
         for customer in (ANN, BOB):
             writes(base, customer, "Yes please")
             written = time.monotonic()
-            wait_until(lambda c=customer: sent_to(state).get(c) == ["template", "text"])
+            wait_until(partial(_got_both, state, customer))
             assert time.monotonic() - written < 10  # a hang guard; the note says how fast
         _, err = process.communicate(timeout=30)
     finally:
