@@ -103,6 +103,14 @@ TEMPLATES: dict[tuple[str, str], TemplateSpec] = {
         "video", 1, ("quick_reply", "quick_reply"), ("Tell me more", "Not now")
     ),
     ("order_update", "en_US"): TemplateSpec("text", 1, ("quick_reply",), ("Track my order",)),
+    # flows/onboarding*.yaml: a welcome whose quick replies the later steps branch on
+    ("onboarding_start", "en_US"): TemplateSpec(
+        "image", 2, ("quick_reply", "quick_reply"), ("Show me around", "Prices, please")
+    ),
+    ("onboarding_start", "de"): TemplateSpec(
+        "image", 2, ("quick_reply", "quick_reply"), ("Zeig mir alles", "Preise, bitte")
+    ),
+    ("payment_nudge", "en_US"): TemplateSpec(None, 1),  # flows/document-reminder.yaml
     ("welcome_choice", "en_US"): TemplateSpec(
         None, 0, ("quick_reply", "quick_reply"), ("Send the brochure", "Later")
     ),
