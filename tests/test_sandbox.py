@@ -1,4 +1,8 @@
-"""The sandbox API over real loopback HTTP: strict like the real API, faults on request."""
+"""The sandbox API over real loopback HTTP: strict like the real API, faults on request.
+
+The `api` fixture (tests/conftest.py) is a sandbox whose customers wrote an hour ago: these
+tests send free-form messages and are about other things than the 24-hour window
+(tests/test_sandbox_customers.py tests the window)."""
 
 from __future__ import annotations
 
@@ -6,20 +10,13 @@ import base64
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from runner.sandbox import TOKEN, SandboxState, running
+from runner.sandbox import TOKEN, SandboxState
 
 IMAGE = {"link": "https://cdn.example.com/a.jpg", "caption": "hi"}
-
-
-@pytest.fixture
-def api() -> Iterator[tuple[str, SandboxState]]:
-    with running() as server:
-        yield server
 
 
 def call(
