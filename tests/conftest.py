@@ -112,14 +112,23 @@ def api(request: pytest.FixtureRequest) -> Iterator[tuple[str, SandboxState]]:
     with running() as server:
         audience_wrote(server[1])
         yield server
-        refused = server[1].refused
-        if refused and request.node.get_closest_marker("closed_windows") is None:
-            pytest.fail(
-                f"{len(refused)} free-form message(s) sent to a closed 24-hour window (131047 /"
-                f" 470), first: {refused[0]}; give the test an audience that wrote, or mark it"
-                " closed_windows if refusals are what it tests",
-                pytrace=False,
-            )
+        expected = request.node.get_closest_marker("closed_windows") is not None
+        problem = unexpected_refusals(server[1], expected=expected)
+        if problem:
+            pytest.fail(problem, pytrace=False)
+
+
+def unexpected_refusals(state: SandboxState, *, expected: bool) -> str | None:
+    """What the `api` fixture fails a test with: free-form messages the sandbox refused for a
+    closed window, in a test not marked `closed_windows`."""
+    refused = state.refused
+    if not refused or expected:
+        return None
+    return (
+        f"{len(refused)} free-form message(s) sent to a closed 24-hour window (131047 / 470),"
+        f" first: {refused[0]}; give the test an audience that wrote, or mark it"
+        " closed_windows if refusals are what it tests"
+    )
 
 
 @pytest.fixture
