@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +86,49 @@ def run_flowrun(flowdir: Path, monkeypatch: pytest.MonkeyPatch) -> RunFlow:
     return run
 
 
+WROTE_AGO = 3600  # seconds: when the audience of the tests' sandbox wrote
+
+
+def audience_wrote(state: SandboxState) -> None:
+    """Every customer of this sandbox wrote an hour ago: their 24-hour windows are open
+    (POST /sandbox/window {"everyone_wrote": ...}, done on the state directly)."""
+    state.customers.everyone_wrote = int(time.time()) - WROTE_AGO
+
+
 @pytest.fixture
-def api() -> Iterator[tuple[str, SandboxState]]:
+def api(request: pytest.FixtureRequest) -> Iterator[tuple[str, SandboxState]]:
+    """The sandbox, enforcing the 24-hour customer service window as WhatsApp does
+    (docs/whatsapp-api.md#customer-service-window), with an audience that wrote an hour ago.
+
+    Why: these tests are about other things (retries, pacing, media, the ledger...), and their
+    audience wrote within 24 hours, stated on both sides: here (`everyone_wrote`) and in their
+    flows (`settings: {window: open}`, which tests/sandbox_helpers.py `write_flow` writes by
+    default). A test about a closed window says so explicitly: POST /sandbox/window
+    {"everyone_wrote": null} and a flow with `window: check`.
+
+    The guard: a free-form message refused for a closed window fails the test at teardown,
+    so a violation never passes silently, unless the test is marked
+    `@pytest.mark.closed_windows` (it expects refusals and checks them itself)."""
     with running() as server:
+        audience_wrote(server[1])
         yield server
+        expected = request.node.get_closest_marker("closed_windows") is not None
+        problem = unexpected_refusals(server[1], expected=expected)
+        if problem:
+            pytest.fail(problem, pytrace=False)
+
+
+def unexpected_refusals(state: SandboxState, *, expected: bool) -> str | None:
+    """What the `api` fixture fails a test with: free-form messages the sandbox refused for a
+    closed window, in a test not marked `closed_windows`."""
+    refused = state.refused
+    if not refused or expected:
+        return None
+    return (
+        f"{len(refused)} free-form message(s) sent to a closed 24-hour window (131047 / 470),"
+        f" first: {refused[0]}; give the test an audience that wrote, or mark it"
+        " closed_windows if refusals are what it tests"
+    )
 
 
 @pytest.fixture

@@ -46,10 +46,21 @@ def write_flow(
     kind: str = "onprem",
     **settings: Any,
 ) -> Path:
+    """A flow for the sandbox at `base`: `people` recipients, `messages` (YAML list items).
+
+    `window: open` by default: these tests are about other things, and their audience wrote
+    within 24 hours, stated on both sides (the `api` fixture's sandbox says `everyone_wrote`
+    an hour ago, tests/conftest.py). A test about the window passes `window="check"`."""
     rows = "".join(f"+1 555 010 {i:04d},P{i},{'en' if i % 2 else 'de'}\n" for i in range(people))
     (folder / "people.csv").write_text("phone,name,lang\n" + rows, "utf-8")
     # No pacing unless a test asks for it: the sandbox has no limits.
-    settings = {"concurrency": 4, "rate": "100000/s", "per_recipient_interval": 0, **settings}
+    settings = {
+        "concurrency": 4,
+        "rate": "100000/s",
+        "per_recipient_interval": 0,
+        "window": "open",
+        **settings,
+    }
     extra = "".join(f"  {k}: {v}\n" for k, v in settings.items())
     text = (
         f"version: 1\nname: t\n{api_section(base, kind, timeout)}"

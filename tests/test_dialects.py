@@ -432,41 +432,41 @@ def test_error_codes_are_classified(
         (
             "cloud",
             "  - audio: {link: 'https://x.example/a.ogg', provider: {name: cdn}}\n",
-            "flow.yaml:15:46: provider is only for the On-Premises API",
+            "flow.yaml:16:46: provider is only for the On-Premises API",
         ),
         (
             "onprem-no-namespace",
             "  - template: {name: hello_world, language: en_US}\n",
-            "flow.yaml:14:5: template messages on the On-Premises API need api.template_namespace",
+            "flow.yaml:15:5: template messages on the On-Premises API need api.template_namespace",
         ),
         (
             "cloud",
             "  - template: {name: Hello World, language: en_US}\n",
-            "flow.yaml:15:22: name: must be lower-case letters, digits and underscores,"
+            "flow.yaml:16:22: name: must be lower-case letters, digits and underscores,"
             " got 'Hello World'",
         ),
         (
             "cloud",
             "  - template: {name: hi, language: '{{ recipient.name }}'}\n",
-            "flow.yaml:15:36: 'P0' is not a language code like en_US or de (first for the"
+            "flow.yaml:16:36: 'P0' is not a language code like en_US or de (first for the"
             " recipient at people.csv:2:1)",
         ),
         (
             "cloud",
             '  - template: {name: hi, language: en, body: ["a\\nb"]}\n',
-            "flow.yaml:15:47: template parameter holds a line break, a tab or more than 4 spaces"
+            "flow.yaml:16:47: template parameter holds a line break, a tab or more than 4 spaces"
             " in a row (first for the recipient at people.csv:2:1)",
         ),
         (
             "cloud",
             "  - template: {name: hi, language: en, header: {image: {id: x}, text: y}}\n",
-            "flow.yaml:15:40: a header has exactly one of image, video, document, text (found"
+            "flow.yaml:16:40: a header has exactly one of image, video, document, text (found"
             " image and text)",
         ),
         (
             "cloud",
             "  - template: {name: hi, language: en, buttons: [{url: a}, {url: b, index: 0}]}\n",
-            "flow.yaml:15:5: two buttons have the same index",
+            "flow.yaml:16:5: two buttons have the same index",
         ),
     ],
 )

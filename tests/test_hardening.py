@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from runner.sandbox import TOKEN, SandboxState, running
+from tests.conftest import audience_wrote
 from tests.sandbox_helpers import (
     children,
     count,
@@ -180,6 +181,7 @@ def test_faults_while_sending(
 
 def test_the_api_restarting_mid_run(folder: Path) -> None:
     with running() as (base, state):
+        audience_wrote(state)  # the flow's window: open, on the sandbox's side too
         port = int(base.rsplit(":", 1)[1])
         steps = "  - text: {body: 'hi {{ recipient.name }}'}\n"
         write_flow(folder, base, steps, people=300, timeout=2, retries=10)
@@ -196,6 +198,7 @@ def test_the_api_restarting_mid_run(folder: Path) -> None:
         states = accounted(folder, state, 300)
     assert states.get("uncertain", 0) <= 4  # at most the messages in flight at the crash
     assert states["sent"] + states.get("uncertain", 0) == 300
+    assert state.refused == []  # no free-form message to a closed window
 
 
 def outputs_of(folder: Path, *commands: list[str]) -> str:

@@ -1,4 +1,8 @@
-"""The sandbox API over real loopback HTTP: strict like the real API, faults on request."""
+"""The sandbox API over real loopback HTTP: strict like the real API, faults on request.
+
+The `api` fixture (tests/conftest.py) is a sandbox whose customers wrote an hour ago: these
+tests send free-form messages and are about other things than the 24-hour window
+(tests/test_sandbox_customers.py tests the window)."""
 
 from __future__ import annotations
 
@@ -6,20 +10,14 @@ import base64
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from runner.sandbox import TOKEN, SandboxState, running
+from runner.sandbox import TOKEN, SandboxState
+from tests.conftest import unexpected_refusals
 
 IMAGE = {"link": "https://cdn.example.com/a.jpg", "caption": "hi"}
-
-
-@pytest.fixture
-def api() -> Iterator[tuple[str, SandboxState]]:
-    with running() as server:
-        yield server
 
 
 def call(
@@ -142,3 +140,22 @@ def test_an_uploaded_id_must_match_the_message_type(api: tuple[str, SandboxState
     status, answer, _ = call(f"{base}/v1/media", raw=too_big, content_type="image/webp")
     assert status == 400
     assert "bytes" in answer["errors"][0]["details"]
+
+
+@pytest.mark.closed_windows
+def test_refusals_fail_a_test_unless_it_expects_them(api: tuple[str, SandboxState]) -> None:
+    """The guard of the `api` fixture (tests/conftest.py): a free-form message refused for a
+    closed window fails a test at teardown; this test is marked `closed_windows`, so the one
+    refusal it causes on purpose is allowed."""
+    base, state = api
+    assert state.customers.everyone_wrote is not None  # the default: the audience wrote
+    assert unexpected_refusals(state, expected=False) is None
+    status, answer, _ = call(f"{base}/sandbox/window", {"everyone_wrote": None})
+    assert (status, answer["everyone_wrote"]) == (200, None)
+    status, _, _ = call(f"{base}/v1/messages", message())  # an image: free-form
+    assert status == 400
+    assert [r["to"] for r in state.refused] == ["15550100001"]
+    problem = unexpected_refusals(state, expected=False)
+    assert problem is not None
+    assert problem.startswith("1 free-form message(s) sent to a closed 24-hour window")
+    assert unexpected_refusals(state, expected=True) is None

@@ -10,14 +10,16 @@ import hmac
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from runner import sandbox
 from runner.sandbox import NAMESPACE, PHONE_NUMBER_ID, SandboxState, running
 from runner.threadserver import serving
-from tests.sandbox_helpers import wait_until
+from tests.sandbox_helpers import flowrun, wait_until, write_flow
 from tests.test_sandbox import call
 
 SECRET = "sandbox-customers-secret"
@@ -149,11 +151,11 @@ WINDOW_CODE = {"cloud": 131047, "onprem": 470}
 def test_free_form_needs_a_customer_who_wrote_within_24_hours(
     api: tuple[str, SandboxState], dialect: str
 ) -> None:
-    """With enforcement on, and no webhook to hear an asynchronous refusal, a free-form
-    message to a closed window is refused at once (400, 131047 / 470); a template always
-    passes and opens nothing; the customer's own message opens the window, by its timestamp."""
+    """With enforcement on (the default), and no webhook to hear an asynchronous refusal, a
+    free-form message to a closed window is refused at once (400, 131047 / 470); a template
+    always passes and opens nothing; the customer's own message opens the window, by its
+    timestamp."""
     base, state = api
-    control(base, "window", {"enforce": True})
 
     assert send(base, dialect, launch_offer(dialect, ANN))[0] == ACCEPTED[dialect]
     status, answer = send(base, dialect, text(dialect, ANN))  # the template opened nothing
@@ -197,17 +199,67 @@ def test_free_form_needs_a_customer_who_wrote_within_24_hours(
 
 
 @pytest.mark.parametrize("dialect", ["cloud", "onprem"])
-def test_enforcement_is_off_until_switched_on(api: tuple[str, SandboxState], dialect: str) -> None:
-    """Off (the default, for now): free-form goes to anyone, as before. The switch turns the
-    window on and off again."""
+def test_enforcement_is_on_by_default_and_only_a_switch_test_turns_it_off(
+    api: tuple[str, SandboxState], dialect: str
+) -> None:
+    """On by default, as on the real APIs, also for `flowrun sandbox` and `--sandbox` (both
+    build a fresh SandboxState). {"enforce": false} exists for this test of the switch only:
+    no test may use it to make a flow pass."""
     base, _ = api
-    assert control(base, "window")["enforce"] is False
+    assert SandboxState().enforce_window is True
+    assert control(base, "window")["enforce"] is True
+    assert send(base, dialect, text(dialect, ANN))[0] == 400
+    assert control(base, "window", {"enforce": False})["enforce"] is False
     assert send(base, dialect, text(dialect, ANN))[0] == ACCEPTED[dialect]
     assert control(base, "window", {"enforce": True})["enforce"] is True
     assert send(base, dialect, text(dialect, ANN))[0] == 400
-    control(base, "window", {"enforce": False})
+    assert [r["to"] for r in control(base, "window")["refused"]] == [ANN, ANN]
+
+
+@pytest.mark.parametrize("dialect", ["cloud", "onprem"])
+def test_an_audience_that_wrote_opens_every_window_for_24_hours(
+    api: tuple[str, SandboxState], dialect: str
+) -> None:
+    """{"everyone_wrote": t}: every customer counts as having written at t (what a flow's
+    `settings.window: open` states), through the same window rule as a message of their own:
+    open until t + 24 h, closed after; a template opens nothing; a later message of a
+    customer's own moves their window further; null forgets the statement."""
+    base, _ = api
+    now = time.time()
+    answer = control(base, "window", {"everyone_wrote": now - 3600})  # an hour ago
+    assert (answer["everyone_wrote"], answer["enforce"]) == (int(now - 3600), True)
     assert send(base, dialect, text(dialect, ANN))[0] == ACCEPTED[dialect]
-    assert [r["to"] for r in control(base, "window")["refused"]] == [ANN]
+    assert send(base, dialect, text(dialect, "15550109999"))[0] == ACCEPTED[dialect]  # anyone
+
+    control(base, "window", {"everyone_wrote": now - 25 * 3600})  # 25 hours ago: closed
+    assert control(base, "window")["everyone_wrote"] == int(now - 25 * 3600)
+    assert send(base, dialect, launch_offer(dialect, ANN))[0] == ACCEPTED[dialect]
+    assert send(base, dialect, text(dialect, ANN))[0] == 400  # the template opened nothing
+    control(base, "inbound", {"from": BOB, "text": "hi", "at": now - 2 * 3600})
+    assert send(base, dialect, text(dialect, BOB))[0] == ACCEPTED[dialect]  # his own, later
+    (bob,) = control(base, "window")["windows"]
+    assert (bob["wa_id"], bob["last_wrote"], bob["open"]) == (BOB, int(now - 2 * 3600), True)
+
+    # a customer's own message older than the audience's does not shorten the window
+    control(base, "window", {"everyone_wrote": now - 3600})
+    (bob,) = control(base, "window")["windows"]
+    assert (bob["last_wrote"], bob["open_until"]) == (int(now - 3600), int(now - 3600) + 86400)
+
+    assert control(base, "window", {"everyone_wrote": None})["everyone_wrote"] is None
+    assert send(base, dialect, text(dialect, ANN))[0] == 400
+    assert send(base, dialect, text(dialect, BOB))[0] == ACCEPTED[dialect]  # his own still counts
+    refused = [(r["to"], r["type"]) for r in control(base, "window")["refused"]]
+    assert refused == [(ANN, "text"), (ANN, "text")]
+
+
+def test_the_audience_stays_when_the_inbox_is_cleared(api: tuple[str, SandboxState]) -> None:
+    """DELETE /sandbox/inbox forgets what customers did, not what the sandbox was told about
+    its audience (a setting, like enforcement)."""
+    base, state = api
+    control(base, "window", {"everyone_wrote": time.time() - 60})
+    assert call(f"{base}/sandbox/inbox", method="DELETE")[0] == 200
+    assert state.customers.everyone_wrote is not None
+    assert send(base, "cloud", text("cloud", ANN))[0] == 200
 
 
 @pytest.mark.parametrize("dialect", ["cloud", "onprem"])
@@ -219,7 +271,6 @@ def test_with_a_webhook_a_closed_window_fails_after_the_send(
     base, _ = api
     url, hook = receiver
     control(base, "webhook", {"url": url, "secret": SECRET, "delay": 0})
-    control(base, "window", {"enforce": True})
 
     status, answer = send(base, dialect, text(dialect, ANN))
     assert status == ACCEPTED[dialect]
@@ -321,7 +372,6 @@ def test_injected_messages_reach_the_webhook_in_the_real_shapes(
 def test_a_preference_change_is_no_message(api: tuple[str, SandboxState]) -> None:
     """A `user_preferences` stop or resume does not open the window: only messages do."""
     base, _ = api
-    control(base, "window", {"enforce": True})
     control(base, "inbound", {"from": ANN, "user_preferences": "resume"})
     assert send(base, "cloud", text("cloud", ANN))[0] == 400
     assert control(base, "window")["windows"] == []
@@ -377,7 +427,17 @@ def test_a_window_setting_that_cannot_be_is_refused(api: tuple[str, SandboxState
     assert (status, answer) == (400, {"error": "enforce must be true or false"})
     status, answer, _ = call(f"{base}/sandbox/window", {"window_errors": "later"})
     assert (status, answer) == (400, {"error": "window_errors must be one of auto, async, sync"})
-    assert (state.enforce_window, state.window_errors) == (False, "auto")
+    for wrote, reason in [
+        ("yesterday", "everyone_wrote must be unix seconds or null"),
+        (True, "everyone_wrote must be unix seconds or null"),
+        (time.time() + 3600, "everyone_wrote must be unix seconds, not in the future"),
+    ]:
+        status, answer, _ = call(f"{base}/sandbox/window", {"everyone_wrote": wrote})
+        assert (status, answer) == (400, {"error": reason})
+    status, answer, _ = call(f"{base}/sandbox/window", {"everyone": 1})
+    assert (status, answer) == (400, {"error": "unknown fields ['everyone']"})
+    assert (state.enforce_window, state.window_errors) == (True, "auto")
+    assert state.customers.everyone_wrote is None
 
 
 @pytest.mark.parametrize("dialect", ["cloud", "onprem"])
@@ -390,7 +450,6 @@ def test_simulated_customers_tap_the_quick_replies_they_got(
     base, _ = api
     url, hook = receiver
     control(base, "webhook", {"url": url, "secret": SECRET, "delay": 0})
-    control(base, "window", {"enforce": True})
     control(base, "customers", {"tap_share": 1.0, "delay": 0.05, "seed": "x"})
     people = [f"1555020{i:04d}" for i in range(6)]
     sent = {}
@@ -449,8 +508,9 @@ def test_simulated_customers_send_stop(
     control(base, "webhook", {"url": url, "secret": SECRET, "delay": 0})
     control(base, "customers", {"stop_share": 1.0, "delay": 0})
     send(base, "cloud", launch_offer("cloud", ANN))
-    send(base, "cloud", text("cloud", BOB))  # enforcement off: free-form goes out
-    control(base, "window", {"enforce": True})
+    control(base, "window", {"everyone_wrote": time.time() - 3600})
+    send(base, "cloud", text("cloud", BOB))  # everyone wrote an hour ago: free-form goes out
+    control(base, "window", {"everyone_wrote": None})
     send(base, "cloud", text("cloud", "15550100003"))  # refused later: never delivered
     wait_until(lambda: len(hook.messages()) == 2)
     wait_until(lambda: any(s["status"] == "failed" for s in hook.statuses()))
@@ -497,7 +557,6 @@ def test_reset_forgets_customers_and_stops_those_about_to_act(
     base, state = api
     url, hook = receiver
     control(base, "webhook", {"url": url, "secret": SECRET, "delay": 0})
-    control(base, "window", {"enforce": True})
     control(base, "inbound", {"from": ANN, "text": "hi"})
     send(base, "cloud", text("cloud", BOB))  # refused (asynchronously)
     control(base, "customers", {"reply_share": 1.0, "delay": 0.3})
@@ -514,3 +573,38 @@ def test_reset_forgets_customers_and_stops_those_about_to_act(
     wait_until(lambda: any(s["id"] == answer["messages"][0]["id"] for s in hook.statuses()))
     assert hook.statuses()[-1]["status"] == "failed"
     assert not state.customers.tasks
+
+
+@pytest.mark.parametrize("kind", ["cloud", "onprem"])
+def test_a_sandbox_run_has_the_audience_its_flow_states(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """`flowrun FLOW --sandbox` starts its sandbox enforcing the window; a flow that states
+    every recipient wrote in the last 24 hours (`settings.window: open`) gets that audience
+    (they wrote an hour ago), so its free-form steps go out; a flow that states nothing
+    (`window: check`) gets customers who never wrote: no free-form message is sent."""
+    states: list[SandboxState] = []
+    state_for = sandbox.state_for
+
+    def keep(flow: Any) -> SandboxState:
+        states.append(state_for(flow))
+        return states[-1]
+
+    monkeypatch.setattr(sandbox, "state_for", keep)
+    write_flow(folder, "https://wa.example.com", "  - text: {body: hi}\n", people=3, kind=kind)
+    code, out, err = flowrun("flow.yaml", "--sandbox")
+    assert (code, err) == (0, "")
+    assert "sent 3, failed 0" in out
+    wrote = states[-1].customers.everyone_wrote
+    assert wrote is not None
+    assert 3500 <= time.time() - wrote <= 3700
+    assert (states[-1].enforce_window, states[-1].refused) == (True, [])
+
+    write_flow(folder, "https://wa.example.com", "  - text: {body: hi}\n", people=3, kind=kind)
+    flow = folder / "flow.yaml"
+    flow.write_text(flow.read_text("utf-8").replace("window: open", "window: check"), "utf-8")
+    (folder / "flow.sandbox.ledger.sqlite").unlink()
+    _code, out, _err = flowrun("flow.yaml", "--sandbox")
+    assert "sent 0," in out
+    assert states[-1].customers.everyone_wrote is None
+    assert states[-1].inbox == []  # nothing free-form reached a customer who never wrote

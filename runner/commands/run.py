@@ -109,7 +109,7 @@ def _target(plan: Plan, stack: contextlib.ExitStack, use_sandbox: bool) -> ApiTa
     if use_sandbox:
         from runner import sandbox
 
-        base_url, _ = stack.enter_context(sandbox.running())
+        base_url, _ = stack.enter_context(sandbox.running(state=sandbox.state_for(plan.flow)))
         return sandbox.target_for(plan.flow.api, base_url)
     target = api_target(plan, for_run=True)
     if plan.problems.has_errors() or not target.ready:

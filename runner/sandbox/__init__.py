@@ -3,18 +3,20 @@ trying flows without an account and for flowrun's own tests (server.py serves, c
 judges requests, webhooks.py calls back).
 
 `target_for` is the sandbox's own credentials in a flow's dialect: what `--sandbox` sends with
-instead of the flow's secrets.
+instead of the flow's secrets; `state_for` is the sandbox a flow's `--sandbox` run talks to:
+it simulates the audience the flow states.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from .checks import NAMESPACE
 from .server import LOGIN, PHONE_NUMBER_ID, TOKEN, SandboxState, build_app, running, serve
 
 if TYPE_CHECKING:
-    from runner.models import CloudApi, OnPremApi
+    from runner.models import CloudApi, Flow, OnPremApi
     from runner.target import ApiTarget
 
 __all__ = [
@@ -26,8 +28,22 @@ __all__ = [
     "build_app",
     "running",
     "serve",
+    "state_for",
     "target_for",
 ]
+
+WROTE_AGO = 3600  # seconds: when the audience of a `window: open` flow wrote, in the sandbox
+
+
+def state_for(flow: Flow) -> SandboxState:
+    """The in-process sandbox of `flowrun FLOW --sandbox`: it enforces the 24-hour window like
+    WhatsApp, and a flow that states every recipient wrote in the last 24 hours
+    (`settings.window: open`) gets exactly that audience: every customer wrote an hour ago
+    (`everyone_wrote`). Otherwise only what customers write opens a window."""
+    state = SandboxState()
+    if flow.settings.window == "open":
+        state.customers.everyone_wrote = int(time.time()) - WROTE_AGO
+    return state
 
 
 def target_for(api: CloudApi | OnPremApi, base_url: str) -> ApiTarget:

@@ -4,7 +4,12 @@ customers who write on request, as signed webhooks of the real shapes.
 - The window (docs/whatsapp-api.md#customer-service-window): per business number and customer,
   opened or refreshed only by a message *from the customer*, until its timestamp + 24 h. A
   template the business sends never opens it. The server asks `window_open` before it takes
-  a free-form message (server.py `_window_closed`, when enforcement is on).
+  a free-form message (server.py `_window_closed`, when enforcement is on: the default).
+- A whole audience that wrote (POST /sandbox/window {"everyone_wrote": <unix seconds>}): every
+  customer counts as having written at that time, so the window is open until then + 24 h,
+  unless a later message of the customer's own moves it further. It is what a flow's
+  `settings.window: open` states ("every recipient wrote in the last 24 hours"), simulated;
+  it goes through `window_open` like any message, and templates still open nothing.
 - Simulated customers (POST /sandbox/customers): once a message of ours is delivered, a share
   of its recipients act after `delay` seconds: STOP, a tap on one of the template's quick
   replies (the payload our body gave it, `context.id` = our message), or a text reply. Who
@@ -176,6 +181,8 @@ class Customers:
 
     # (business number, wa id) -> the timestamp of the customer's last message
     wrote_at: dict[tuple[str, str], int] = field(default_factory=dict)
+    # every customer wrote at this time (unix seconds), if the audience is declared so
+    everyone_wrote: int | None = None
     simulation: Simulation | None = None
     actions: list[dict[str, Any]] = field(default_factory=list)  # what customers did, in order
     acted: set[tuple[str, str]] = field(default_factory=set)  # (our message id, wa id)
@@ -184,21 +191,36 @@ class Customers:
     webhook: Callable[[], Webhook | None] = lambda: None  # where their messages go, if anywhere
 
     def window_open(self, number: str, wa_id: str, now: float) -> bool:
-        """Whether a free-form message from `number` may reach `wa_id` at `now`."""
-        last = self.wrote_at.get((number, wa_id))
+        """Whether a free-form message from `number` may reach `wa_id` at `now`: the one
+        place that decides it (docs/whatsapp-api.md#customer-service-window)."""
+        last = self.last_wrote(number, wa_id)
         return last is not None and now < last + WINDOW
 
-    def windows(self, now: float) -> list[dict[str, Any]]:
-        return [
-            {
-                "number": number,
-                "wa_id": wa_id,
-                "last_wrote": last,
-                "open_until": last + WINDOW,
-                "open": now < last + WINDOW,
-            }
-            for (number, wa_id), last in sorted(self.wrote_at.items())
+    def last_wrote(self, number: str, wa_id: str) -> int | None:
+        """When the customer last wrote: their own latest message, or the time the whole
+        audience is declared to have written (`everyone_wrote`), whichever is later."""
+        known = [
+            t for t in (self.wrote_at.get((number, wa_id)), self.everyone_wrote) if t is not None
         ]
+        return max(known, default=None)
+
+    def windows(self, now: float) -> list[dict[str, Any]]:
+        """Each customer who wrote a message of their own (their window counts
+        `everyone_wrote` too); GET /sandbox/window shows `everyone_wrote` beside."""
+        found = []
+        for number, wa_id in sorted(self.wrote_at):
+            last = self.last_wrote(number, wa_id)
+            assert last is not None
+            found.append(
+                {
+                    "number": number,
+                    "wa_id": wa_id,
+                    "last_wrote": last,
+                    "open_until": last + WINDOW,
+                    "open": self.window_open(number, wa_id, now),
+                }
+            )
+        return found
 
     async def inject(self, inbound: Inbound, number: str, dialect: str) -> dict[str, Any]:
         """One given customer message, now: the window moves, the webhook hears it."""
@@ -219,7 +241,8 @@ class Customers:
         task.add_done_callback(self.tasks.discard)
 
     def reset(self) -> None:
-        """Forget every customer, and stop those about to act."""
+        """Forget every customer, and stop those about to act. `everyone_wrote` stays: it is
+        a setting of the sandbox (like enforcement), not something a customer did."""
         for task in self.tasks:
             task.cancel()
         self.tasks.clear()

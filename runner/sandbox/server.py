@@ -8,7 +8,8 @@ goes to an inbox; faults are injected on request. Shapes: docs/whatsapp-api.md#m
 
 Control endpoints (not part of the WhatsApp API) live under /sandbox/:
 - GET /sandbox/inbox: the accepted messages, in order; DELETE clears inbox and faults, and
-  forgets customers (windows, actions, refusals, the simulation)
+  forgets customers (their messages' windows, actions, refusals, the simulation); the window
+  settings (enforce, window_errors, everyone_wrote) and the webhook stay
 - POST /sandbox/faults: {"latency": s, "status": {"code": 429, "count": n, "retry_after": s,
   "error": 130429}, "drop": n, "slow": s,
   "fail_recipients": {"<wa id>": 1013, "<wa id>": {"error": 131056, "count": 2, "status": 400}}}
@@ -16,9 +17,14 @@ Control endpoints (not part of the WhatsApp API) live under /sandbox/:
 - POST /sandbox/tokens/expire: every token stops working (logging in again gives a new one)
 - POST /sandbox/webhook {"url", "secret", "delay", "fail_share", "seed"}: status callbacks for
   what it accepts (webhooks.py); GET: the final status it decided for each message
-- POST /sandbox/window {"enforce": true, "window_errors": "async" | "sync" | "auto"}: refuse
-  free-form messages outside the 24-hour customer service window (131047 / 470); GET: the
-  settings, each customer's window and the messages refused
+- POST /sandbox/window {"enforce": true, "window_errors": "async" | "sync" | "auto",
+  "everyone_wrote": <unix seconds> | null}: free-form messages outside the 24-hour customer
+  service window are refused (131047 / 470), as the real APIs do: ON by default.
+  `everyone_wrote` declares the audience: every customer wrote at that time (open until
+  then + 24 h, or later if a customer's own message says so); null: only customers' own
+  messages count (the default). {"enforce": false} exists only for tests of the switch
+  itself, never to make a flow pass. GET: the settings, each customer's window and the
+  messages refused
 - POST /sandbox/customers {"reply_share", "tap_share", "stop_share", "delay", "texts", "seed"}:
   simulated customers (customers.py); GET: what every customer did
 - POST /sandbox/inbound {"from", "text" | "button" + "context" | "user_preferences", "at"}: one
@@ -33,6 +39,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -56,6 +63,7 @@ PHONE_NUMBER_ID = "106540352242922"  # the one business number the sandbox's Clo
 ALL_MIME = frozenset().union(*(mimes for mimes, _ in LIMITS.values()))
 VERSION_PATH = r"{version:v\d+\.\d+}"
 WINDOW_ERRORS = ("auto", "async", "sync")
+WINDOW_FIELDS = ("enforce", "window_errors", "everyone_wrote")
 
 
 @dataclass
@@ -83,9 +91,9 @@ class SandboxState:
     logins: int = 0
     ids: Iterator[int] = field(default_factory=itertools.count)
     webhook: Webhook | None = None  # where status callbacks go, if anywhere
-    # TRANSITIONAL: off until flowrun's executor waits for the window; then on by default.
+    # The real APIs always enforce the window; off only for tests of the switch itself.
     # Read in one place only: `_window_closed`.
-    enforce_window: bool = False
+    enforce_window: bool = True
     window_errors: str = "auto"  # how a closed window refuses: async, sync, auto (see README)
     refused: list[dict[str, Any]] = field(default_factory=list)  # free-form to closed windows
     customers: Customers = field(default_factory=Customers)
@@ -456,21 +464,36 @@ async def _webhook_decisions(request: web.Request) -> web.Response:
 
 
 async def _set_window(request: web.Request) -> web.Response:
-    """{"enforce": true}: free-form messages need an open customer service window (off by
-    default until flowrun waits for the window; see README). {"window_errors": "async" |
-    "sync" | "auto"}: how a closed window refuses (`_window_errors`)."""
+    """{"enforce": true}: free-form messages need an open customer service window (the
+    default, as on the real APIs; false only for tests of the switch itself, see README).
+    {"window_errors": "async" | "sync" | "auto"}: how a closed window refuses
+    (`_window_errors`). {"everyone_wrote": unix seconds | null}: every customer wrote then
+    (`Customers.last_wrote`), or no audience declared. Fields not given stay as they are."""
     spec = await _control_body(request)
     state: SandboxState = request.app[STATE]
-    if set(spec) - {"enforce", "window_errors"}:
-        raise _refused(f"unknown fields {sorted(set(spec) - {'enforce', 'window_errors'})}")
+    if set(spec) - set(WINDOW_FIELDS):
+        raise _refused(f"unknown fields {sorted(set(spec) - set(WINDOW_FIELDS))}")
     enforce = spec.get("enforce", state.enforce_window)
     errors = spec.get("window_errors", state.window_errors)
     if not isinstance(enforce, bool):
         raise _refused("enforce must be true or false")
     if errors not in WINDOW_ERRORS:
         raise _refused(f"window_errors must be one of {', '.join(WINDOW_ERRORS)}")
+    everyone = spec.get("everyone_wrote", state.customers.everyone_wrote)
+    if everyone is not None:
+        everyone = _written_at(everyone)
     state.enforce_window, state.window_errors = enforce, errors
+    state.customers.everyone_wrote = everyone
     return await _window(request)
+
+
+def _written_at(value: Any) -> int:
+    """`everyone_wrote`: unix seconds, not in the future (a customer cannot write later)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _refused("everyone_wrote must be unix seconds or null")
+    if not 0 <= value <= time.time() + 60:  # a minute for clocks that disagree
+        raise _refused("everyone_wrote must be unix seconds, not in the future")
+    return int(value)
 
 
 async def _window(request: web.Request) -> web.Response:
@@ -479,6 +502,7 @@ async def _window(request: web.Request) -> web.Response:
         {
             "enforce": state.enforce_window,
             "window_errors": state.window_errors,
+            "everyone_wrote": state.customers.everyone_wrote,
             "windows": state.customers.windows(time.time()),
             "refused": state.refused,
         }
