@@ -16,6 +16,7 @@ are retried only with --retry-failed / --retry-uncertain.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import enum
 import hashlib
@@ -208,6 +209,7 @@ class Executor:
         self._trust_window = settings.window == "open"
         # --follow: who waits (phone → recipient, when the wait expires)
         self._waiting: dict[str, tuple[Recipient, datetime]] = {}
+        self._waits: dict[str, str] = {}  # phone → what their waiting step waits for, now
         self.summary.trusted_window = self._trust_window
 
     def window(self) -> int:
@@ -235,6 +237,7 @@ class Executor:
             await self.commits.close()
             self._remove_signals()
             self.summary.seconds = time.monotonic() - started
+            self.summary.waiting = dict(collections.Counter(self._waits.values()))
             self.summary.throttled = self.pacer.throttles
         if self._stop_error is not None:
             raise self._stop_error
@@ -343,6 +346,7 @@ class Executor:
         """Send this recipient's due steps, in order; when one must wait (for the customer to
         write, or to answer), when that wait expires (`--follow` serves them again then, or
         when they write)."""
+        self._waits.pop(recipient.phone, None)  # served again: waits anew, or no more
         # A ledger that held nothing of this flow when the run began has nothing on anyone:
         # the first run of a campaign skips a query per recipient.
         history = self.ledger.history(recipient.phone) if self._history else {}
@@ -451,8 +455,7 @@ class Executor:
             self.summary.expired += 1
             return None
         title = ANSWER if isinstance(item, Waiting) else WINDOW_WAIT
-        counts = self.summary.waiting
-        counts[title] = counts.get(title, 0) + 1
+        self._waits[phone] = title
         if record is None or record.state != "waiting" or record.error_title != title:
             why = f"waits for {_awaited(item)}; expires {_stamp(deadline)}"
             # the API's refusal stays on record: a window the flow trusts is closed for them
@@ -696,12 +699,12 @@ class Executor:
         flow's `window: open` said): the step waits for them to write. The refusal's code on
         the row tells later runs the window was closed then (conversation.closed_at)."""
         why = f"the API answered {failure}: waits for the customer to write"
-        self.commits.record(
-            _waiting(message.step.key, message.recipient.phone, WINDOW_WAIT, why, failure.code)
+        waiting = _waiting(
+            message.step.key, message.recipient.phone, WINDOW_WAIT, why, failure.code
         )
+        self.commits.record(dataclasses.replace(waiting, http_status=failure.http_status or None))
         self.summary.refused_window += 1
-        counts = self.summary.waiting
-        counts[WINDOW_WAIT] = counts.get(WINDOW_WAIT, 0) + 1
+        self._waits[message.recipient.phone] = WINDOW_WAIT
         self.progress.update(self.summary)
 
     def _withheld(self, message: Message, failure: ApiFailure) -> bool:

@@ -41,7 +41,7 @@ def closed(api: tuple[str, SandboxState], folder: Path) -> Iterator[tuple[str, S
     ledger, in a process of its own as in production (in this one, a run's closing of the
     ledger file would drop the receiver's SQLite locks: sqlite.py, _take_lock)."""
     base, _state = api
-    post(f"{base}/sandbox/window", {"enforce": True, "window_errors": "sync"})
+    post(f"{base}/sandbox/window", {"window_errors": "sync", "everyone_wrote": None})
     ledger = folder / "flow.ledger.sqlite"
     SqliteLedger.for_run(ledger, "t").close()
     port = free_port()
@@ -200,6 +200,7 @@ def test_a_waiting_step_expires_and_the_flow_goes_on(
     assert sent_to(state)[ANN] == ["template", "template"]
 
 
+@pytest.mark.closed_windows
 @pytest.mark.parametrize("how", ["sync", "async"])
 def test_a_window_the_flow_trusts_wrongly_makes_the_step_wait(
     closed: tuple[str, SandboxState], folder: Path, how: str
@@ -294,7 +295,9 @@ def test_when_reads_only_earlier_steps_answers(folder: Path, when: str, message:
     write_flow(folder, "http://127.0.0.1:9", steps, people=1, kind="cloud")
     code, _, err = flowrun("validate", "flow.yaml")
     assert code == 2
-    assert f"flow.yaml:20:11: {message}" in err, err
+    text = (folder / "flow.yaml").read_text("utf-8").splitlines()
+    line = next(i for i, t in enumerate(text, 1) if t.strip().startswith("when:"))
+    assert f"flow.yaml:{line}:11: {message}" in err, err
 
 
 def test_follow_sends_a_waiting_step_seconds_after_the_customer_writes(
@@ -303,7 +306,7 @@ def test_follow_sends_a_waiting_step_seconds_after_the_customer_writes(
     """`--follow --listen PORT`: the customer's reply reaches the run's receiver as a signed
     webhook, and the step that waited for it goes out; the run ends once nothing waits."""
     base, state = api
-    post(f"{base}/sandbox/window", {"enforce": True, "window_errors": "sync"})
+    post(f"{base}/sandbox/window", {"window_errors": "sync", "everyone_wrote": None})
     write_flow(folder, base, WELCOME, people=2, kind="cloud", window="check")
     port = free_port()
     monkeypatch.setenv("WA_APP_SECRET", SECRET)
@@ -333,7 +336,7 @@ def test_kill_9_during_follow_then_a_rerun_sends_nothing_twice(
     """Customers answer while `--follow` sends the steps that waited for them; kill -9 in the
     middle. The next run sends nothing twice and leaves at most `concurrency` uncertain."""
     base, state = api
-    post(f"{base}/sandbox/window", {"enforce": True, "window_errors": "sync"})
+    post(f"{base}/sandbox/window", {"window_errors": "sync", "everyone_wrote": None})
     post(f"{base}/sandbox/faults", {"latency": 0.02})
     post(f"{base}/sandbox/customers", {"reply_share": 1.0, "delay": 0.05, "seed": "kill"})
     write_flow(folder, base, WELCOME, people=300, kind="cloud", window="check", rate="400/s")

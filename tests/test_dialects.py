@@ -323,24 +323,21 @@ def test_one_recipients_messages_are_spaced_others_go_meanwhile(
 
 
 @pytest.mark.parametrize(("kind", "code"), [("cloud", 131047), ("onprem", 470)])
-def test_outside_the_24_hour_window_fails_with_a_hint(
+def test_outside_the_24_hour_window_the_step_waits(
     api: tuple[str, SandboxState], folder: Path, kind: str, code: int
 ) -> None:
+    """The API's word that the window is closed (whatever the flow trusted): the step waits
+    for the customer to write, with the refusal on record; no failure, nothing blocked."""
     base, state = api
     steps = "  - name: a\n    text: {body: one}\n  - name: b\n    text: {body: two}\n"
     write_flow(folder, base, steps, people=2, kind=kind)
     post(f"{base}/sandbox/faults", {"fail_recipients": {"15550100001": code}})
-    exit_code, _out, err = flowrun("flow.yaml")
-    assert exit_code == 1
-    assert f"error {code}, " in err
-    assert "Re-engagement message" in err
-    assert "only a template message (a `template:` step) may reach them now" in err
+    exit_code, out, err = flowrun("flow.yaml")
+    assert exit_code == 0, err
+    assert "waiting 1," in out
+    assert "1 step(s) wait for the customer to write (1 after the API said so)" in err
     rows = [row[:6] for row in ledger_rows(folder) if row[1] == "15550100001"]
-    title = f"(#{code}) Re-engagement message" if kind == "cloud" else "Re-engagement message"
-    assert rows == [
-        ("a", "15550100001", "failed", 400, code, title),
-        ("b", "15550100001", "skipped", None, None, "blocked"),
-    ]
+    assert rows == [("a", "15550100001", "waiting", 400, code, "window")]
     assert len(state.inbox) == 2  # the other recipient got both
 
 
@@ -398,7 +395,7 @@ def test_onprem_gives_up_when_the_login_is_refused(
         ("cloud", 400, 80007, Verdict.THROTTLED),
         ("cloud", 429, None, Verdict.THROTTLED),
         ("cloud", 400, 131056, Verdict.PAIR_RATE),
-        ("cloud", 400, 131047, Verdict.FAIL),
+        ("cloud", 400, 131047, Verdict.WINDOW_CLOSED),
         ("cloud", 401, 190, Verdict.AUTH),
         ("cloud", 400, 190, Verdict.AUTH),
         ("cloud", 400, 131053, Verdict.MEDIA_GONE),
@@ -408,7 +405,7 @@ def test_onprem_gives_up_when_the_login_is_refused(
         ("cloud", 400, 100, Verdict.FAIL),
         ("onprem", 429, 1015, Verdict.THROTTLED),
         ("onprem", 400, 1006, Verdict.MEDIA_GONE),
-        ("onprem", 400, 470, Verdict.FAIL),
+        ("onprem", 400, 470, Verdict.WINDOW_CLOSED),
         ("onprem", 401, 1005, Verdict.AUTH),
         ("onprem", 503, 1011, Verdict.RETRY),
         ("onprem", 400, 1013, Verdict.FAIL),

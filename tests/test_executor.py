@@ -174,9 +174,40 @@ def test_readme_sandbox_run(tmp_path: Path) -> None:
         command, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
     )
     assert first.returncode == 0, first.stderr
-    assert "sent 38, failed 0, skipped 2, uncertain 0, uploads 4" in first.stdout
+    # the welcome template goes to all five; the rest waits for their answer (nobody wrote)
+    assert "sent 5, failed 0, skipped 0, waiting 5, uncertain 0, uploads 1" in first.stdout
     assert "ledger: flows/onboarding.sandbox.ledger.sqlite" in first.stdout
-    assert first.stderr == ""  # the sandbox needs none of the flow's secrets: no warnings
+    assert "warning" not in first.stderr  # the sandbox needs none of the flow's secrets
+    assert "5 step(s) wait for the customer to write" in first.stderr
+    # --follow: the sandbox's customers answer (tap, reply or STOP), the rest follows; it
+    # ends once nothing waits
+    # (each --sandbox run starts a new sandbox, whose customers answer what it delivers: a
+    # fresh ledger, as someone trying the flow for the first time)
+    for stale in (tmp_path / "flows").glob("*.sqlite*"):
+        stale.unlink()
+    follow = subprocess.run(
+        [*command, "--follow"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert follow.returncode == 0, follow.stderr
+    summary = follow.stdout.splitlines()[-2]
+    assert "failed 0" in summary and "waiting" not in summary, follow.stdout
+    report = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "report",
+            "flows/onboarding.yaml",
+            "--ledger",
+            "flows/onboarding.sandbox.ledger.sqlite",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "conversations" in report
 
 
 def start_slow_run(
@@ -275,7 +306,9 @@ def test_what_plan_shows_is_what_is_sent(
     monkeypatch.setenv("WA_PHONE_NUMBER_ID", PHONE_NUMBER_ID)
     text = (REPO / "flows" / "onboarding.yaml").read_text("utf-8")
     text = text.replace("api:\n", f"api:\n  base_url: {base}\n")
-    text = text.replace("settings:\n", "settings:\n  per_recipient_interval: 0\n")
+    text = text.replace("settings:\n", "settings:\n  per_recipient_interval: 0\n  window: open\n")
+    # every step for everyone (branches on answers are another test's: test_conversations.py)
+    text = "\n".join(t for t in text.splitlines() if "when: steps." not in t)
     (folder / "onboarding.yaml").write_text(text, "utf-8")
     shutil.copy(REPO / "flows" / "contacts.csv", folder)
     planned = flowrun("plan", "onboarding.yaml", "--jsonl")[1]

@@ -68,7 +68,7 @@ FLOW = """\
 version: 1
 name: unit
 api: {phone_number_id: "1", token: "{{ env.WA_TOKEN }}"}
-settings: {retries: 2}
+settings: {retries: 2, window: open}  # their audience wrote: the window is not the point
 recipients:
   - {phone: "+1 555 010 0001"}
   - {phone: "+1 555 010 0002"}
@@ -156,12 +156,14 @@ def test_not_delivered_is_retried_until_the_retries_run_out(tmp_path: Path) -> N
     assert states[("hello", "15550100001")] == "failed"
 
 
-@pytest.mark.parametrize("code", [131047])
-def test_outside_the_window_fails_with_the_template_hint(tmp_path: Path, code: int) -> None:
-    refused = Response(400, {"error": {"code": code, "message": "Re-engagement message"}}, None)
-    summary, _ = run(tmp_path, MemoryTransport(lambda body: refused))
-    [reason] = summary.failures
-    assert "only a template message (a `template:` step) may reach them now" in reason
+def test_outside_the_window_the_step_waits_for_the_customer(tmp_path: Path) -> None:
+    """131047 answered at once: the step waits (with the refusal on record), the recipient's
+    later steps wait behind it; nothing failed, nothing was tried twice."""
+    refused = Response(400, {"error": {"code": 131047, "message": "Re-engagement message"}}, None)
+    summary, states = run(tmp_path, MemoryTransport(lambda body: refused))
+    assert (summary.failed, summary.waiting, summary.refused_window) == (0, {"window": 2}, 2)
+    assert states[("hello", "15550100001")] == "waiting"
+    assert ("bye", "15550100001") not in states
 
 
 def test_a_file_swapped_after_validation_is_never_uploaded(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,13 +74,15 @@ def run(flow_file: str, request: RunRequest) -> int:
         )
         ledger = stack.enter_context(contextlib.closing(open_for_run(path, plan.loaded.name)))
         _check_renamed(ledger, path, chosen=request.ledger_path is not None)
-        if request.follow and request.listen_port is None:
+        if request.use_sandbox and request.follow:
+            _live_sandbox(stack, target, path, request.listen_port)
+        elif request.follow and request.listen_port is None:
             click.echo(
                 f"flowrun: following without --listen: customers' messages are heard only if a"
                 f" flowrun listen records them in {path}",
                 err=True,
             )
-        if request.listen_port is not None:
+        elif request.listen_port is not None:
             from runner.receiver.process import listening
 
             stack.enter_context(listening(path, request.listen_port))
@@ -102,6 +106,27 @@ def run(flow_file: str, request: RunRequest) -> int:
             await_statuses(path, plan.loaded.name, started)
     _print_summary(flow_file, summary, path)
     return summary.exit_code
+
+
+def _live_sandbox(
+    stack: contextlib.ExitStack, target: ApiTarget, ledger: Path, port: int | None
+) -> None:
+    """`--sandbox --follow`: a receiver beside the run (on --listen's port, else a free one),
+    and the sandbox's customers answering to it, so a flow's branches play out end to end."""
+    from runner import sandbox
+    from runner.receiver.process import listening
+
+    port = port or _free_port()
+    secret = secrets.token_hex(16)  # between this run's sandbox and its receiver only
+    stack.enter_context(listening(ledger, port, secret))
+    assert target.base_url is not None
+    sandbox.customers_answer(target.base_url, f"http://127.0.0.1:{port}/", secret)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _target(plan: Plan, stack: contextlib.ExitStack, use_sandbox: bool) -> ApiTarget:
@@ -198,7 +223,8 @@ def _print_summary(flow_file: str, summary: Summary, ledger_path: Path) -> None:
     click.echo(
         f"{flow_file}: sent {summary.sent:,}, failed {summary.failed:,}, skipped"
         f" {summary.skipped + summary.blocked + summary.opted_out + summary.expired:,},"
-        f" waiting {waiting:,}, uncertain {summary.uncertain:,}, uploads"
+        + (f" waiting {waiting:,}," if waiting else "")
+        + f" uncertain {summary.uncertain:,}, uploads"
         f" {summary.uploads}, {summary.seconds:.1f} s ({rate:,.0f} msg/s)"
         + (" — interrupted" if summary.interrupted else "")
     )

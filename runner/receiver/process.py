@@ -37,14 +37,19 @@ _STOPPING = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def listening(ledger: Path, port: int) -> Iterator[None]:
+def listening(ledger: Path, port: int, secret: str | None = None) -> Iterator[None]:
     """A receiver for `ledger` on 127.0.0.1:`port`, from before the first message to after
-    the run; a port it cannot take is a FlowrunError before anything is sent."""
+    the run; a port it cannot take is a FlowrunError before anything is sent. `secret`: the
+    app secret to check signatures with, instead of WA_APP_SECRET (the sandbox's own)."""
     ready, ready_for_child = os.pipe()
     command = [sys.executable, "-m", "runner.receiver.process", str(ledger), str(port)]
+    env = {**os.environ, "WA_APP_SECRET": secret} if secret is not None else None
     try:
         listener = subprocess.Popen(
-            [*command, str(ready_for_child)], stdin=subprocess.PIPE, pass_fds=[ready_for_child]
+            [*command, str(ready_for_child)],
+            stdin=subprocess.PIPE,
+            pass_fds=[ready_for_child],
+            env=env,
         )
     except BaseException:
         os.close(ready)

@@ -46,6 +46,30 @@ def state_for(flow: Flow) -> SandboxState:
     return state
 
 
+# What the sandbox's customers do with each message of `flowrun FLOW --sandbox --follow`: each
+# acts once on every message delivered to them (the shares add up to 1, so the run ends once
+# every customer has answered their way through the flow).
+DEMO_CUSTOMERS = {"tap_share": 0.6, "reply_share": 0.3, "stop_share": 0.1, "delay": 0.5}
+
+
+def customers_answer(base_url: str, webhook: str, secret: str) -> None:
+    """Make the sandbox at `base_url` a live audience: its customers tap quick replies, reply
+    or send STOP (DEMO_CUSTOMERS), as signed webhooks to `webhook`. Through its own control
+    API (server.py), as a test would."""
+    import json
+    import urllib.request
+
+    for path, body in (
+        ("/sandbox/webhook", {"url": webhook, "secret": secret}),
+        ("/sandbox/customers", DEMO_CUSTOMERS),
+    ):
+        request = urllib.request.Request(
+            base_url + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+
 def target_for(api: CloudApi | OnPremApi, base_url: str) -> ApiTarget:
     """The sandbox at `base_url` in place of the flow's API, in the flow's dialect: its own
     credentials (the flow's secrets are never asked for)."""
