@@ -123,7 +123,7 @@ def run(
     if dry_run:
         from .commands.plan import plan as show_plan
 
-        sys.exit(_handled(lambda: show_plan(flow, 2, False)))
+        sys.exit(_handled(lambda: show_plan(flow, 2, False, ledger_path, use_sandbox)))
     from .commands.run import RunRequest
     from .commands.run import run as run_flow
 
@@ -154,11 +154,17 @@ def validate(flows: tuple[str, ...]) -> None:
 @click.argument("flow", type=click.Path(dir_okay=False))
 @click.option("--recipients", "sample", default=2, show_default=True, help="Recipients to show.")
 @click.option("--jsonl", is_flag=True, help="Write every request body, one JSON per line.")
-def plan(flow: str, sample: int, jsonl: bool) -> None:
-    """Show what running FLOW would do, without sending anything (the dry run)."""
+@click.option(
+    "--ledger",
+    "ledger_path",
+    help="Ledger whose customers' messages and opt-outs count (default: the FLOW's).",
+)
+def plan(flow: str, sample: int, jsonl: bool, ledger_path: str | None) -> None:
+    """Show what running FLOW would do, without sending anything (the dry run): what is due
+    now, what waits for the customers and why, what their opt-outs withhold."""
     from .commands.plan import plan as show_plan
 
-    sys.exit(_handled(lambda: show_plan(flow, sample, jsonl)))
+    sys.exit(_handled(lambda: show_plan(flow, sample, jsonl, ledger_path)))
 
 
 @cli.command()

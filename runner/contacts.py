@@ -72,6 +72,16 @@ class Contact:
         wrote = max((message.at for message in inbound), default=None)
         return cls(_opted_out(inbound, preferences, words), _marketing_stopped(preferences), wrote)
 
+    def refusal(self, template: bool) -> str | None:
+        """Why this customer must not get a step (None: nothing against it): they asked to
+        stop (everything), or stopped marketing (templates: their category is not known, so
+        each counts as marketing, the safe side). The run's rule (executor `_refused_by`)."""
+        if self.opted_out is not None:
+            return self.opted_out
+        if self.marketing_stopped is not None and template:
+            return self.marketing_stopped
+        return None
+
 
 def _opted_out(
     inbound: Iterable[Inbound], preferences: Iterable[Preference], words: Keywords

@@ -82,6 +82,26 @@ class Window:
         return self.wrote + WINDOW if self.wrote is not None else None
 
 
+# What a step that may go (not withheld, not skipped by `when`) waits for (`classify`); the
+# same words as a waiting row's error_title in the ledger.
+WAITS_WINDOW = "window"  # for the customer to write: the step needs their window open
+WAITS_ANSWER = "answer"  # for their answer to an earlier step, which its `when` reads
+
+
+def classify(
+    free_form: bool, window: Window, now: datetime, *, answer_pending: bool = False
+) -> str | None:
+    """What one step for one customer waits for, as a run decides it (runner/executor.py
+    `_serve`): the answer its `when` reads (`answer_pending`: render's `Waiting`), else the
+    window, for anything but a template while it is not open; None: due now. `plan` counts
+    with it, so what it says a run would do is what a run does."""
+    if answer_pending:
+        return WAITS_ANSWER
+    if free_form and not window.open_at(now):
+        return WAITS_WINDOW
+    return None
+
+
 def latest(*times: datetime | None) -> datetime | None:
     known = [t for t in times if t is not None]
     return max(known) if known else None

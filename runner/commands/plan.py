@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
 
 from runner import dialect as dialects
+from runner.conversation import WAITS_ANSWER, WAITS_WINDOW
 from runner.errors import EXIT_OK
+from runner.ledger import default_path
 from runner.pacing import run_pace
 from runner.render import Skipped, Waiting
 
 from .checking import Checked, check
+from .outlook import MARKETING, STOPPED, Outlook, outlook
+
+WAITS_SAID = {WAITS_WINDOW: "for the customer to write", WAITS_ANSWER: "for an answer"}
+WITHHELD_SAID = {STOPPED: "asked to stop", MARKETING: "stopped marketing (templates)"}
 
 
-def plan(flow_file: str, sample: int, jsonl: bool) -> int:
+def plan(
+    flow_file: str,
+    sample: int,
+    jsonl: bool,
+    ledger_path: str | None = None,
+    use_sandbox: bool = False,
+) -> int:
     if jsonl:
         out = sys.stdout
 
@@ -25,11 +40,16 @@ def plan(flow_file: str, sample: int, jsonl: bool) -> int:
 
         check(flow_file, on_body=write)
         return EXIT_OK
-    _show(flow_file, check(flow_file, sample), sample)
+    checked = check(flow_file, sample)
+    loaded = checked.plan.loaded
+    ledger = Path(ledger_path) if ledger_path else default_path(loaded.path, use_sandbox)
+    dialect = dialects.build(checked.target)
+    now = outlook(checked.plan, dialect, ledger, datetime.now(UTC), sample)
+    _show(flow_file, checked, sample, now)
     return EXIT_OK
 
 
-def _show(flow_file: str, checked: Checked, sample: int) -> None:
+def _show(flow_file: str, checked: Checked, sample: int, now: Outlook) -> None:
     plan, result, target = checked.plan, checked.survey, checked.target
     flow = plan.flow
     dialect = dialects.build(target)
@@ -39,6 +59,7 @@ def _show(flow_file: str, checked: Checked, sample: int) -> None:
         f"  recipients   {result.recipients:,}\n  messages     {result.messages:,}"
         f" ({result.skipped:,} skipped by when)"
     )
+    _show_now(now)
     settings = flow.settings
     rate, interval = run_pace(settings, dialect, sandbox=False)
     click.echo(
@@ -51,6 +72,7 @@ def _show(flow_file: str, checked: Checked, sample: int) -> None:
         click.echo(
             f"    {step.key:<16} {step.kind:<9} {result.per_step[step.key]:>8,} messages{when}"
         )
+    _show_timeline(now)
     uploads = plan.uploads()
     click.echo(f"  uploads ({len(uploads)}, each once, POST {dialect.media_path}):")
     for media in uploads:
@@ -61,6 +83,10 @@ def _show(flow_file: str, checked: Checked, sample: int) -> None:
         if isinstance(item, Skipped):
             click.echo(f"# {item.recipient.phone} step {item.step.key}: skipped ({item.reason})")
             continue
+        fate = now.samples.get((item.recipient.phone, item.step.key))
+        if fate is not None and fate.state in ("waits", "withheld"):
+            click.echo(f"# {item.recipient.phone} step {item.step.key}: {fate.said()}")
+            continue
         if isinstance(item, Waiting):
             click.echo(
                 f"# {item.recipient.phone} step {item.step.key}: waits for the answer to step"
@@ -69,3 +95,50 @@ def _show(flow_file: str, checked: Checked, sample: int) -> None:
             continue
         click.echo(f"# {item.recipient.phone} step {item.step.key}")
         click.echo(json.dumps(item.body(dialect), ensure_ascii=False, indent=2))
+
+
+def _show_now(now: Outlook) -> None:
+    """What a run now would do, in three lines a person reads first, and where the customers'
+    windows are known from."""
+    click.echo(f"  due now      {now.due:,}")
+    click.echo(f"  waiting      {_said(now.waits(), WAITS_SAID)}")
+    click.echo(f"  withheld     {_said(now.withheld(), WITHHELD_SAID)}")
+    if now.trusted:
+        click.echo(
+            "  window       trusted: settings.window: open says every recipient wrote in the last"
+            " 24 hours, so text and media go to all"
+        )
+        return
+    sources = [f"ledger {now.ledger}" if now.ledger_found else "no ledger yet: nobody wrote"]
+    if now.from_csv:
+        sources.append(f"CSV last_inbound_at for {now.from_csv:,}")
+    click.echo(
+        f"  window       open now for {now.open_now:,} of {now.recipients:,} (24 h from their"
+        f" last message; {', '.join(sources)})"
+    )
+
+
+def _show_timeline(now: Outlook) -> None:
+    """Per step: due now, waiting (why), withheld (why): a run's timeline at a glance."""
+    rows = [
+        (
+            key,
+            f"{counts.due:,}",
+            _said(counts.waits, WAITS_SAID, "-"),
+            _said(counts.withheld, WITHHELD_SAID, "-"),
+        )
+        for key, counts in now.steps.items()
+    ]
+    if not rows:
+        return
+    width = max(len("waiting"), *(len(row[2]) for row in rows))
+    click.echo("  a run now, per step:")
+    click.echo(f"    {'step':<16} {'due now':>9}  {'waiting':<{width}}  withheld")
+    for key, due, waits, withheld in rows:
+        click.echo(f"    {key:<16} {due:>9}  {waits:<{width}}  {withheld}")
+
+
+def _said(counts: Mapping[str, int], words: Mapping[str, str], none: str = "0") -> str:
+    """`120 for the customer to write, 300 for an answer` (the reasons in `words`' order)."""
+    parts = [f"{counts[reason]:,} {said}" for reason, said in words.items() if counts.get(reason)]
+    return ", ".join(parts) or none

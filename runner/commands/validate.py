@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import click
 
+from runner import dialect as dialects
 from runner.errors import EXIT_INVALID, EXIT_OK, FlowInvalid
+from runner.ledger import default_path
 
-from .checking import check
+from .checking import Checked, check
+from .outlook import unreachable
 
 
 def validate(flow_files: tuple[str, ...]) -> int:
@@ -19,6 +24,7 @@ def validate(flow_files: tuple[str, ...]) -> int:
                 click.echo(line, err=True)
             code = EXIT_INVALID
             continue
+        _warn_unreachable(checked)
         result = checked.survey
         click.echo(
             f"{flow_file}: ok: {result.recipients:,} recipients, {len(checked.plan.steps)} steps,"
@@ -26,3 +32,13 @@ def validate(flow_files: tuple[str, ...]) -> int:
             f" {len(checked.plan.uploads())} files to upload"
         )
     return code
+
+
+def _warn_unreachable(checked: Checked) -> None:
+    """Free-form steps nobody's window can be open for (a warning: the flow is valid, and a
+    run keeps them waiting; the customers may still write before it runs)."""
+    plan = checked.plan
+    ledger = default_path(plan.loaded.path, sandbox=False)
+    dialect = dialects.build(checked.target)
+    for problem in unreachable(plan, dialect, ledger, datetime.now(UTC)):
+        click.echo(problem.format(), err=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .records import LedgerError
+from .records import Inbound, LedgerError, Preference
 from .schema import CUSTOMERS, DELIVERY_COLUMNS, MESSAGE_COLUMNS, STATUSES
 from .sqlite import damaged, is_damage
 
@@ -250,6 +250,41 @@ class LedgerReader:
                 FROM f CROSS JOIN preferences p WHERE p.value = 'stop'
             ) WHERE step IS NOT NULL"""
         return [Stopped(*row) for row in self._query(query, (*args, *self._slack()))]
+
+    # What customers said, read as a run reads it (SqliteLedger.has_heard, .heard_from), for a
+    # `plan` or `validate` that must not migrate nor create anything in the file.
+
+    def has_heard(self, business: str) -> bool:
+        """Whether any customer of this business number wrote or set a preference."""
+        query = (
+            "SELECT 1 FROM inbound WHERE business = ?"
+            " UNION ALL SELECT 1 FROM preferences WHERE business = ? LIMIT 1"
+        )
+        return bool(self._query(query, (business, business)))
+
+    def heard_from(self, business: str, customer: str) -> tuple[list[Inbound], list[Preference]]:
+        """What one customer sent this business number (oldest first), and their preferences."""
+        who = (business, customer)
+        inbound = self._query(
+            "SELECT message_id, business, customer, at, kind, text, payload, context"
+            " FROM inbound WHERE business = ? AND customer = ? ORDER BY at",
+            who,
+        )
+        preferences = self._query(
+            "SELECT business, customer, at, value, category FROM preferences"
+            " WHERE business = ? AND customer = ? ORDER BY at",
+            who,
+        )
+        return [Inbound(*row) for row in inbound], [Preference(*row) for row in preferences]
+
+    def wrote_since(self, business: str, since: str) -> set[str]:
+        """The customers of this business number whose latest message is at or after `since`
+        (ISO 8601): whose window may be open. One pass, not a query per recipient."""
+        query = (
+            "SELECT DISTINCT customer FROM inbound"
+            " WHERE business = ? AND julianday(at) >= julianday(?)"
+        )
+        return {customer for (customer,) in self._query(query, (business, since))}
 
     @staticmethod
     def _slack() -> tuple[float]:
