@@ -186,11 +186,17 @@ def test_readme_sandbox_run(tmp_path: Path) -> None:
     for stale in (tmp_path / "flows").glob("*.sqlite*"):
         stale.unlink()
     follow = subprocess.run(
-        [*command, "--follow"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [*command, "--follow"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert follow.returncode == 0, follow.stderr
     summary = follow.stdout.splitlines()[-2]
-    assert "failed 0" in summary and "waiting" not in summary, follow.stdout
+    assert "failed 0" in summary, follow.stdout
+    assert "waiting" not in summary, follow.stdout
     report = subprocess.run(
         [
             sys.executable,

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-import pytest
 
 from runner import dialect as dialects
 from runner.executor import Executor, RunOptions, Summary
