@@ -199,7 +199,8 @@ def test_a_callback_storm_loses_nothing(tmp_path: Path) -> None:
     out = Collect()
     write_rows(path, "f", "csv", out)  # type: ignore[arg-type]
     assert out.text.splitlines()[0].endswith(
-        "delivery,delivered_at,read_at,delivery_error_code,delivery_error,pricing_category"
+        "delivery,delivered_at,read_at,delivery_error_code,delivery_error,pricing_category,"
+        "reply,button"
     )
     assert out.text.count(",delivered,") == 3000
 

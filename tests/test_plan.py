@@ -41,11 +41,12 @@ def test_onboarding_bodies() -> None:
     result = flowrun("plan", "--jsonl", "flows/onboarding.yaml")
     assert result.returncode == 0, result.stderr
     bodies = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(bodies) == 38
+    # steps that branch on the welcome's answer are not known yet: not among the bodies
+    assert len(bodies) == 23
     alice = [b for b in bodies if b["to"] == "15550100001"]
     to = "15550100001"
     welcome = {
-        "name": "onboarding_welcome",
+        "name": "onboarding_start",
         "language": {"code": "en_US"},
         "components": [
             {
@@ -61,14 +62,21 @@ def test_onboarding_bodies() -> None:
             },
             {
                 "type": "button",
-                "sub_type": "url",
+                "sub_type": "quick_reply",
                 "index": "0",
-                "parameters": [{"type": "text", "text": "start?lang=en"}],
+                "parameters": [{"type": "payload", "payload": "tour"}],
+            },
+            {
+                "type": "button",
+                "sub_type": "quick_reply",
+                "index": "1",
+                "parameters": [{"type": "payload", "payload": "prices"}],
             },
         ],
     }
     assert alice == [
         cloud(to, "template", welcome),
+        cloud(to, "sticker", {"id": "@upload:wave.webp"}),
         cloud(
             to,
             "image",
@@ -77,20 +85,6 @@ def test_onboarding_bodies() -> None:
                 "caption": "Hi Alice! Welcome aboard.",
             },
         ),
-        cloud(
-            to, "video", {"id": "@upload:tour.mp4", "caption": "A one-minute tour of your account"}
-        ),
-        cloud(
-            to,
-            "document",
-            {
-                "id": "f043afd0-f0ae-4b9c-ab3d-696fb4c8cd68",
-                "caption": "Our prices for Boston",
-                "filename": "Prices Boston.pdf",
-            },
-        ),
-        cloud(to, "document", {"id": "@upload:prices.pdf", "filename": "Price list.pdf"}),
-        cloud(to, "sticker", {"id": "@upload:wave.webp"}),
         cloud(to, "audio", {"link": "https://cdn.example.com/audio/hello-en.ogg"}),
         cloud(to, "text", {"body": "Questions? Just reply to this message, Alice."}),
     ]
@@ -104,13 +98,15 @@ def test_plan_summary() -> None:
     result = flowrun("plan", "flows/onboarding.yaml", "--recipients", "1")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "  recipients   5\n  messages     38 (2 skipped by when)\n" in out
+    assert "  recipients   5\n  messages     23 (2 skipped by when)\n" in out
+    assert "  waiting      33 for the customer to write\n" in out
     assert "    questions        text             3 messages  when recipient.lang == 'en'" in out
     assert "  API          https://graph.facebook.com (Cloud API)\n" in out
     assert "rate 80/s, 6 s between messages to one recipient" in out
     assert "  uploads (4, each once, POST /v23.0/PHONE_NUMBER_ID/media):\n" in out
     assert "    assets/tour.mp4  video/mp4" in out
     assert out.count("# 15550100001 step") == 8
+    assert "# 15550100001 step wave: waits for the customer to write" in out
     assert "15550100002" not in out
 
 

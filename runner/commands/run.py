@@ -227,6 +227,8 @@ def _print_summary(flow_file: str, summary: Summary, ledger_path: Path) -> None:
         + f" uncertain {summary.uncertain:,}, uploads"
         f" {summary.uploads}, {summary.seconds:.1f} s ({rate:,.0f} msg/s)"
         + (" — interrupted" if summary.interrupted else "")
+        # the flow's statement that everyone wrote lately, said where the outcome is
+        + (" (settings.window: open, trusted)" if summary.trusted_window else "")
     )
     click.echo(f"ledger: {ledger_path}")
 
@@ -234,11 +236,6 @@ def _print_summary(flow_file: str, summary: Summary, ledger_path: Path) -> None:
 def _conversation(summary: Summary) -> list[str]:
     """What waits for the customers, and what the flow's own statement about them did."""
     lines = []
-    if summary.trusted_window:
-        lines.append(
-            "settings.window is open: flowrun trusted that every recipient wrote in the last 24"
-            " hours (the API's refusals for a closed window make those steps wait)"
-        )
     window = summary.waiting.get(WINDOW_WAIT, 0)
     if window:
         refused = (
