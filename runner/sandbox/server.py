@@ -97,6 +97,8 @@ class SandboxState:
     window_errors: str = "auto"  # how a closed window refuses: async, sync, auto (see README)
     refused: list[dict[str, Any]] = field(default_factory=list)  # free-form to closed windows
     customers: Customers = field(default_factory=Customers)
+    # callbacks of a webhook replaced while they were under way (stopped with the server)
+    leftover: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.customers.webhook = lambda: self.webhook  # customers write to the webhook of now
@@ -156,7 +158,11 @@ async def _stop_callbacks(app: web.Application) -> None:
     """Callbacks and customers still under way stop with the server, closing their
     connections (left to the garbage collector, their sockets would be leaked)."""
     state = app[STATE]
-    tasks = {*state.customers.tasks, *(state.webhook.tasks if state.webhook else ())}
+    tasks = {
+        *state.customers.tasks,
+        *state.leftover,
+        *(state.webhook.tasks if state.webhook else ()),
+    }
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -446,6 +452,10 @@ async def _set_webhook(request: web.Request) -> web.Response:
     callbacks for every message accepted from now on ({} turns them off)."""
     spec = await request.json()
     state: SandboxState = request.app[STATE]
+    if state.webhook is not None:  # its callbacks under way finish (or stop with the server)
+        for task in state.webhook.tasks:
+            state.leftover.add(task)
+            task.add_done_callback(state.leftover.discard)
     state.webhook = None
     if spec.get("url"):
         state.webhook = Webhook(
