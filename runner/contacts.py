@@ -75,7 +75,7 @@ class Contact:
     def refusal(self, template: bool) -> str | None:
         """Why this customer must not get a step (None: nothing against it): they asked to
         stop (everything), or stopped marketing (templates: their category is not known, so
-        each counts as marketing, the safe side). The run's rule (executor `_refused_by`)."""
+        each counts as marketing, the safe side). The one rule: the executor and `plan` ask it."""
         if self.opted_out is not None:
             return self.opted_out
         if self.marketing_stopped is not None and template:

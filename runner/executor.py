@@ -31,7 +31,17 @@ from typing import Any
 import orjson
 
 from .contacts import Contact, Keywords
-from .conversation import Answer, Window, answer_to, closed_at, latest, ledger_time
+from .conversation import (
+    WAITS_ANSWER,
+    WAITS_WINDOW,
+    Answer,
+    Window,
+    answer_to,
+    classify,
+    closed_at,
+    latest,
+    ledger_time,
+)
 from .dialect import ApiFailure, Dialect, LoginFailed, Verdict
 from .durations import said
 from .errors import FlowrunError
@@ -58,8 +68,8 @@ ON_TIME = 0.001  # seconds: a pacing slot this close is now (not worth a tick's 
 FOLLOW_POLL = 0.25  # seconds between two looks at the ledger for customers' new messages
 LOOK_BACK = timedelta(seconds=5)  # a receiver's row may commit after a later-stamped one
 # The reasons a step is not sent yet, or no more (the ledger's error_title of its row)
-WINDOW_WAIT = "window"  # waits for the customer to write: their window is closed
-ANSWER = "answer"  # its `when` reads an answer to an earlier step, not given yet
+WINDOW_WAIT = WAITS_WINDOW  # waits for the customer to write: their window is closed
+ANSWER = WAITS_ANSWER  # its `when` reads an answer to an earlier step, not given yet
 EXPIRED = "expired"  # waited `expires` in vain: skipped for good, the flow went on
 
 
@@ -371,13 +381,18 @@ class Executor:
             if settled is _Go.STOP:
                 return None
             assert not isinstance(item, Skipped)  # _settled recorded it
-            if isinstance(item, Waiting) or (
-                item.step.free_form and not window.open_at(datetime.now(UTC))
-            ):
-                deadline = self._wait(item, history, window)
+            waits = classify(
+                item.step.free_form,
+                window,
+                datetime.now(UTC),
+                answer_pending=isinstance(item, Waiting),
+            )
+            if waits is not None:
+                deadline = self._wait(item, waits, history, window)
                 if deadline is None:
                     continue  # expired: skipped, and the flow goes on
                 return deadline
+            assert isinstance(item, Message)  # (an answer not given yet always waits)
             if last_request is not None and not await self._pause(
                 last_request + self.options.interval - time.monotonic()
             ):
@@ -414,7 +429,7 @@ class Executor:
             return _Go.NEXT
         if state == "sending":
             return _Go.STOP  # in flight in this run (a --follow run serves a recipient again)
-        refused = _refused_by(contact, item)
+        refused = contact.refusal(item.step.kind == "template")
         if refused is not None and state != "uncertain":  # (what may have arrived stays so)
             self.commits.record(_skipped(item.step.key, phone, "opted out", refused))
             self.summary.opted_out += 1
@@ -441,7 +456,11 @@ class Executor:
         return record.state == "skipped" and record.error_title == EXPIRED
 
     def _wait(
-        self, item: Message | Waiting, history: dict[str, StepRecord], window: Window
+        self,
+        item: Message | Waiting,
+        title: str,
+        history: dict[str, StepRecord],
+        window: Window,
     ) -> datetime | None:
         """The step cannot go yet: recorded as waiting, with its reason (once: a run that
         finds it waiting already writes nothing), or skipped when it waited long enough.
@@ -454,7 +473,6 @@ class Executor:
             self.commits.record(_skipped(step.key, phone, EXPIRED, why))
             self.summary.expired += 1
             return None
-        title = ANSWER if isinstance(item, Waiting) else WINDOW_WAIT
         self._waits[phone] = title
         if record is None or record.state != "waiting" or record.error_title != title:
             why = f"waits for {_awaited(item)}; expires {_stamp(deadline)}"
@@ -864,17 +882,6 @@ def _template_of(message: Message) -> tuple[str, str, str]:
     language = content.get("language")
     code = language.get("code", "") if isinstance(language, dict) else ""
     return message.step.key, str(content.get("name", "")), str(code)
-
-
-def _refused_by(contact: Contact, item: Item) -> str | None:
-    """Why this customer must not get this step: they asked to stop (everything), or stopped
-    marketing (templates: their category is not known here, so each counts as marketing, the
-    safe side)."""
-    if contact.opted_out is not None:
-        return contact.opted_out
-    if contact.marketing_stopped is not None and item.step.kind == "template":
-        return contact.marketing_stopped
-    return None
 
 
 def _skipped(step: str, recipient: str, title: str, why: str) -> Outcome:

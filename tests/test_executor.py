@@ -514,3 +514,18 @@ def test_a_damaged_ledger_is_one_line_not_a_crash(
         assert "sqlite3 flow.ledger.sqlite .recover" in err
         assert "internal error" not in err
     assert len(state.inbox) == sent
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "flows").glob("*.yaml")))
+def test_every_example_runs_against_the_sandbox(tmp_path: Path, name: str) -> None:
+    """Each shipped example, as someone trying it would: nothing fails and nothing is sent to
+    a closed window (the sandbox refuses those as WhatsApp does); what needs the customer's
+    answer waits for it."""
+    shutil.copytree(REPO / "flows", tmp_path / "flows", ignore=shutil.ignore_patterns("*.sqlite*"))
+    command = [sys.executable, "-m", "runner", f"flows/{name}", "--sandbox"]
+    result = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert ", failed 0," in result.stdout
+    assert "warning" not in result.stderr

@@ -28,7 +28,9 @@ def validate(flow_files: tuple[str, ...]) -> int:
         result = checked.survey
         click.echo(
             f"{flow_file}: ok: {result.recipients:,} recipients, {len(checked.plan.steps)} steps,"
-            f" {result.messages:,} messages ({result.skipped:,} skipped by when),"
+            f" {result.messages:,} messages ({result.skipped:,} skipped by when"
+            + (f", {result.waiting:,} wait for an answer" if result.waiting else "")
+            + "),"
             f" {len(checked.plan.uploads())} files to upload"
         )
     return code
