@@ -271,24 +271,21 @@ class Executor:
         (the receiver records it: `--listen`, or a `flowrun listen` on the same ledger) or
         their wait expires; until nothing waits, or Ctrl-C."""
         self._history = True  # this run wrote rows: always read them now
-        seen: set[str] = set()
-        cursor = since - LOOK_BACK
+        arrivals = _Arrivals(since - LOOK_BACK)
         serving: dict[str, asyncio.Task[None]] = {}
+        due: set[str] = set()  # to serve again as soon as they are not being served
         self.progress.line(
             f"flowrun: following {len(self._waiting):,} recipient(s) who wait; Ctrl-C stops"
         )
-        while self._waiting and await self._pause(FOLLOW_POLL):
-            due = self._expired_waits()
-            for customer, message_id, received in self.ledger.inbound_since(
-                self.dialect.business, cursor.isoformat(timespec="milliseconds")
-            ):
-                if message_id not in seen:
-                    seen.add(message_id)
-                    self._heard = True
-                    due.add(customer)
-                cursor = max(cursor, (ledger_time(received) or cursor) - LOOK_BACK)
-            for phone in due:
-                if phone in self._waiting and phone not in serving:
+        while (self._waiting or serving) and await self._pause(FOLLOW_POLL):
+            due |= self._expired_waits()
+            new = arrivals.new(self.ledger.inbound_since(self.dialect.business, arrivals.since))
+            if new:
+                self._heard = True
+                due |= new
+            for phone in [p for p in due if p not in serving]:
+                due.discard(phone)  # (one who wrote while served is served once more)
+                if phone in self._waiting:
                     serving[phone] = asyncio.create_task(self._again(phone, serving))
         if serving:
             await asyncio.gather(*serving.values())
@@ -865,6 +862,32 @@ class Executor:
 
 
 NOBODY_SAID = Contact()
+
+
+class _Arrivals:
+    """The customer messages `--follow` has not seen yet, read by arrival time. A receiver's
+    row may commit after one stamped later (its time is taken before its commit), so each
+    look goes LOOK_BACK into the past, and ids already seen there are skipped."""
+
+    def __init__(self, since: datetime) -> None:
+        self._cursor = since
+        self._seen: dict[str, datetime] = {}  # message id → arrival, within LOOK_BACK
+
+    @property
+    def since(self) -> str:
+        return self._cursor.isoformat(timespec="milliseconds")
+
+    def new(self, rows: list[tuple[str, str, str]]) -> set[str]:
+        """The customers among `rows` (customer, message id, arrival) who wrote something new."""
+        customers = set()
+        for customer, message_id, received in rows:
+            arrived = ledger_time(received) or self._cursor
+            if message_id not in self._seen:
+                self._seen[message_id] = arrived
+                customers.add(customer)
+            self._cursor = max(self._cursor, arrived - LOOK_BACK)
+        self._seen = {m: at for m, at in self._seen.items() if at >= self._cursor}
+        return customers
 
 
 def _parsed(stamp: str | None) -> datetime:

@@ -11,6 +11,7 @@ import asyncio
 import io
 import textwrap
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -197,3 +198,18 @@ def test_a_file_swapped_after_validation_is_never_uploaded(tmp_path: Path) -> No
     assert "'assets/pic.jpg' changed since it was checked" in reason
     with SqliteLedger.for_run(tmp_path / "ledger.sqlite", "unit") as ledger:
         assert ledger.media_id("cloud:http://memory/1", plan.uploads()[0].sha256) is None
+
+
+def test_follow_sees_a_message_committed_after_a_later_stamped_one() -> None:
+    """--follow reads customer messages by arrival stamp; a receiver stamps before it commits,
+    so a row may appear after one stamped later. Each is reported once, none is lost."""
+    from runner.executor import _Arrivals
+
+    start = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    arrivals = _Arrivals(start)
+    first = [("111", "wamid.b", "2026-12-01T10:00:02.000+00:00")]
+    assert arrivals.new(first) == {"111"}
+    late = [("222", "wamid.a", "2026-12-01T10:00:01.500+00:00"), *first]  # committed later
+    assert arrivals.new(late) == {"222"}
+    assert arrivals.new(late) == set()
+    assert arrivals.since <= "2026-12-01T10:00:01.500+00:00"
