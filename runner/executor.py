@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from . import clock
 from .contacts import Contact, Keywords
 from .conversation import (
     WAITS_ANSWER,
@@ -233,7 +234,7 @@ class Executor:
 
     async def run(self) -> Summary:
         started = time.monotonic()
-        _started = datetime.now(UTC)
+        _started = clock.now()
         self.summary.recovered = self.ledger.recover()
         self.commits = await GroupCommit.start(self.ledger.location, self.ledger.flow)
         self._install_signals()
@@ -291,7 +292,7 @@ class Executor:
             await asyncio.gather(*serving.values())
 
     def _expired_waits(self) -> set[str]:
-        now_ = datetime.now(UTC)
+        now_ = clock.now()
         return {phone for phone, (_, deadline) in self._waiting.items() if deadline <= now_}
 
     async def _again(self, phone: str, serving: dict[str, asyncio.Task[None]]) -> None:
@@ -381,7 +382,7 @@ class Executor:
             waits = classify(
                 item.step.free_form,
                 window,
-                datetime.now(UTC),
+                clock.now(),
                 answer_pending=isinstance(item, Waiting),
             )
             if waits is not None:
@@ -465,7 +466,7 @@ class Executor:
         step, phone = item.step, item.recipient.phone
         deadline = self._deadline(step, history)
         record = history.get(step.key)
-        if datetime.now(UTC) >= deadline:
+        if clock.now() >= deadline:
             why = f"waited {said(step.expires)} for {_awaited(item)}, in vain"
             self.commits.record(_skipped(step.key, phone, EXPIRED, why))
             self.summary.expired += 1
@@ -487,7 +488,7 @@ class Executor:
         began = (
             ledger_time(record.since) if record is not None and record.state == "waiting" else None
         )
-        since = latest(*sent) or began or datetime.now(UTC)
+        since = latest(*sent) or began or clock.now()
         return since + step.expires
 
     def _refused_for_window(self, record: StepRecord | None) -> bool:
@@ -512,7 +513,7 @@ class Executor:
             self.summary.never += 1
             return False
         until = _parsed(last) + wait
-        if datetime.now(UTC) >= until:
+        if clock.now() >= until:
             return True
         self.summary.later += 1
         self.summary.later_until = max(self.summary.later_until, until.isoformat("T", "minutes"))
@@ -737,7 +738,7 @@ class Executor:
         template before they resume; the step is skipped (the recipient's free-form steps go on,
         as they may)."""
         customer = message.recipient.phone
-        now = datetime.now(UTC).isoformat(timespec="seconds")
+        now = clock.now().isoformat(timespec="seconds")
         self.commits.record(Preference(self.dialect.business, customer, now, "stop"))
         why = f"the API answered {failure}"
         self.commits.record(_skipped(message.step.key, customer, "opted out", why))

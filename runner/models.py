@@ -221,6 +221,19 @@ class Settings(_Strict):
         " wrote in the last 24 hours; flowrun trusts it (the API still refuses a closed window,"
         " and then the message waits).",
     )
+    send_between: str | None = Field(
+        None,
+        description="Quiet hours: messages go only between these local times of each recipient,"
+        " e.g. '09:00-20:00' (a window may cross midnight: '22:00-06:00'); a message due"
+        " outside it waits until it opens. The recipient's time zone: a `timezone` column"
+        " (IANA name, e.g. Europe/Berlin), else their phone number's country, else"
+        " settings.timezone.",
+    )
+    timezone: str | None = Field(
+        None,
+        description="IANA time zone (e.g. Europe/Berlin) for recipients whose own is not known;"
+        " default UTC.",
+    )
     expires: Duration = Field(
         "7d",
         description="How long a step waits (for the customer to write, or to answer) before it"
@@ -418,6 +431,19 @@ class Template(_Strict):
         return self
 
 
+EVENTS = ("sent", "delivered", "read", "replied")
+
+
+class After(_Strict):
+    """A step due a while after something happened to an earlier step's message."""
+
+    step: str = Field(description="The earlier step, by name.")
+    event: Literal["sent", "delivered", "read", "replied"] = Field(
+        "sent", description="sent, delivered, read (from the status webhooks) or replied."
+    )
+    wait: Duration | None = Field(None, description="How long after the event (default: at once).")
+
+
 # A name may not start with "#": "#2" is how the ledger knows an unnamed second step.
 STEP_NAME_PATTERN = r"^[^\s#](.*\S)?$"
 StepName = Annotated[str, Field(min_length=1, max_length=100, pattern=STEP_NAME_PATTERN)]
@@ -439,6 +465,12 @@ class _Step(_Strict):
         None,
         description="How long this step may wait (for the customer to write, or to answer)"
         " before it is skipped; default settings.expires (7d).",
+    )
+    after: Duration | After | None = Field(
+        None,
+        description="When the step is due: a duration after the recipient's previous message"
+        " was sent (2d), or after an event of an earlier step: {step: welcome, event: read,"
+        " wait: 1h}. Before that it waits.",
     )
 
     @property

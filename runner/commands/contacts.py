@@ -11,11 +11,11 @@ from __future__ import annotations
 import csv
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
+from runner import clock
 from runner import dialect as dialects
 from runner.contacts import IMPORTED, Contact, Keywords
 from runner.errors import EXIT_OK, FlowInvalid, FlowrunError, Location, Problem, Problems
@@ -44,7 +44,7 @@ def contacts(flow_file: str, request: ContactsRequest) -> int:
     if request.import_file is not None:
         phones = _read_opt_outs(request.import_file)
         with SqliteLedger.for_customers(path) as ledger:
-            at = datetime.now(UTC).isoformat(timespec="seconds")
+            at = clock.now().isoformat(timespec="seconds")
             ledger.record_webhooks([Preference(business, p, at, "stop", IMPORTED) for p in phones])
         click.echo(f"{request.import_file}: {len(phones):,} opt-out(s) added to {path}")
         return EXIT_OK

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
+from runner import clock
 from runner import dialect as dialects
 from runner.conversation import WAITS_ANSWER, WAITS_WINDOW
 from runner.errors import EXIT_OK
@@ -44,7 +44,7 @@ def plan(
     loaded = checked.plan.loaded
     ledger = Path(ledger_path) if ledger_path else default_path(loaded.path, use_sandbox)
     dialect = dialects.build(checked.target)
-    now = outlook(checked.plan, dialect, ledger, datetime.now(UTC), sample)
+    now = outlook(checked.plan, dialect, ledger, clock.now(), sample)
     _show(flow_file, checked, sample, now)
     return EXIT_OK
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import click
 
+from runner import clock
 from runner import dialect as dialects
 from runner.errors import EXIT_INVALID, EXIT_OK, FlowInvalid
 from runner.ledger import default_path
@@ -42,5 +41,5 @@ def _warn_unreachable(checked: Checked) -> None:
     plan = checked.plan
     ledger = default_path(plan.loaded.path, sandbox=False)
     dialect = dialects.build(checked.target)
-    for problem in unreachable(plan, dialect, ledger, datetime.now(UTC)):
+    for problem in unreachable(plan, dialect, ledger, clock.now()):
         click.echo(problem.format(), err=True)

@@ -8,9 +8,9 @@ never shifts another one silently.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Literal
 
+from runner import clock
 from runner.errors import FlowrunError
 
 State = Literal["sending", "sent", "failed", "skipped", "uncertain", "waiting"]
@@ -141,4 +141,4 @@ class Batch:
 
 def now() -> str:
     """The ledger's time stamps: UTC ISO 8601 to the millisecond (they sort as text)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    return clock.now().isoformat(timespec="milliseconds")

@@ -25,6 +25,7 @@ import hmac
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
+from runner import clock
 from runner.ledger import RANK, Inbound, Preference, Status
 from runner.untrusted import printable, printable_or_none
 
@@ -191,7 +192,7 @@ def _time(stamp: Any) -> str:
     try:
         seconds = int(stamp)
     except (TypeError, ValueError):
-        return datetime.now(UTC).isoformat(timespec="seconds")
+        return clock.now().isoformat(timespec="seconds")
     if not 0 <= seconds <= LAST_TIME:
         raise Invalid("a status's timestamp is not between 1970 and 2100")
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")

@@ -9,8 +9,9 @@ it simulates the audience the flow states.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
+
+from runner import clock
 
 from .checks import NAMESPACE
 from .server import LOGIN, PHONE_NUMBER_ID, TOKEN, SandboxState, build_app, running, serve
@@ -42,7 +43,7 @@ def state_for(flow: Flow) -> SandboxState:
     (`everyone_wrote`). Otherwise only what customers write opens a window."""
     state = SandboxState()
     if flow.settings.window == "open":
-        state.customers.everyone_wrote = int(time.time()) - WROTE_AGO
+        state.customers.everyone_wrote = int(clock.now().timestamp()) - WROTE_AGO
     return state
 
 

@@ -31,10 +31,11 @@ import base64
 import hashlib
 import itertools
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from runner import clock
 
 from .checks import quick_replies
 from .webhooks import DISPLAY_PHONE_NUMBER, Webhook, envelope
@@ -276,7 +277,7 @@ class Customers:
 
     async def _act(self, delay: float, inbound: Inbound, number: str, dialect: str) -> None:
         await asyncio.sleep(delay)
-        now = Inbound(**{**asdict(inbound), "timestamp": int(time.time())})
+        now = Inbound(**{**asdict(inbound), "timestamp": int(clock.now().timestamp())})
         await self._write(now, number, dialect, "simulated")
 
     async def _write(

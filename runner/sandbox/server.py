@@ -48,6 +48,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from runner import clock
 from runner.media import LIMITS
 from runner.threadserver import serving
 
@@ -336,7 +337,7 @@ def _window_closed(state: SandboxState, business: str, body: dict[str, Any]) -> 
     reads `enforce_window`."""
     if not state.enforce_window or body["type"] == "template":
         return False
-    return not state.customers.window_open(business, body["to"], time.time())
+    return not state.customers.window_open(business, body["to"], clock.now().timestamp())
 
 
 def _window_errors(state: SandboxState) -> str:
@@ -501,7 +502,7 @@ def _written_at(value: Any) -> int:
     """`everyone_wrote`: unix seconds, not in the future (a customer cannot write later)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise _refused("everyone_wrote must be unix seconds or null")
-    if not 0 <= value <= time.time() + 60:  # a minute for clocks that disagree
+    if not 0 <= value <= clock.now().timestamp() + 60:  # a minute for clocks that disagree
         raise _refused("everyone_wrote must be unix seconds, not in the future")
     return int(value)
 
@@ -513,7 +514,7 @@ async def _window(request: web.Request) -> web.Response:
             "enforce": state.enforce_window,
             "window_errors": state.window_errors,
             "everyone_wrote": state.customers.everyone_wrote,
-            "windows": state.customers.windows(time.time()),
+            "windows": state.customers.windows(clock.now().timestamp()),
             "refused": state.refused,
         }
     )
@@ -545,7 +546,7 @@ async def _inbound(request: web.Request) -> web.Response:
     """One customer message, now: answered once the webhook (if any) was told."""
     spec = await _control_body(request)
     try:
-        inbound, dialect = Inbound.parse(spec, time.time())
+        inbound, dialect = Inbound.parse(spec, clock.now().timestamp())
     except Refused as exc:
         raise _refused(str(exc)) from None
     action = await request.app[STATE].customers.inject(inbound, PHONE_NUMBER_ID, dialect)

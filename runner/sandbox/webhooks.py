@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from runner import clock
 from runner.receiver.callbacks import sign
 
 from .checks import WINDOW_DETAILS
@@ -138,7 +138,7 @@ def _status(told: Told, step: str) -> dict[str, Any]:
     item: dict[str, Any] = {
         "id": told.message_id,
         "status": step,
-        "timestamp": str(int(time.time())),
+        "timestamp": str(int(clock.now().timestamp())),
         "recipient_id": told.to,
     }
     if step == "failed" and told.failure is not None:
