@@ -23,6 +23,13 @@ from .ledger import Inbound, StepRecord
 WINDOW = timedelta(hours=24)
 # What `steps.NAME` offers a `when:`; each makes the step wait until the customer answered.
 ANSWER_FIELDS = ("button", "reply", "answered")
+# ... and what happened to it, which a `when` reads as it is when the step is due
+HISTORY_FIELDS = (*ANSWER_FIELDS, "status", "sent_at")
+WAITS_TIME = "time"  # for the time its `after:` names
+WAITS_EVENT = "event"  # for the event its `after:` names (a read, a reply) to happen
+WAITS_QUIET = "quiet hours"  # for the recipient's morning (settings.send_between)
+# What `when:` sees as `contact` before anything is known of the customer
+NO_CONTACT: Mapping[str, Any] = {"window_open": False, "last_inbound_at": None}
 # A customer message's time has whole seconds and comes from Meta's clock: one written in the
 # same second as our send (or a little before, by the clocks) still answers it.
 SLACK = timedelta(seconds=2)
@@ -127,12 +134,16 @@ def closed_at(
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """What the customer did after one step was sent to them."""
+    """What became of one step for one customer: its message's status, and what the
+    customer did after it was sent to them."""
 
     sent: bool = False
     answered: bool = False
     reply: str | None = None  # the text of their first message after it ("" if it had none)
     button: str | None = None  # the payload of the quick reply they tapped on it
+    status: str | None = None  # sent, delivered, read, failed, skipped, waiting; None: not yet
+    sent_at: str | None = None  # ISO 8601 UTC
+    replied_at: datetime | None = None
 
     @property
     def pending(self) -> bool:
@@ -140,22 +151,33 @@ class Answer:
         return self.sent and not self.answered
 
     def fields(self) -> Mapping[str, Any]:
-        return {"button": self.button, "reply": self.reply, "answered": self.answered}
+        """What `steps.NAME` shows a `when:` (HISTORY_FIELDS)."""
+        return {
+            "button": self.button,
+            "reply": self.reply,
+            "answered": self.answered,
+            "status": self.status,
+            "sent_at": self.sent_at,
+        }
 
 
 NOT_SENT = Answer()
-UNANSWERED = Answer(sent=True)
+UNANSWERED = Answer(sent=True, status="sent")
 
 
 def answer_to(record: StepRecord | None, inbound: Iterable[Inbound]) -> Answer:
     """The customer's answer to one step, from the ledger's rows (`inbound` oldest first)."""
-    if record is None or record.state != "sent":
+    if record is None:
         return NOT_SENT
+    if record.state != "sent":
+        return Answer(status=record.state)
     sent_at = ledger_time(record.at)
+    status = record.delivery or "sent"
     if sent_at is None:
-        return UNANSWERED
+        return Answer(sent=True, status=status, sent_at=record.at)
     reply: str | None = None
     button: str | None = None
+    replied_at: datetime | None = None
     for message in inbound:
         ours = record.message_id is not None and message.context == record.message_id
         after = (ledger_time(message.at) or sent_at - 2 * SLACK) >= sent_at - SLACK
@@ -163,8 +185,23 @@ def answer_to(record: StepRecord | None, inbound: Iterable[Inbound]) -> Answer:
             continue
         if reply is None:
             reply = message.text or ""
+            replied_at = ledger_time(message.at)
         if button is None and message.payload is not None and (ours or message.context is None):
             button = message.payload
     if reply is None:
-        return UNANSWERED
-    return Answer(sent=True, answered=True, reply=reply, button=button)
+        return Answer(sent=True, status=status, sent_at=record.at)
+    return Answer(True, True, reply, button, status, record.at, replied_at)
+
+
+def event_time(record: StepRecord | None, event: str, answer: Answer) -> datetime | None:
+    """When `event` (sent, delivered, read, replied) happened to a step's message; None: not
+    (yet). A read message was delivered, whatever order the webhooks came in."""
+    if record is None or record.state != "sent":
+        return None
+    if event == "sent":
+        return ledger_time(record.at)
+    if event == "replied":
+        return answer.replied_at
+    if event == "read":
+        return ledger_time(record.read_at)
+    return ledger_time(record.delivered_at) or ledger_time(record.read_at)

@@ -34,10 +34,10 @@ from . import clock
 from .contacts import Contact, Keywords
 from .conversation import (
     WAITS_ANSWER,
+    WAITS_EVENT,
+    WAITS_TIME,
     WAITS_WINDOW,
-    Answer,
     Window,
-    answer_to,
     classify,
     closed_at,
     latest,
@@ -49,10 +49,11 @@ from .errors import FlowrunError
 from .ledger import GroupCommit, Inbound, Outcome, Preference, RunLedger, State, StepRecord, now
 from .media import LocalMedia, MediaError, read_checked
 from .pacing import Pacer, Ticker
-from .plan import Plan, StepPlan
+from .plan import Plan
 from .progress import Progress
 from .recipients import Recipient
 from .render import Item, Message, Renderer, RenderFailure, Skipped, Waiting
+from .timeline import DECIDED, EXPIRED, FINAL_TITLES, Timeline
 from .transport import MaybeDelivered, NotDelivered, Response, Transport
 
 BACKOFF_BASE = 0.5  # seconds; doubled per attempt, with full jitter
@@ -71,7 +72,6 @@ LOOK_BACK = timedelta(seconds=5)  # a receiver's row may commit after a later-st
 # The reasons a step is not sent yet, or no more (the ledger's error_title of its row)
 WINDOW_WAIT = WAITS_WINDOW  # waits for the customer to write: their window is closed
 ANSWER = WAITS_ANSWER  # its `when` reads an answer to an earlier step, not given yet
-EXPIRED = "expired"  # waited `expires` in vain: skipped for good, the flow went on
 
 
 class _Go(enum.Enum):
@@ -133,6 +133,7 @@ class Summary:
     waiting: dict[str, int] = field(default_factory=dict)  # reason → steps waiting for it
     expired: int = 0  # skipped: they waited `expires` in vain
     refused_window: int = 0  # of the waiting: the API refused them for a closed window
+    next_due: datetime | None = None  # the earliest time a waiting step becomes due
     trusted_window: bool = False  # settings.window: open
     already: int = 0  # sent by an earlier run
     changed: int = 0  # of those, how many the flow now words differently
@@ -364,11 +365,10 @@ class Executor:
             self._trust_window,
             *closed_at(history.values(), self.dialect.window_closed),
         )
-
-        def answers(key: str) -> Answer:
-            return answer_to(history.get(key), inbound)
-
-        items = _rendered(self.renderer.messages(recipient, answers))
+        line = Timeline(recipient, self.plan.steps, history, inbound, window, clock.now())
+        items = _rendered(
+            self.renderer.messages(recipient, line.answer, gate=line.gate, contact=line.contact())
+        )
         last_request: float | None = None
         for item in items:
             if self._stopping:
@@ -379,14 +379,9 @@ class Executor:
             if settled is _Go.STOP:
                 return None
             assert not isinstance(item, Skipped)  # _settled recorded it
-            waits = classify(
-                item.step.free_form,
-                window,
-                clock.now(),
-                answer_pending=isinstance(item, Waiting),
-            )
-            if waits is not None:
-                deadline = self._wait(item, waits, history, window)
+            held = self._held(item, line)
+            if held is not None:
+                deadline = self._wait(item, held, line)
                 if deadline is None:
                     continue  # expired: skipped, and the flow goes on
                 return deadline
@@ -398,22 +393,25 @@ class Executor:
             sent = await self._send(item)
             last_request = time.monotonic()
             if not sent:
-                return self._unsent(sent, item, items, history)
-            history[item.step.key] = StepRecord("sent", at=now())
+                return self._unsent(sent, item, items, line)
+            line.sent(item.step.key, now())
         return None
 
+    def _held(self, item: Message | Waiting, line: Timeline) -> str | None:
+        """What a step that is reached waits for, if anything: its `after:` or an answer
+        (render said so), the customer's window, or the recipient's quiet hours."""
+        if isinstance(item, Waiting):
+            return item.reason
+        return classify(item.step.free_form, line.window, line.now)
+
     def _unsent(
-        self,
-        sent: bool | None,
-        item: Message,
-        later: Iterator[Item],
-        history: dict[str, StepRecord],
+        self, sent: bool | None, item: Message, later: Iterator[Item], line: Timeline
     ) -> datetime | None:
         """After a message that did not go: None, the run stops (the rest goes next run), or
         the API said the window is closed (the step waits: when that wait expires); False, it
         failed (the recipient's later steps are blocked)."""
         if sent is None:
-            return None if self._stopping else self._deadline(item.step, history)
+            return None if self._stopping else line.deadline(item.step)
         self._block_rest(later, item, item.recipient)
         return None
 
@@ -438,7 +436,8 @@ class Executor:
             self.summary.held += 1
             return _Go.STOP  # later steps wait until this one is settled
         if isinstance(item, Skipped):
-            self.commits.record(_skipped(item.step.key, phone, "when", item.reason))
+            title = DECIDED if item.final else "when"
+            self.commits.record(_skipped(item.step.key, phone, title, item.reason))
             self.summary.skipped += 1
             return _Go.NEXT
         return _Go.DECIDE
@@ -451,45 +450,31 @@ class Executor:
             if self._edited(item, record):
                 self.summary.changed += 1
             return True
-        return record.state == "skipped" and record.error_title == EXPIRED
+        return record.state == "skipped" and record.error_title in FINAL_TITLES
 
-    def _wait(
-        self,
-        item: Message | Waiting,
-        title: str,
-        history: dict[str, StepRecord],
-        window: Window,
-    ) -> datetime | None:
+    def _wait(self, item: Message | Waiting, title: str, line: Timeline) -> datetime | None:
         """The step cannot go yet: recorded as waiting, with its reason (once: a run that
-        finds it waiting already writes nothing), or skipped when it waited long enough.
-        When its wait expires, or None if it just did."""
+        finds it waiting already writes nothing), or skipped when it waited for the customer
+        long enough. When to look at it again (`--follow`), or None if it just expired."""
         step, phone = item.step, item.recipient.phone
-        deadline = self._deadline(step, history)
-        record = history.get(step.key)
-        if clock.now() >= deadline:
+        until = item.until if isinstance(item, Waiting) else None
+        deadline = until or line.deadline(step)
+        if until is None and line.now >= deadline:
             why = f"waited {said(step.expires)} for {_awaited(item)}, in vain"
             self.commits.record(_skipped(step.key, phone, EXPIRED, why))
             self.summary.expired += 1
             return None
         self._waits[phone] = title
+        if until is not None:
+            self.summary.next_due = min(filter(None, (self.summary.next_due, until)))
+        record = line.history.get(step.key)
         if record is None or record.state != "waiting" or record.error_title != title:
-            why = f"waits for {_awaited(item)}; expires {_stamp(deadline)}"
+            ends = f"until {_stamp(until)}" if until else f"expires {_stamp(deadline)}"
+            why = f"waits for {_awaited(item)}; {ends}"
             # the API's refusal stays on record: a window the flow trusts is closed for them
-            code = window.code if title == WINDOW_WAIT else None
+            code = line.window.code if title == WINDOW_WAIT else None
             self.commits.record(_waiting(step.key, phone, title, why, code))
         return deadline
-
-    def _deadline(self, step: StepPlan, history: dict[str, StepRecord]) -> datetime:
-        """When a wait of this step expires: `expires` after the recipient's latest message
-        sent before it, or (nothing sent yet) after it began to wait."""
-        earlier = {s.key for s in self.plan.steps[: step.position - 1]}
-        sent = [ledger_time(r.at) for k, r in history.items() if k in earlier and r.state == "sent"]
-        record = history.get(step.key)
-        began = (
-            ledger_time(record.since) if record is not None and record.state == "waiting" else None
-        )
-        since = latest(*sent) or began or clock.now()
-        return since + step.expires
 
     def _refused_for_window(self, record: StepRecord | None) -> bool:
         """A message the API took (200) and then failed for a closed window (131047 comes
@@ -928,9 +913,15 @@ def _waiting(step: str, recipient: str, title: str, why: str, code: int | None =
 
 
 def _awaited(item: Message | Waiting) -> str:
-    if isinstance(item, Waiting):
-        return f"the answer to step {item.on}"
-    return "the customer to write (a message other than a template needs their 24-hour window)"
+    if not isinstance(item, Waiting):
+        return "the customer to write (a message other than a template needs their 24-hour window)"
+    if item.reason == WAITS_TIME:
+        return "its time (after:)"
+    if item.reason == WAITS_EVENT:
+        after = item.step.after
+        event = after.event if after is not None else "sent"
+        return f"step {item.on} to be {event}" if event != "replied" else f"a reply to {item.on}"
+    return f"the answer to step {item.on}"
 
 
 def _stamp(moment: datetime) -> str:

@@ -18,13 +18,21 @@ from typing import Any
 from jinja2 import TemplateSyntaxError
 
 from . import durations, models
-from .conversation import ANSWER_FIELDS
+from .conversation import ANSWER_FIELDS, HISTORY_FIELDS
 from .dialect import check_flow
 from .errors import FlowInvalid, Location, Problem, Problems
 from .loader import LoadedFlow
 from .media import LocalFiles, LocalMedia, MediaError
 from .recipients import CsvError, RecipientStream, read_csv
-from .templates import EnvVars, Render, compile_condition, compile_text, describe, step_reads
+from .templates import (
+    EnvVars,
+    Render,
+    compile_condition,
+    compile_text,
+    describe,
+    reads_name,
+    step_reads,
+)
 from .yamldoc import YamlPath
 
 
@@ -53,13 +61,26 @@ class StepPlan:
     when_source: str | None
     path: YamlPath
     template: TemplatePlan | None = None
-    reads: tuple[str, ...] = ()  # the earlier steps whose answer `when` reads (their keys)
+    reads: tuple[str, ...] = ()  # the earlier steps whose answer or history `when` reads
+    awaits: tuple[str, ...] = ()  # of those, the ones whose answer it reads: it waits for it
+    history: bool = False  # `when` reads what happened (steps.*, contact.*): false is final
     expires: timedelta = timedelta(days=7)  # how long it may wait, after the last step sent
+    after: AfterPlan | None = None  # when it is due (None: as soon as it is reached)
 
     @property
     def free_form(self) -> bool:
         """Anything but a template needs the customer's window open."""
         return self.kind != "template"
+
+
+@dataclass(frozen=True, slots=True)
+class AfterPlan:
+    """`after:` compiled: `wait` after `event` of step `step` (None: the recipient's latest
+    message sent before this step)."""
+
+    wait: timedelta
+    step: str | None = None
+    event: str = "sent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +153,17 @@ def compile_plan(loaded: LoadedFlow, env: EnvVars | None = None) -> Plan:
                 )
             names.setdefault(step.name, index + 1)
         compiled = _compile_step(loaded, step, index, problems)
-        reads = _answer_reads(loaded, step, index, names, problems)
-        steps.append(dataclasses.replace(compiled, reads=reads, expires=_expiry(loaded.flow, step)))
+        reads, awaits, history = _history_reads(loaded, step, index, names, problems)
+        steps.append(
+            dataclasses.replace(
+                compiled,
+                reads=reads,
+                awaits=awaits,
+                history=history,
+                expires=_expiry(loaded.flow, step),
+                after=_after(loaded, step, index, names, problems),
+            )
+        )
     check_flow(loaded, problems)
     plan = Plan(loaded, tuple(steps), problems, env or EnvVars(), LocalFiles(loaded.base_dir))
     _check_constant_files(plan)
@@ -146,14 +176,34 @@ def _expiry(flow: models.Flow, step: Any) -> timedelta:
     return durations.parse(step.expires or flow.settings.expires)
 
 
-def _answer_reads(
+def _after(
     loaded: LoadedFlow, step: Any, index: int, earlier: Mapping[str, int], problems: Problems
-) -> tuple[str, ...]:
-    """The earlier named steps whose answer this step's `when` reads (`steps.NAME.button`):
-    each name must be an earlier step's, each field one of ANSWER_FIELDS, or the flow is
-    refused here, at the `when:`, rather than at a recipient's run."""
+) -> AfterPlan | None:
+    """`after:` compiled; a step it names must be an earlier one (a located error)."""
+    after = step.after
+    if after is None:
+        return None
+    if isinstance(after, str):
+        return AfterPlan(durations.parse(after))
+    wait = durations.parse(after.wait) if after.wait else timedelta()
+    problem = _read_problem(after.step, "sent_at", step.name, earlier)
+    if after.step == step.name:
+        problem = (f"step '{after.step}' waits for itself", "after: names an earlier step")
+    if problem is not None:
+        message, hint = problem
+        problems.add(Problem(loaded.locate(("messages", index, "after", "step")), message, hint))
+    return AfterPlan(wait, after.step, after.event)
+
+
+def _history_reads(
+    loaded: LoadedFlow, step: Any, index: int, earlier: Mapping[str, int], problems: Problems
+) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """What this step's `when` reads of the recipient's history: the earlier named steps
+    (`steps.NAME.FIELD`), those whose answer it waits for, and whether it reads history at all
+    (steps or `contact`). Each name must be an earlier step's and each field one a step
+    offers, or the flow is refused here, at the `when:`, rather than at a recipient's run."""
     if step.when is None:
-        return ()
+        return (), (), False
     where = loaded.locate(("messages", index, "when"))
     reads, others = step_reads(step.when)
     if others:
@@ -166,13 +216,18 @@ def _answer_reads(
             )
         )
     found: list[str] = []
+    awaited: list[str] = []
     for name, field, _line in reads:
         problem = _read_problem(name, field, step.name, earlier)
         if problem is not None:
             problems.add(Problem(where, *problem))
-        elif name not in found:
+            continue
+        if name not in found:
             found.append(name)
-    return tuple(found)
+        if field in ANSWER_FIELDS and name not in awaited:
+            awaited.append(name)
+    history = bool(reads) or reads_name(step.when, "contact")
+    return tuple(found), tuple(awaited), history
 
 
 def _read_problem(
@@ -187,11 +242,12 @@ def _read_problem(
             f"no earlier step is named '{name}'",
             f"a when: reads the steps before it, by name (earlier named steps: {named})",
         )
-    if field not in ANSWER_FIELDS:
+    if field not in HISTORY_FIELDS:
         return (
-            f"steps.{name}.{field}: a step offers {', '.join(ANSWER_FIELDS)}",
+            f"steps.{name}.{field}: a step offers {', '.join(HISTORY_FIELDS)}",
             "button is the quick reply tapped on it, reply the text the customer wrote after"
-            " it, answered whether they wrote at all",
+            " it, answered whether they wrote at all, status how far its message got (sent,"
+            " delivered, read, failed, skipped, waiting), sent_at when it was sent",
         )
     return None
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from . import models
-from .conversation import NOT_SENT, UNANSWERED, Answer
+from .conversation import NO_CONTACT, NOT_SENT, UNANSWERED, WAITS_ANSWER, Answer
 from .errors import Problem
 from .media import LocalMedia, MediaError
 from .plan import FieldPlan, Plan, StepPlan, TemplatePlan
@@ -23,6 +24,7 @@ from .recipients import Recipient
 from .templates import (
     RENDER_ERRORS,
     TooLong,
+    contact_fields,
     describe,
     env_references,
     recipient_fields,
@@ -68,25 +70,33 @@ def _with_id(content: Any, at: tuple[str | int, ...], media_id: str) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Skipped:
-    """A step not sent to this recipient because its `when` was false."""
+    """A step not sent to this recipient because its `when` was false; `final` when the
+    `when` read the recipient's history (then false when due stays false: a follow-up for
+    "did not read it within 2 days" must not fire on day 9)."""
 
     recipient: Recipient
     step: StepPlan
     reason: str
+    final: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Waiting:
     """A step that cannot be decided yet: its `when` reads the answer to an earlier step
-    (`on`) that was sent and not answered yet."""
+    (`on`) that was sent and not answered yet (`reason` WAITS_ANSWER), or its `after:` is not
+    due yet (WAITS_TIME until `until`; WAITS_EVENT: the event has not happened)."""
 
     recipient: Recipient
     step: StepPlan
-    on: str  # the step whose answer it waits for
+    on: str | None  # the step it waits on
+    reason: str = WAITS_ANSWER
+    until: datetime | None = None
 
 
 # The answer to a step of this recipient's (by key); None: nothing sent of it.
 Answers = Callable[[str], Answer]
+# A step may be held before its `when` is even looked at (its `after:` is not due)
+Gate = Callable[[StepPlan], "Waiting | None"]
 Item = Message | Skipped | Waiting
 
 
@@ -115,19 +125,32 @@ class Renderer:
             "env": self._env,
         }
 
-    def messages(self, recipient: Recipient, answers: Answers | None = None) -> Iterator[Item]:
+    def messages(
+        self,
+        recipient: Recipient,
+        answers: Answers | None = None,
+        *,
+        gate: Gate | None = None,
+        contact: Mapping[str, Any] | None = None,
+    ) -> Iterator[Item]:
         """This recipient's steps, in order; raises RenderFailure for the first broken one.
 
         Lazy: a step's `when` reads `answers` when the step is reached, so a run that sends a
         step and then asks for the next one sees it sent. Without `answers` (validate, plan),
-        a step counts as sent when it rendered to a message in this pass, unanswered."""
-        context = self.context(recipient)
+        a step counts as sent when it rendered to a message in this pass, unanswered. `gate`
+        holds a step before its `when` is looked at (`after:`); `contact` is what `when` sees
+        as `contact` (when the customer last wrote)."""
+        context = {**self.context(recipient), "contact": contact_fields(contact or NO_CONTACT)}
         rendered: set[str] = set()
 
         def assumed(key: str) -> Answer:
             return UNANSWERED if key in rendered else NOT_SENT
 
         for step in self.plan.steps:
+            held = gate(step) if gate is not None else None
+            if held is not None:
+                yield held
+                continue
             item = self._render_step(step, recipient, context, answers or assumed)
             if isinstance(item, Message):
                 rendered.add(step.key)
@@ -139,14 +162,14 @@ class Renderer:
         when = step.when
         if step.reads:
             read = {key: answers(key) for key in step.reads}
-            waits = next((key for key, answer in read.items() if answer.pending), None)
+            waits = next((key for key in step.awaits if read[key].pending), None)
             if waits is not None:
                 return Waiting(recipient, step, waits)
             context = {**context, "steps": {key: a.fields() for key, a in read.items()}}
         if when is not None and not self._guard(
             lambda: when(context), (*step.path, "when"), recipient
         ):
-            return Skipped(recipient, step, f"when: {step.when_source}")
+            return Skipped(recipient, step, f"when: {step.when_source}", final=step.history)
         if step.template is not None:
             return self._render_template(step, step.template, recipient, context)
         content: dict[str, Any] = {}

@@ -236,6 +236,16 @@ def step_reads(source: str) -> tuple[list[tuple[str, str, int]], list[int]]:
     return reads, others
 
 
+def reads_name(source: str, name: str) -> bool:
+    """Whether an expression reads the variable `name` (parsed: text in a string is no read)."""
+    try:
+        tree = Parser(ENVIRONMENT, source, state="variable").parse_expression()
+    except (RecursionError, SyntaxError, TemplateSyntaxError):
+        return False
+    names = [*tree.find_all(nodes.Name), *([tree] if isinstance(tree, nodes.Name) else [])]
+    return any(n.name == name and n.ctx == "load" for n in names)
+
+
 def _literal_key(node: nodes.Node) -> str | None:
     """NAME of `x.NAME` or `x['NAME']`."""
     if isinstance(node, nodes.Getattr):
@@ -308,6 +318,10 @@ def recipient_fields(row: Mapping[str, Any]) -> _Fields:
 
 def vars_fields(values: Mapping[str, Any]) -> _Fields:
     return _Fields(values, "vars")
+
+
+def contact_fields(values: Mapping[str, Any]) -> _Fields:
+    return _Fields(values, "contact")
 
 
 # --- bounds: sizes predicted from the operands ---

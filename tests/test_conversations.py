@@ -174,7 +174,7 @@ def test_a_tapped_quick_reply_picks_the_branch(
     texts = {m["to"]: m["text"]["body"] for m in state.inbox if m["type"] == "text"}
     assert texts == {ANN: "Here is the brochure", BOB: "We will write again next month"}
     found = rows(folder)
-    assert found[("later", ANN)] == ("skipped", "when")
+    assert found[("later", ANN)] == ("skipped", "decided")  # answered: decided for good
     assert found[("brochure", CAROL)] == ("waiting", "answer")
     assert state.refused == []
 
@@ -284,8 +284,8 @@ def test_an_unreadable_last_inbound_at_is_a_located_error(folder: Path) -> None:
         ("steps.nope.button == 'x'", "no earlier step is named 'nope'"),
         ("steps.note.button == 'x'", "step 'note' reads its own answer"),
         (
-            "steps.welcome.status == 'read'",
-            "steps.welcome.status: a step offers button, reply, answered",
+            "steps.welcome.state == 'read'",
+            "steps.welcome.state: a step offers button, reply, answered, status, sent_at",
         ),
         ("steps[recipient.name].button", "steps is read here in a way flowrun cannot check"),
     ],

@@ -69,6 +69,8 @@ class StepRecord:
     delivery: str | None = None  # the furthest status heard: delivered, read, failed, ...
     delivery_code: int | None = None  # the error code of a failed status
     failed_at: str | None = None  # when the status said it failed
+    delivered_at: str | None = None
+    read_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

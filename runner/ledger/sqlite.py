@@ -162,7 +162,8 @@ class SqliteLedger:
         range, and a primary-key lookup per sent message)."""
         rows = self._read(
             "SELECT m.step, m.state, m.body_hash, m.message_id, m.last_attempt,"
-            " m.first_attempt, m.error_code, m.error_title, s.status, s.error_code, s.failed_at"
+            " m.first_attempt, m.error_code, m.error_title, s.status, s.error_code, s.failed_at,"
+            " s.delivered_at, s.read_at"
             " FROM messages AS m LEFT JOIN statuses AS s ON s.message_id = m.message_id"
             " WHERE m.flow = ? AND m.recipient = ?",
             (self.flow, recipient),
