@@ -274,6 +274,7 @@ class Executor:
         their wait expires; until nothing waits, or Ctrl-C."""
         self._history = True  # this run wrote rows: always read them now
         arrivals = _Arrivals(since - LOOK_BACK)
+        statuses = _Arrivals(since - LOOK_BACK)  # a read wakes a step waiting for it
         serving: dict[str, asyncio.Task[None]] = {}
         due: set[str] = set()  # to serve again as soon as they are not being served
         self.progress.line(
@@ -285,6 +286,7 @@ class Executor:
             if new:
                 self._heard = True
                 due |= new
+            due |= statuses.new(self.ledger.statuses_since(statuses.since))
             for phone in [p for p in due if p not in serving]:
                 due.discard(phone)  # (one who wrote while served is served once more)
                 if phone in self._waiting:

@@ -444,6 +444,24 @@ class After(_Strict):
     wait: Duration | None = Field(None, description="How long after the event (default: at once).")
 
 
+def _after_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "duration"
+    if isinstance(value, dict | After):
+        return "event"
+    return None
+
+
+AfterSpec = Annotated[
+    Annotated[Duration, Tag("duration")] | Annotated[After, Tag("event")],
+    Discriminator(
+        _after_kind,
+        custom_error_type="after",
+        custom_error_message="after is a duration (2d) or {step: NAME, event: read, wait: 1h}",
+    ),
+]
+
+
 # A name may not start with "#": "#2" is how the ledger knows an unnamed second step.
 STEP_NAME_PATTERN = r"^[^\s#](.*\S)?$"
 StepName = Annotated[str, Field(min_length=1, max_length=100, pattern=STEP_NAME_PATTERN)]
@@ -466,7 +484,7 @@ class _Step(_Strict):
         description="How long this step may wait (for the customer to write, or to answer)"
         " before it is skipped; default settings.expires (7d).",
     )
-    after: Duration | After | None = Field(
+    after: AfterSpec | None = Field(
         None,
         description="When the step is due: a duration after the recipient's previous message"
         " was sent (2d), or after an event of an earlier step: {step: welcome, event: read,"

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from runner import dialect as dialects
+from runner.conversation import WAITS_EVENT, WAITS_QUIET, WAITS_TIME
 from runner.errors import FlowInvalid, FlowrunError
 from runner.executor import ANSWER, WINDOW_WAIT, Executor, RunOptions, Summary
 from runner.ledger import RunLedger, default_path, now, open_for_run
@@ -251,6 +252,23 @@ def _conversation(summary: Summary) -> list[str]:
         lines.append(
             f"{answer:,} step(s) wait for an answer to an earlier step (their when: reads it);"
             " the next run (or --follow) goes on once the customer answers"
+        )
+    timed = summary.waiting.get(WAITS_TIME, 0)
+    if timed:
+        lines.append(f"{timed:,} step(s) wait for their time (after:)")
+    events = summary.waiting.get(WAITS_EVENT, 0)
+    if events:
+        lines.append(
+            f"{events:,} step(s) wait for what their after: names (a message read, a reply);"
+            " flowrun listen records it"
+        )
+    quiet = summary.waiting.get(WAITS_QUIET, 0)
+    if quiet:
+        lines.append(f"{quiet:,} step(s) wait for the recipient's morning (settings.send_between)")
+    if summary.next_due is not None:
+        lines.append(
+            f"next message due {summary.next_due.strftime('%Y-%m-%d %H:%M')} UTC: run again"
+            " then (from cron, say), or keep one running with --follow"
         )
     if summary.expired:
         lines.append(

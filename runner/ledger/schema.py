@@ -134,8 +134,13 @@ ALTER TABLE messages_v4 RENAME TO messages;
 CREATE INDEX IF NOT EXISTS inbound_by_arrival ON inbound (received_at);
 """
 
+# `--follow` wakes a step that waits for a message to be read when its status arrives.
+STATUS_ARRIVALS = """
+CREATE INDEX IF NOT EXISTS statuses_by_arrival ON statuses (received_at);
+"""
+
 # MIGRATIONS[n] brings a ledger from version n to n + 1.
-MIGRATIONS: tuple[str, ...] = (MESSAGES, STATUSES, CUSTOMERS, WAITING)
+MIGRATIONS: tuple[str, ...] = (MESSAGES, STATUSES, CUSTOMERS, WAITING, STATUS_ARRIVALS)
 VERSION = len(MIGRATIONS)
 
 # The columns of `messages`, in table order (report --csv writes them in this order).

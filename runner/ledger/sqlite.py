@@ -170,6 +170,16 @@ class SqliteLedger:
         )
         return {row[0]: StepRecord(*row[1:]) for row in rows}
 
+    def statuses_since(self, received: str) -> list[tuple[str, str, str]]:
+        """(recipient, message id, received_at) of the statuses recorded or moved at or after
+        `received`, oldest first: what `--follow` wakes a step waiting for a read with."""
+        rows = self._read(
+            "SELECT recipient, message_id, received_at FROM statuses"
+            " WHERE received_at >= ? AND recipient IS NOT NULL ORDER BY received_at",
+            (received,),
+        )
+        return [(recipient, message_id, at) for recipient, message_id, at in rows]
+
     def inbound_since(self, business: str, received: str) -> list[tuple[str, str, str]]:
         """(customer, message id, received_at) of the customer messages recorded at or after
         `received` (a receiver's time stamp), oldest first: what `--follow` reacts to."""

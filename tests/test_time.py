@@ -1,0 +1,205 @@
+"""Flows across time, against the sandbox over loopback, on a clock moved with FLOWRUN_NOW (the
+whole program, and the processes it starts, read it): a step `after: 2d` waits on day 1 and
+goes on day 2; `after: {step, event: read}` follows the read statuses; a `when` that reads the
+history is decided when its step is due, for good."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from runner import clock
+from runner.ledger import SqliteLedger, Status
+from runner.sandbox import SandboxState
+from tests.sandbox_helpers import flowrun, ledger_rows, post, start, wait_until, write_flow
+
+ANN, BOB, CAROL = "15550100000", "15550100001", "15550100002"
+WELCOME = """\
+  - name: welcome
+    template: {name: hello_world, language: en_US}
+"""
+
+
+def sent_to(state: SandboxState) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for message in state.inbox:
+        found[message["to"]] = found.get(message["to"], 0) + 1
+    return found
+
+
+def rows(folder: Path) -> dict[tuple[str, str], tuple[str, str | None]]:
+    return {(r[0], r[1]): (r[2], r[5]) for r in ledger_rows(folder)}
+
+
+def on_day(monkeypatch: pytest.MonkeyPatch, offset: str) -> None:
+    """Run the next flowrun as if `offset` (e.g. +2d) later."""
+    monkeypatch.setenv("FLOWRUN_NOW", offset)
+
+
+def read(folder: Path, customer: str, later: timedelta = timedelta()) -> None:
+    """The receiver records that `customer` read the welcome `later` than now (a status
+    webhook)."""
+    day = (clock.now() + later).isoformat(timespec="seconds")
+    with contextlib.closing(SqliteLedger.for_run(folder / "flow.ledger.sqlite", "t")) as ledger:
+        record = ledger.history(customer)["welcome"]
+    assert record.message_id is not None
+    with contextlib.closing(SqliteLedger.for_writer(folder / "flow.ledger.sqlite")) as writer:
+        writer.record_webhooks([Status(record.message_id, "read", day, customer)])
+
+
+def test_a_step_after_two_days_goes_on_day_two(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, state = api
+    steps = WELCOME + (
+        "  - name: tip\n    after: 2d\n    template: {name: hello_world, language: en_US}\n"
+    )
+    write_flow(folder, base, steps, people=2, kind="cloud")
+    code, _, err = flowrun("flow.yaml")
+    assert code == 0, err
+    assert sent_to(state) == {ANN: 1, BOB: 1}
+    assert "2 step(s) wait for their time (after:)" in err
+    assert "next message due" in err
+    assert rows(folder)[("tip", ANN)][0] == "waiting"
+    on_day(monkeypatch, "+1d")
+    assert flowrun("flow.yaml")[0] == 0
+    assert sent_to(state) == {ANN: 1, BOB: 1}  # day 1: not yet
+    on_day(monkeypatch, "+2d")
+    code, _, err = flowrun("flow.yaml")
+    assert code == 0, err
+    assert sent_to(state) == {ANN: 2, BOB: 2}
+    assert "next message due" not in err
+    on_day(monkeypatch, "+9d")
+    assert flowrun("flow.yaml")[0] == 0
+    assert sent_to(state) == {ANN: 2, BOB: 2}  # each once, whatever the schedule of runs
+
+
+def test_a_when_on_history_is_decided_when_due_for_good(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tip two days later for those who read the welcome by then: Ann read it on day 1 and
+    gets it; Bob read it on day 3, after the tip was due, and never gets it."""
+    base, state = api
+    steps = WELCOME + (
+        "  - name: tip\n"
+        "    after: {step: welcome, wait: 2d}\n"
+        "    when: steps.welcome.status == 'read'\n"
+        "    template: {name: hello_world, language: en_US}\n"
+    )
+    write_flow(folder, base, steps, people=2, kind="cloud")
+    assert flowrun("flow.yaml")[0] == 0
+    read(folder, ANN, timedelta(hours=8))
+    on_day(monkeypatch, "+2d")
+    assert flowrun("flow.yaml")[0] == 0
+    assert sent_to(state) == {ANN: 2, BOB: 1}
+    assert rows(folder)[("tip", BOB)] == ("skipped", "decided")
+    read(folder, BOB, timedelta(days=3))
+    on_day(monkeypatch, "+9d")
+    assert flowrun("flow.yaml")[0] == 0
+    assert sent_to(state) == {ANN: 2, BOB: 1}
+
+
+def test_a_step_after_a_read_follows_the_status_webhooks(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    base, state = api
+    steps = WELCOME + (
+        "  - name: tip\n"
+        "    after: {step: welcome, event: read}\n"
+        "    template: {name: hello_world, language: en_US}\n"
+    )
+    write_flow(folder, base, steps, people=3, kind="cloud")
+    code, _, err = flowrun("flow.yaml")
+    assert code == 0, err
+    assert "3 step(s) wait for what their after: names" in err
+    assert rows(folder)[("tip", ANN)] == ("waiting", "event")
+    read(folder, CAROL)
+    assert flowrun("flow.yaml")[0] == 0
+    assert sent_to(state) == {ANN: 1, BOB: 1, CAROL: 2}
+
+
+@pytest.mark.parametrize(
+    ("after", "message"),
+    [
+        ("2 days", "'2 days' is not a duration: write a number and a unit"),
+        ("{step: nope}", "no earlier step is named 'nope'"),
+        ("{step: tip}", "step 'tip' waits for itself"),
+        ("{step: welcome, event: opened}", "event must be 'sent', 'delivered', 'read' or"),
+        ("[2d]", "after is a duration (2d) or {step: NAME, event: read, wait: 1h}"),
+    ],
+)
+def test_a_time_mistake_is_a_located_error(folder: Path, after: str, message: str) -> None:
+    steps = WELCOME + (
+        f"  - name: tip\n    after: {after}\n    template: {{name: hello_world, language: en_US}}\n"
+    )
+    write_flow(folder, "http://127.0.0.1:9", steps, people=1, kind="cloud")
+    code, _, err = flowrun("validate", "flow.yaml")
+    assert code == 2
+    text = (folder / "flow.yaml").read_text("utf-8").splitlines()
+    line = next(i for i, t in enumerate(text, 1) if t.strip().startswith("after:"))
+    assert f"flow.yaml:{line}:" in err, err
+    assert message in err, err
+
+
+def test_a_bad_clock_is_one_line(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_flow(folder, "http://127.0.0.1:9", WELCOME, people=1, kind="cloud")
+    monkeypatch.setenv("FLOWRUN_NOW", "tomorrow")
+    code, _, err = flowrun("flow.yaml")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "FLOWRUN_NOW=tomorrow: write an offset (+2d, -1h) or a time with its zone"
+        " (2026-12-03T09:00:00Z)"
+    ]
+
+
+def test_follow_wakes_for_a_timer(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--follow` sends a step `after: 2s` when its time comes, then ends (nothing waits)."""
+    base, state = api
+    steps = WELCOME + (
+        "  - name: tip\n    after: 2s\n    template: {name: hello_world, language: en_US}\n"
+    )
+    write_flow(folder, base, steps, people=2, kind="cloud")
+    process = start(folder, "--follow")
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert sent_to(state) == {ANN: 2, BOB: 2}
+
+
+@pytest.mark.slow
+def test_kill_9_during_follow_with_timers_pending_then_a_rerun(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    """`--follow` holds 200 recipients' second step for 1 s and sends them as their timers
+    fire; kill -9 in the middle. A re-run sends nothing twice, loses nothing (every timer
+    that fired before or after is sent once), and leaves at most `concurrency` uncertain."""
+    base, state = api
+    post(f"{base}/sandbox/faults", {"latency": 0.02})
+    steps = WELCOME + (
+        "  - name: tip\n    after: 1s\n    template: {name: hello_world, language: en_US}\n"
+    )
+    write_flow(folder, base, steps, people=200, kind="cloud", rate="300/s")
+    process = start(folder, "--follow")
+    try:
+        wait_until(lambda: len(state.inbox) >= 260, 60)  # all welcomes, some tips
+    finally:
+        process.kill()
+        process.communicate()
+    time.sleep(1.1)  # every timer is due now
+    code, _, err = flowrun("flow.yaml")
+    assert code in (0, 1), err  # 1: uncertain ones are held
+    per_recipient = sent_to(state)
+    assert all(count <= 2 for count in per_recipient.values()), "a message went twice"
+    states = [r[2] for r in ledger_rows(folder)]
+    assert states.count("uncertain") <= 4
+    assert states.count("sent") + states.count("uncertain") == 400, "a step was lost"
