@@ -158,7 +158,9 @@ def compile_plan(loaded: LoadedFlow, env: EnvVars | None = None) -> Plan:
             dataclasses.replace(
                 compiled,
                 reads=reads,
-                awaits=awaits,
+                # a step with after: is decided when due, with what is known then (a
+                # reminder "if they did not answer within a week" must not wait for one)
+                awaits=awaits if step.after is None else (),
                 history=history,
                 expires=_expiry(loaded.flow, step),
                 after=_after(loaded, step, index, names, problems),

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from runner import clock
-from runner.ledger import SqliteLedger, Status
-from runner.sandbox import SandboxState
+from runner.ledger import Inbound, SqliteLedger, Status
+from runner.sandbox import PHONE_NUMBER_ID, SandboxState
 from tests.sandbox_helpers import flowrun, ledger_rows, post, start, wait_until, write_flow
 
 ANN, BOB, CAROL = "15550100000", "15550100001", "15550100002"
@@ -203,3 +203,25 @@ def test_kill_9_during_follow_with_timers_pending_then_a_rerun(
     states = [r[2] for r in ledger_rows(folder)]
     assert states.count("uncertain") <= 4
     assert states.count("sent") + states.count("uncertain") == 400, "a step was lost"
+
+
+def test_a_reminder_for_those_who_did_not_answer_within_a_week(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With after:, a when reading an answer does not wait for it: it is decided when due."""
+    base, state = api
+    steps = WELCOME + (
+        "  - name: reminder\n"
+        "    after: {step: welcome, wait: 7d}\n"
+        "    when: not steps.welcome.answered\n"
+        "    template: {name: hello_world, language: en_US}\n"
+    )
+    write_flow(folder, base, steps, people=2, kind="cloud")
+    assert flowrun("flow.yaml")[0] == 0
+    with contextlib.closing(SqliteLedger.for_writer(folder / "flow.ledger.sqlite")) as writer:
+        stamp = (clock.now() + timedelta(days=1)).isoformat(timespec="seconds")
+        writer.record_webhooks([Inbound("wamid.in", PHONE_NUMBER_ID, ANN, stamp, "text", "Hi")])
+    on_day(monkeypatch, "+7d")
+    assert flowrun("flow.yaml")[0] == 0
+    assert sent_to(state) == {ANN: 1, BOB: 2}
+    assert rows(folder)[("reminder", ANN)] == ("skipped", "decided")
