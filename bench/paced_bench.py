@@ -48,7 +48,7 @@ FLOW = """\
 version: 1
 name: paced
 api: {{kind: onprem, base_url: "{base}", token: "{{{{ env.WA_TOKEN }}}}"}}
-settings: {{concurrency: CONCURRENCY, rate: RATE/s}}
+settings: {{concurrency: CONCURRENCY, rate: RATE/s, window: open}}  # the audience wrote
 recipients: {{csv: people.csv}}
 messages:
   - image:
