@@ -115,16 +115,24 @@ def check_send_between(text: str) -> str:
     return text
 
 
-@lru_cache(maxsize=1024)
 def zone(name: str) -> ZoneInfo:
-    """The IANA zone `name`; ValueError naming the closest real one. Cached: a CSV repeats a
-    handful of zone names over many rows."""
+    """The IANA zone `name`; ValueError naming the closest real one."""
+    found = _zone_or_complaint(name)
+    if isinstance(found, str):
+        raise ValueError(found)
+    return found
+
+
+@lru_cache(maxsize=1024)
+def _zone_or_complaint(name: str) -> ZoneInfo | str:
+    """Cached, the complaint too: a CSV repeats a handful of names over many rows, and a
+    misspelt one must not cost a search for the closest name (milliseconds) on every row."""
     if name not in NOT_PLACES:
         try:
             return ZoneInfo(name)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
             pass
-    raise ValueError(_unknown_zone(name))
+    return _unknown_zone(name)
 
 
 def _unknown_zone(name: str) -> str:
@@ -229,6 +237,7 @@ def next_open(now: datetime, zones: LocalZones, window: Window) -> datetime:
 
 
 def is_open(now: datetime, zones: LocalZones, window: Window) -> bool:
+    """Whether a message may go to these zones at `now`."""
     return next_open(now, zones, window) == now
 
 
