@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from .durations import Duration
+from .quiet_hours import WINDOW_PATTERN, check_send_between, check_timezone
 
 CAPTION_MAX = 1024  # Meta's image/video/document reference: "Maximum 1024 characters"
 TEXT_BODY_MAX = 4096  # text messages; longer bodies fail with error 1001 / 131008
@@ -221,15 +222,16 @@ class Settings(_Strict):
         " wrote in the last 24 hours; flowrun trusts it (the API still refuses a closed window,"
         " and then the message waits).",
     )
-    send_between: str | None = Field(
+    send_between: Annotated[str, AfterValidator(check_send_between)] | None = Field(
         None,
+        json_schema_extra={"pattern": WINDOW_PATTERN},
         description="Quiet hours: messages go only between these local times of each recipient,"
         " e.g. '09:00-20:00' (a window may cross midnight: '22:00-06:00'); a message due"
         " outside it waits until it opens. The recipient's time zone: a `timezone` column"
         " (IANA name, e.g. Europe/Berlin), else their phone number's country, else"
         " settings.timezone.",
     )
-    timezone: str | None = Field(
+    timezone: Annotated[str, AfterValidator(check_timezone)] | None = Field(
         None,
         description="IANA time zone (e.g. Europe/Berlin) for recipients whose own is not known;"
         " default UTC.",

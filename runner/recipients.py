@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from .conversation import parse_time
 from .errors import Location, Problem, Problems
+from .quiet_hours import zone
 
 PHONE_MIN_DIGITS = 7
 PHONE_MAX_DIGITS = 15  # E.164
@@ -37,9 +39,12 @@ class Recipient:
     # When the business knows the customer last wrote (the `last_inbound_at` column: its CRM's
     # export of today's chats), for the 24-hour window: runner/conversation.py
     wrote: datetime | None = None
+    # Their time zone (the `timezone` column), for quiet hours: runner/quiet_hours.py
+    zone: ZoneInfo | None = None
 
 
 LAST_INBOUND = "last_inbound_at"
+TIMEZONE = "timezone"
 
 
 def normalize_phone(raw: object) -> str:
@@ -256,7 +261,12 @@ class RecipientStream:
             except ValueError as exc:
                 self._problems.add(Problem(where, f"{LAST_INBOUND}: {exc}"))
                 continue
-            yield Recipient(phone, fields, where, wrote)
+            try:
+                local = _zone(fields)
+            except ValueError as exc:
+                self._problems.add(Problem(where, f"{TIMEZONE}: {exc}"))
+                continue
+            yield Recipient(phone, fields, where, wrote, local)
 
 
 def _wrote(fields: Mapping[str, Any]) -> datetime | None:
@@ -267,3 +277,11 @@ def _wrote(fields: Mapping[str, Any]) -> datetime | None:
     if isinstance(value, datetime):  # YAML reads an unquoted ISO time as one
         return parse_time(value.isoformat())
     return parse_time(str(value))
+
+
+def _zone(fields: Mapping[str, Any]) -> ZoneInfo | None:
+    """The `timezone` column (an IANA name), if given and not empty (then: from the phone)."""
+    value = fields.get(TIMEZONE)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return zone(str(value).strip())
