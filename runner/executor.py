@@ -35,6 +35,7 @@ from .contacts import Contact, Keywords
 from .conversation import (
     WAITS_ANSWER,
     WAITS_EVENT,
+    WAITS_QUIET,
     WAITS_TIME,
     WAITS_WINDOW,
     Window,
@@ -51,6 +52,7 @@ from .media import LocalMedia, MediaError, read_checked
 from .pacing import Pacer, Ticker
 from .plan import Plan
 from .progress import Progress
+from .quiet_hours import next_open, parse_window, recipient_zones, zone
 from .recipients import Recipient
 from .render import Item, Message, Renderer, RenderFailure, Skipped, Waiting
 from .timeline import DECIDED, EXPIRED, FINAL_TITLES, Timeline
@@ -219,6 +221,8 @@ class Executor:
         # Nobody of this number's customers wrote: no query per recipient for their history
         self._heard = ledger.has_heard(dialect.business)
         self._trust_window = settings.window == "open"
+        self._quiet = parse_window(settings.send_between) if settings.send_between else None
+        self._zone = zone(settings.timezone) if settings.timezone else None
         # --follow: who waits (phone → recipient, when the wait expires)
         self._waiting: dict[str, tuple[Recipient, datetime]] = {}
         self._waits: dict[str, str] = {}  # phone → what their waiting step waits for, now
@@ -381,30 +385,36 @@ class Executor:
             if settled is _Go.STOP:
                 return None
             assert not isinstance(item, Skipped)  # _settled recorded it
-            held = self._held(item, line)
-            if held is not None:
-                deadline = self._wait(item, held, line)
+            due = self._held(item, line)
+            if isinstance(due, Waiting):
+                deadline = self._wait(due, line)
                 if deadline is None:
                     continue  # expired: skipped, and the flow goes on
                 return deadline
-            assert isinstance(item, Message)  # (an answer not given yet always waits)
             if last_request is not None and not await self._pause(
                 last_request + self.options.interval - time.monotonic()
             ):
                 return None  # stopping: the later steps are sent by the next run
-            sent = await self._send(item)
+            sent = await self._send(due)
             last_request = time.monotonic()
             if not sent:
-                return self._unsent(sent, item, items, line)
+                return self._unsent(sent, due, items, line)
             line.sent(item.step.key, now())
         return None
 
-    def _held(self, item: Message | Waiting, line: Timeline) -> str | None:
-        """What a step that is reached waits for, if anything: its `after:` or an answer
-        (render said so), the customer's window, or the recipient's quiet hours."""
+    def _held(self, item: Message | Waiting, line: Timeline) -> Message | Waiting:
+        """A step that is reached, or what it waits for: its `after:` or an answer (render
+        said so), the customer's window, or the recipient's quiet hours."""
         if isinstance(item, Waiting):
-            return item.reason
-        return classify(item.step.free_form, line.window, line.now)
+            return item
+        if classify(item.step.free_form, line.window, line.now) is not None:
+            return Waiting(item.recipient, item.step, None, WAITS_WINDOW)
+        if self._quiet is not None:
+            zones = recipient_zones(item.recipient.phone, item.recipient.zone, self._zone)
+            opens = next_open(line.now, zones, self._quiet)
+            if opens > line.now:
+                return Waiting(item.recipient, item.step, None, WAITS_QUIET, until=opens)
+        return item
 
     def _unsent(
         self, sent: bool | None, item: Message, later: Iterator[Item], line: Timeline
@@ -454,12 +464,11 @@ class Executor:
             return True
         return record.state == "skipped" and record.error_title in FINAL_TITLES
 
-    def _wait(self, item: Message | Waiting, title: str, line: Timeline) -> datetime | None:
+    def _wait(self, item: Waiting, line: Timeline) -> datetime | None:
         """The step cannot go yet: recorded as waiting, with its reason (once: a run that
         finds it waiting already writes nothing), or skipped when it waited for the customer
         long enough. When to look at it again (`--follow`), or None if it just expired."""
-        step, phone = item.step, item.recipient.phone
-        until = item.until if isinstance(item, Waiting) else None
+        step, phone, title, until = item.step, item.recipient.phone, item.reason, item.until
         deadline = until or line.deadline(step)
         if until is None and line.now >= deadline:
             why = f"waited {said(step.expires)} for {_awaited(item)}, in vain"
@@ -914,9 +923,11 @@ def _waiting(step: str, recipient: str, title: str, why: str, code: int | None =
     )
 
 
-def _awaited(item: Message | Waiting) -> str:
-    if not isinstance(item, Waiting):
+def _awaited(item: Waiting) -> str:
+    if item.reason == WAITS_WINDOW:
         return "the customer to write (a message other than a template needs their 24-hour window)"
+    if item.reason == WAITS_QUIET:
+        return "the recipient's morning (settings.send_between, in their time zone)"
     if item.reason == WAITS_TIME:
         return "its time (after:)"
     if item.reason == WAITS_EVENT:

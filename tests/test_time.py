@@ -225,3 +225,67 @@ def test_a_reminder_for_those_who_did_not_answer_within_a_week(
     assert flowrun("flow.yaml")[0] == 0
     assert sent_to(state) == {ANN: 1, BOB: 2}
     assert rows(folder)[("reminder", ANN)] == ("skipped", "decided")
+
+
+QUIET = """\
+version: 1
+name: t
+{api}settings:
+  rate: 100000/s
+  per_recipient_interval: 0
+  send_between: "{window}"
+  timezone: America/New_York
+recipients: {{csv: people.csv}}
+messages:
+  - name: hello
+    template: {{name: hello_world, language: en_US}}
+"""
+BERLIN, TOKYO, NEW_YORK = "49301234567", "15550100001", "15550100002"
+PEOPLE = (
+    "phone,timezone\n"
+    "+49 30 1234567,\n"  # Berlin, from the number's country
+    "+1 555 010 0001,Asia/Tokyo\n"  # from the column
+    "+1 555 010 0002,\n"  # a number no zone is known for: the flow's
+)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # 08:30 UTC: 09:30 in Berlin, 17:30 in Tokyo, 03:30 in New York (opens 14:00 UTC)
+        (
+            "09:00-20:00",
+            "2026-12-01T08:30:00Z",
+            {BERLIN, TOKYO},
+            "2026-12-01T14:00:00Z",
+            {NEW_YORK},
+        ),
+        # across midnight, 23:30 UTC: 00:30 in Berlin; 08:30 in Tokyo and 18:30 in New York
+        # are outside; New York opens at 22:00 (03:00 UTC), Tokyo at 22:00 (13:00 UTC)
+        ("22:00-06:00", "2026-12-01T23:30:00Z", {BERLIN}, "2026-12-02T03:00:00Z", {NEW_YORK}),
+    ],
+)
+def test_quiet_hours_in_three_time_zones(
+    api: tuple[str, SandboxState],
+    folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[str, str, set[str], str, set[str]],
+) -> None:
+    """(send_between, now, sent then, a later time, sent by then)"""
+    from tests.sandbox_helpers import api_section
+
+    window, now, first, later, then = case
+    base, state = api
+    (folder / "flow.yaml").write_text(
+        QUIET.format(api=api_section(base, "cloud"), window=window), "utf-8"
+    )
+    (folder / "people.csv").write_text(PEOPLE, "utf-8")
+    monkeypatch.setenv("FLOWRUN_NOW", now)
+    code, _, err = flowrun("flow.yaml")
+    assert code == 0, err
+    assert set(sent_to(state)) == first
+    assert "wait for the recipient's morning" in err
+    assert rows(folder)[("hello", NEW_YORK)] == ("waiting", "quiet hours")
+    monkeypatch.setenv("FLOWRUN_NOW", later)
+    assert flowrun("flow.yaml")[0] == 0
+    assert set(sent_to(state)) == first | then
