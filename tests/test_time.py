@@ -6,7 +6,15 @@ history is decided when its step is due, for good."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,6 +26,7 @@ from runner.sandbox import PHONE_NUMBER_ID, SandboxState
 from tests.sandbox_helpers import flowrun, ledger_rows, post, start, wait_until, write_flow
 
 ANN, BOB, CAROL = "15550100000", "15550100001", "15550100002"
+SECRET = "app-secret"
 WELCOME = """\
   - name: welcome
     template: {name: hello_world, language: en_US}
@@ -106,20 +115,97 @@ def test_a_when_on_history_is_decided_when_due_for_good(
 def test_a_step_after_a_read_follows_the_status_webhooks(
     api: tuple[str, SandboxState], folder: Path
 ) -> None:
+    """The sandbox tells `flowrun listen` (its own process, as in production) that some of the
+    welcomes were read and the others failed; the next run sends the tip to the readers."""
     base, state = api
     steps = WELCOME + (
         "  - name: tip\n"
         "    after: {step: welcome, event: read}\n"
         "    template: {name: hello_world, language: en_US}\n"
     )
-    write_flow(folder, base, steps, people=3, kind="cloud")
-    code, _, err = flowrun("flow.yaml")
-    assert code == 0, err
-    assert "3 step(s) wait for what their after: names" in err
-    assert rows(folder)[("tip", ANN)] == ("waiting", "event")
-    read(folder, CAROL)
+    write_flow(folder, base, steps, people=6, kind="cloud")
+    with listening(folder / "flow.ledger.sqlite") as port:
+        post(
+            f"{base}/sandbox/webhook",
+            {"url": f"http://127.0.0.1:{port}/", "secret": SECRET, "fail_share": 0.5, "seed": "t"},
+        )
+        code, _, err = flowrun("flow.yaml")
+        assert code == 0, err
+        assert "6 step(s) wait for what their after: names" in err
+        assert rows(folder)[("tip", ANN)] == ("waiting", "event")
+        decided = json.loads(urllib.request.urlopen(f"{base}/sandbox/webhook").read())
+        readers = {m["to"] for m in state.inbox if decided[m["id"]] == "read"}
+        assert 0 < len(readers) < 6
+        wait_until(lambda: _settled_statuses(folder) == 6)
+        assert flowrun("flow.yaml")[0] == 0
+    assert {to for to, count in sent_to(state).items() if count == 2} == readers
+
+
+def _settled_statuses(folder: Path) -> int:
+    with contextlib.closing(sqlite3.connect(folder / "flow.ledger.sqlite")) as db:
+        return int(
+            db.execute(
+                "SELECT count(*) FROM statuses WHERE status IN ('read', 'failed')"
+            ).fetchone()[0]
+        )
+
+
+@contextlib.contextmanager
+def listening(ledger: Path) -> Iterator[int]:
+    """`flowrun listen` on a free port, in a process of its own."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    env = {**os.environ, "WA_APP_SECRET": SECRET}
+    command = [
+        sys.executable,
+        "-m",
+        "runner",
+        "listen",
+        "--ledger",
+        str(ledger),
+        "--port",
+        str(port),
+    ]
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as child:
+        try:
+            wait_until(lambda: _open(port))
+            yield port
+        finally:
+            child.terminate()
+            child.communicate(timeout=30)
+
+
+def _open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_reminder_for_those_who_had_not_read_it_when_due(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`when: steps.welcome.status != 'read'`: Ann read it in time and never gets the reminder;
+    Bob had not and gets it, once, though he reads the welcome later."""
+    base, state = api
+    steps = WELCOME + (
+        "  - name: reminder\n"
+        "    after: {step: welcome, wait: 2d}\n"
+        "    when: steps.welcome.status != 'read'\n"
+        "    template: {name: hello_world, language: en_US}\n"
+    )
+    write_flow(folder, base, steps, people=2, kind="cloud")
     assert flowrun("flow.yaml")[0] == 0
-    assert sent_to(state) == {ANN: 1, BOB: 1, CAROL: 2}
+    read(folder, ANN, timedelta(hours=3))
+    on_day(monkeypatch, "+2d")
+    assert flowrun("flow.yaml")[0] == 0
+    assert sent_to(state) == {ANN: 1, BOB: 2}
+    read(folder, BOB, timedelta(days=3))
+    on_day(monkeypatch, "+9d")
+    assert flowrun("flow.yaml")[0] == 0
+    assert sent_to(state) == {ANN: 1, BOB: 2}
+    assert rows(folder)[("reminder", ANN)] == ("skipped", "decided")
 
 
 @pytest.mark.parametrize(
