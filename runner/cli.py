@@ -67,6 +67,7 @@ def cli() -> None:
     flowrun FLOW               run a flow (same as: flowrun run FLOW)
     flowrun validate FLOW...   check flows completely, send nothing
     flowrun plan FLOW          show what a run would send
+    flowrun preview FLOW       the chats recipients would see, as one HTML page
     flowrun contacts FLOW      who opted out; --import FILE.csv adds a list
     flowrun schema             print the JSON Schema of the flow format
     """
@@ -165,6 +166,47 @@ def plan(flow: str, sample: int, jsonl: bool, ledger_path: str | None) -> None:
     from .commands.plan import plan as show_plan
 
     sys.exit(_handled(lambda: show_plan(flow, sample, jsonl, ledger_path)))
+
+
+@cli.command()
+@click.argument("flow", type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="The HTML file to write (default: FLOW.preview.html beside the flow).",
+)
+@click.option("--only", multiple=True, metavar="PHONE", help="This recipient (repeatable).")
+@click.option(
+    "--recipients",
+    "sample",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Without --only: the first N recipients.",
+)
+@click.option(
+    "--ledger",
+    "ledger_path",
+    help="Ledger whose customers' messages and opt-outs count (default: the FLOW's).",
+)
+@click.option("--sandbox", "use_sandbox", is_flag=True, help="The FLOW's sandbox ledger.")
+def preview(
+    flow: str,
+    *,
+    output: str | None,
+    only: tuple[str, ...],
+    sample: int,
+    ledger_path: str | None,
+    use_sandbox: bool,
+) -> None:
+    """Write one HTML page (no network needed to open it) showing what recipients would get:
+    each step as a chat bubble, with why steps are skipped or would wait."""
+    from .commands.preview import PreviewRequest
+    from .commands.preview import preview as write_preview
+
+    request = PreviewRequest(output, only, sample, ledger_path, use_sandbox)
+    sys.exit(_handled(lambda: write_preview(flow, request)))
 
 
 @cli.command()
