@@ -124,7 +124,8 @@ def run(
     if dry_run:
         from .commands.plan import plan as show_plan
 
-        sys.exit(_handled(lambda: show_plan(flow, 2, False, ledger_path, use_sandbox)))
+        chosen = (only,) if only else ()
+        sys.exit(_handled(lambda: show_plan(flow, 2, False, ledger_path, use_sandbox, only=chosen)))
     from .commands.run import RunRequest
     from .commands.run import run as run_flow
 
@@ -160,12 +161,17 @@ def validate(flows: tuple[str, ...]) -> None:
     "ledger_path",
     help="Ledger whose customers' messages and opt-outs count (default: the FLOW's).",
 )
-def plan(flow: str, sample: int, jsonl: bool, ledger_path: str | None) -> None:
+@click.option(
+    "--only", multiple=True, metavar="PHONE", help="Show this recipient's bodies (repeatable)."
+)
+def plan(
+    flow: str, sample: int, jsonl: bool, ledger_path: str | None, only: tuple[str, ...]
+) -> None:
     """Show what running FLOW would do, without sending anything (the dry run): what is due
     now, what waits for the customers and why, what their opt-outs withhold."""
     from .commands.plan import plan as show_plan
 
-    sys.exit(_handled(lambda: show_plan(flow, sample, jsonl, ledger_path)))
+    sys.exit(_handled(lambda: show_plan(flow, sample, jsonl, ledger_path, only=only)))
 
 
 @cli.command()

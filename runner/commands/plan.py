@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +13,16 @@ import click
 from runner import clock
 from runner import dialect as dialects
 from runner.conversation import WAITS_ANSWER, WAITS_WINDOW
-from runner.errors import EXIT_OK
+from runner.dialect import Dialect
+from runner.errors import EXIT_OK, FlowrunError
 from runner.ledger import default_path
 from runner.pacing import run_pace
-from runner.render import Skipped, Waiting
+from runner.recipients import normalize_phone
+from runner.render import Item, Skipped, Waiting
 
 from .checking import Checked, check
-from .outlook import MARKETING, STOPPED, Outlook, outlook
+from .outlook import MARKETING, STOPPED, Fate, Outlook, outlook
+from .preview import conversations, pick
 
 WAITS_SAID = {WAITS_WINDOW: "for the customer to write", WAITS_ANSWER: "for an answer"}
 WITHHELD_SAID = {STOPPED: "asked to stop", MARKETING: "stopped marketing (templates)"}
@@ -31,25 +34,57 @@ def plan(
     jsonl: bool,
     ledger_path: str | None = None,
     use_sandbox: bool = False,
+    *,
+    only: Sequence[str] = (),
 ) -> int:
+    """`only`: the phones whose bodies are shown (an unknown one is an error), instead of the
+    first `sample` recipients'."""
     if jsonl:
-        out = sys.stdout
-
-        def write(body: dict[str, Any]) -> None:
-            out.write(json.dumps(body, ensure_ascii=False) + "\n")
-
-        check(flow_file, on_body=write)
-        return EXIT_OK
+        return _jsonl(flow_file, only)
     checked = check(flow_file, sample)
     loaded = checked.plan.loaded
     ledger = Path(ledger_path) if ledger_path else default_path(loaded.path, use_sandbox)
     dialect = dialects.build(checked.target)
-    now = outlook(checked.plan, dialect, ledger, clock.now(), sample)
-    _show(flow_file, checked, sample, now)
+    moment = clock.now()
+    chosen = pick(checked.plan, flow_file, only, sample) if only else []
+    now = outlook(checked.plan, dialect, ledger, moment, sample)
+    samples: list[tuple[Item, Fate | None]]
+    if only:
+        found = conversations(checked.plan, dialect, ledger, chosen, moment)
+        samples = [(step.item, step.fate) for talk in found for step in talk.steps]
+        heading = f"Recipient(s) {', '.join('+' + r.phone for r in chosen)}"
+    else:
+        samples = [
+            (item, now.samples.get((item.recipient.phone, item.step.key)))
+            for item in checked.survey.samples
+        ]
+        heading = f"First {sample} recipient(s)"
+    _show(flow_file, checked, now)
+    _show_samples(heading, samples, dialect)
     return EXIT_OK
 
 
-def _show(flow_file: str, checked: Checked, sample: int, now: Outlook) -> None:
+def _jsonl(flow_file: str, only: Sequence[str]) -> int:
+    """Every body, one JSON per line (with `only`: those recipients' bodies)."""
+    out = sys.stdout
+    phones = set()
+    for raw in only:
+        try:
+            phones.add(normalize_phone(raw))
+        except ValueError as exc:
+            raise FlowrunError(f"--only: {exc}") from None
+
+    def write(body: dict[str, Any]) -> None:
+        if not phones or body.get("to") in phones:
+            out.write(json.dumps(body, ensure_ascii=False) + "\n")
+
+    checked = check(flow_file, on_body=write)
+    if only:
+        pick(checked.plan, flow_file, only, 0)  # an unknown phone: the error line, exit 2
+    return EXIT_OK
+
+
+def _show(flow_file: str, checked: Checked, now: Outlook) -> None:
     plan, result, target = checked.plan, checked.survey, checked.target
     flow = plan.flow
     dialect = dialects.build(target)
@@ -78,12 +113,17 @@ def _show(flow_file: str, checked: Checked, sample: int, now: Outlook) -> None:
     for media in uploads:
         shown = media.path.relative_to(plan.base_dir.resolve())
         click.echo(f"    {shown}  {media.mime}  {media.size:,} bytes  sha256:{media.sha256[:12]}")
-    click.echo(f"\nFirst {sample} recipient(s): POST {dialect.messages_path}")
-    for item in result.samples:
+
+
+def _show_samples(
+    heading: str, samples: Sequence[tuple[Item, Fate | None]], dialect: Dialect
+) -> None:
+    """Each step of the chosen recipients: its body, or why a run now would not send it."""
+    click.echo(f"\n{heading}: POST {dialect.messages_path}")
+    for item, fate in samples:
         if isinstance(item, Skipped):
             click.echo(f"# {item.recipient.phone} step {item.step.key}: skipped ({item.reason})")
             continue
-        fate = now.samples.get((item.recipient.phone, item.step.key))
         if fate is not None and fate.state in ("waits", "withheld"):
             click.echo(f"# {item.recipient.phone} step {item.step.key}: {fate.said()}")
             continue
