@@ -233,6 +233,26 @@ def test_a_customer_who_said_stop_is_shown_withheld(clinic: Path) -> None:
     assert "due now" not in text
 
 
+def test_a_step_with_after_waits_and_holds_the_rest(clinic: Path) -> None:
+    """A run now holds a step with `after:` (nothing of the recipient was sent yet), and the
+    steps behind it: the page and `plan --only` say so, not "due now"."""
+    (clinic / "flow.yaml").write_text(
+        FLOW.split("  - name: note\n", maxsplit=1)[0]
+        + "  - name: later\n    after: 2d\n    template: {name: follow_up, language: en_US}\n"
+        + "  - name: last\n    template: {name: bye, language: en_US}\n",
+        "utf-8",
+    )
+    code, _out, _err = flowrun("preview", "flow.yaml", "--only", "+15550100001", "-o", "p.html")
+    assert code == 0
+    text = Page((clinic / "p.html").read_text("utf-8")).text
+    assert "waits until 2d after the message before it (its after:)" in text
+    assert "waits behind step later" in text
+    code, out, _err = flowrun("plan", "flow.yaml", "--only", "+15550100001")
+    assert code == 0
+    assert "# 15550100001 step later: waits until 2d after the message before it (after:)" in out
+    assert "# 15550100001 step last: waits until 2d after the message before it (after:)" in out
+
+
 def test_template_words_are_the_seam_for_the_template_text() -> None:
     assert template_words("checkup_reminder", "en_US", ["Ann", "Monday"]).parameters == (
         "Ann",

@@ -12,7 +12,7 @@ import click
 
 from runner import clock
 from runner import dialect as dialects
-from runner.conversation import WAITS_ANSWER, WAITS_WINDOW
+from runner.conversation import WAITS_ANSWER, WAITS_EVENT, WAITS_TIME, WAITS_WINDOW
 from runner.dialect import Dialect
 from runner.errors import EXIT_OK, FlowrunError
 from runner.ledger import default_path
@@ -125,7 +125,10 @@ def _show_samples(
             click.echo(f"# {item.recipient.phone} step {item.step.key}: skipped ({item.reason})")
             continue
         if fate is not None and fate.state in ("waits", "withheld"):
-            click.echo(f"# {item.recipient.phone} step {item.step.key}: {fate.said()}")
+            said = fate.said()
+            if fate.reason in (WAITS_TIME, WAITS_EVENT):  # (fates from preview.conversations)
+                said = f"waits until {fate.detail} (after:)"
+            click.echo(f"# {item.recipient.phone} step {item.step.key}: {said}")
             continue
         if isinstance(item, Waiting):
             click.echo(

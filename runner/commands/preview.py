@@ -37,7 +37,15 @@ from markupsafe import Markup
 from runner import clock
 from runner import dialect as dialects
 from runner.contacts import Contact, Keywords
-from runner.conversation import WAITS_ANSWER, WAITS_WINDOW, Window, latest, ledger_time
+from runner.conversation import (
+    WAITS_ANSWER,
+    WAITS_EVENT,
+    WAITS_TIME,
+    WAITS_WINDOW,
+    Window,
+    latest,
+    ledger_time,
+)
 from runner.dialect import Dialect
 from runner.errors import EXIT_OK, FlowrunError
 from runner.ledger import LedgerReader, default_path
@@ -136,11 +144,19 @@ def conversations(
 
 def _steps(items: Sequence[Item], fates: Sequence[Fate]) -> tuple[Step, ...]:
     """Items with their fates; a later step held by an earlier one's wait is given that
-    fate itself by `timeline` (the same object), which is how the earlier step is found."""
+    fate itself by `timeline` (the same object), which is how the earlier step is found.
+
+    `timeline` does not apply `after:` (a run does: runner/timeline.py); on a run now, with
+    nothing of this recipient sent yet, a step with `after:` waits for its time or event,
+    and holds the steps after it. That is added here, so the page does not say "due now"."""
     steps = []
     holder: tuple[Fate, str] | None = None
-    for item, fate in zip(items, fates, strict=True):
-        behind = None
+    for item, told in zip(items, fates, strict=True):
+        fate, behind = told, None
+        if holder is None and fate.state == "due" and _waits_for_after(item.step.after):
+            fate = _after_fate(item.step.after)
+        elif holder is not None and fate.state in ("due", "waits"):
+            fate = holder[0]  # (as `timeline` holds the steps behind a wait)
         if fate.state == "waits":
             if holder is None:
                 holder = (fate, item.step.key)
@@ -148,6 +164,17 @@ def _steps(items: Sequence[Item], fates: Sequence[Fate]) -> tuple[Step, ...]:
                 behind = holder[1]
         steps.append(Step(item, fate, behind))
     return tuple(steps)
+
+
+def _waits_for_after(after: AfterPlan | None) -> bool:
+    """Whether `after:` holds a step on a run now (all but "at once when step X is sent")."""
+    return after is not None and (bool(after.wait) or after.event != "sent")
+
+
+def _after_fate(after: AfterPlan | None) -> Fate:
+    assert after is not None
+    reason = WAITS_TIME if after.event == "sent" else WAITS_EVENT
+    return Fate("waits", reason, _after(after))
 
 
 @contextlib.contextmanager
@@ -313,10 +340,12 @@ def _replace(bubble: Bubble, **changes: Any) -> Bubble:
 
 
 def _after(after: AfterPlan) -> str:
-    wait = _duration(after.wait)
+    """`after:` said: "2d after the message before it", "1h after step welcome was read"."""
     if after.step is None:
-        return f"after {wait} (from the message before it)"
-    return f"{wait} after step {after.step} was {after.event}"
+        return f"{_duration(after.wait)} after the message before it"
+    if not after.wait:
+        return f"when step {after.step} was {after.event}"
+    return f"{_duration(after.wait)} after step {after.step} was {after.event}"
 
 
 def _duration(span: timedelta) -> str:
@@ -340,6 +369,8 @@ def _why(step: Step, window: Window) -> str:
         why = f"waits behind step {step.behind} (a run sends a customer's steps in order)"
     elif fate.reason == WAITS_ANSWER:
         why = f"waits for the answer to step {fate.on} (its when: reads it)"
+    elif fate.reason in (WAITS_TIME, WAITS_EVENT):
+        why = f"waits until {fate.detail} (its after:)"
     elif fate.reason == WAITS_WINDOW:
         why = (
             "waits for the customer to write: WhatsApp takes this only within 24 hours of their"
