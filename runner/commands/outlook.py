@@ -150,7 +150,7 @@ class Outlook:
         """The earliest time a step that waits for a time becomes due, and that step: when
         the next run has something to send (what waits for customers aside)."""
         timed = [(c.earliest, key) for key, c in self.steps.items() if c.earliest is not None]
-        return min(timed) if timed else None
+        return min(timed, key=lambda found: found[0]) if timed else None  # (ties: step order)
 
 
 def outlook(
