@@ -114,6 +114,12 @@ TEMPLATES: dict[tuple[str, str], TemplateSpec] = {
     ("welcome_choice", "en_US"): TemplateSpec(
         None, 0, ("quick_reply", "quick_reply"), ("Send the brochure", "Later")
     ),
+    # flows/drip.yaml: a welcome with two quick replies, then a tip and a reminder days later
+    ("drip_welcome", "en_US"): TemplateSpec(
+        None, 1, ("quick_reply", "quick_reply"), ("Show me how", "Not now")
+    ),
+    ("drip_tip", "en_US"): TemplateSpec(None, 1),
+    ("drip_reminder", "en_US"): TemplateSpec(None, 1),
 }
 
 
