@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from runner import clock
 from runner import dialect as dialects
 from runner.cli import cli
 from runner.commands.checking import check
@@ -29,7 +28,8 @@ from runner.recipients import Recipient
 REPO = Path(__file__).resolve().parent.parent
 ALICE, BOB, JONAS = "15550100001", "15550100002", "49301234567"
 LEDGER = "drip.sandbox.ledger.sqlite"
-DAY_1 = "2026-12-01T10:00:00Z"
+DAY_1 = "2026-12-01T16:00:00Z"  # 10:00 in Chicago, 17:00 in Berlin: inside 09:00-20:00
+DAY_3 = "2026-12-03T16:00:00Z"
 HELD_FOR_GOOD = "skipped (when: steps.welcome.status == 'read': false when due, for good)"
 
 
@@ -105,7 +105,7 @@ def test_day_one_shows_the_welcome_due_and_the_rest_waiting_with_dates(
     assert "  recipients   3\n" in out
     assert "  due now      3\n" in out
     assert "  waiting      6 for their time (after:), 3 for an answer\n" in out
-    assert "  next due     in 2 days, from 2026-12-03 10:00 UTC (step tip)\n" in out
+    assert "  next due     in 2 days, from 2026-12-03 16:00 UTC (step tip)\n" in out
     assert per_step(out) == {
         "welcome": "0 3 - 0 -",
         "guide": "0 0 3 for an answer 0 -",
@@ -116,8 +116,8 @@ def test_day_one_shows_the_welcome_due_and_the_rest_waiting_with_dates(
         out,
         "due later, the earliest per step (FLOWRUN_NOW=+2d flowrun plan shows a run in two days):",
     ) == {
-        "tip": "in 2 days, from 2026-12-03 10:00 UTC",
-        "reminder": "in 7 days, from 2026-12-08 10:00 UTC",
+        "tip": "in 2 days, from 2026-12-03 16:00 UTC",
+        "reminder": "in 7 days, from 2026-12-08 16:00 UTC",
     }
     # a when reading what the customer did is decided when its step is due: no count now
     assert "    tip              template   decided when due  when steps.welcome.status" in out
@@ -125,11 +125,11 @@ def test_day_one_shows_the_welcome_due_and_the_rest_waiting_with_dates(
     assert '"name": "drip_welcome"' in out
     assert f"# {ALICE} step guide: waits for the answer to step welcome\n" in out
     assert (
-        f"# {ALICE} step tip: waits for its time (after:): in 2 days, from 2026-12-03 10:00 UTC\n"
+        f"# {ALICE} step tip: waits for its time (after:): in 2 days, from 2026-12-03 16:00 UTC\n"
     ) in out
     assert (
         f"# {ALICE} step reminder: waits for its time (after:): in 7 days, from"
-        " 2026-12-08 10:00 UTC\n"
+        " 2026-12-08 16:00 UTC\n"
     ) in out
     assert not (drip / "drip.ledger.sqlite").exists()  # a plan creates no ledger
 
@@ -141,9 +141,9 @@ def test_two_days_later_the_tip_is_due_for_the_one_who_read_and_a_run_sends_it(
     on day 2 says: the guide expired unanswered, the tip is due for Alice only (Bob and Jonas
     had not read it: decided for good), the reminder waits 5 more days. A run on day 2 does
     exactly that, and plan then shows it sent."""
-    run_with_sandbox(drip)
-    read_welcome(drip, ALICE, clock.now() + timedelta(hours=1))
-    monkeypatch.setenv("FLOWRUN_NOW", "+2d")
+    run_with_sandbox(drip, DAY_1)
+    read_welcome(drip, ALICE, datetime.fromisoformat(DAY_1) + timedelta(hours=1))
+    monkeypatch.setenv("FLOWRUN_NOW", DAY_3)
     out = plan("--ledger", LEDGER, "--recipients", "3")
     assert "  due now      1\n  waiting      3 for their time (after:)\n" in out
     assert "  next due     in 5 days, from " in out
@@ -162,7 +162,7 @@ def test_two_days_later_the_tip_is_due_for_the_one_who_read_and_a_run_sends_it(
     assert f"# {JONAS} step tip: {HELD_FOR_GOOD}\n" in out
     assert f"# {JONAS} step reminder: waits for its time (after:): in 5 days, from " in out
 
-    run_with_sandbox(drip, "+2d")
+    run_with_sandbox(drip, DAY_3)
     with contextlib.closing(SqliteLedger.for_run(drip / LEDGER, "drip")) as ledger:
         tips = {who: ledger.history(who)["tip"] for who in (ALICE, BOB, JONAS)}
     assert {who: (r.state, r.error_title) for who, r in tips.items()} == {
@@ -187,8 +187,9 @@ def nine_to_eight_utc(recipient: Recipient, at: datetime) -> datetime | None:
 def test_quiet_hours_hold_what_is_due_and_move_when_a_wait_ends(drip: Path) -> None:
     """The hook the quiet-hours branch connects (`outlook(..., quiet=...)`): at 22:00 the
     welcome waits for 09:00 the next morning, and the tip behind it for the welcome to be sent;
-    at 10:00 the welcome is due. A welcome sent at 21:00 (a run then, when nothing held it)
-    makes the tip due at 21:00 two days later: quiet, so the earliest is 09:00 after."""
+    at 10:00 the welcome is due. A welcome sent at 18:30 UTC (a run then, inside everyone's
+    real quiet hours: Chicago 12:30, Berlin 19:30) makes the tip due two days later at 18:30,
+    inside the hook's hours too."""
     checked = check("drip.yaml")
     dialect = dialects.build(checked.target)
     ledger = drip / LEDGER
@@ -204,9 +205,9 @@ def test_quiet_hours_hold_what_is_due_and_move_when_a_wait_ends(drip: Path) -> N
     assert found.steps["welcome"].due == 3
     assert found.steps["tip"].earliest == datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
 
-    run_with_sandbox(drip, "2026-12-01T21:00:00Z")
+    run_with_sandbox(drip, "2026-12-01T18:30:00Z")
     day_2 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
     found = outlook(checked.plan, dialect, ledger, day_2, quiet=nine_to_eight_utc)
     assert found.steps["welcome"].sent == 3
-    assert found.steps["tip"].earliest == datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
-    assert found.steps["reminder"].earliest == datetime(2026, 12, 9, 9, 0, tzinfo=UTC)
+    assert found.steps["tip"].earliest == datetime(2026, 12, 3, 18, 30, tzinfo=UTC)
+    assert found.steps["reminder"].earliest == datetime(2026, 12, 8, 18, 30, tzinfo=UTC)

@@ -40,6 +40,7 @@ from runner.durations import said as duration_said
 from runner.errors import Problem
 from runner.ledger import Inbound, LedgerReader, StepRecord
 from runner.plan import Plan, StepPlan
+from runner.quiet_hours import opening
 from runner.recipients import LAST_INBOUND, Recipient
 from runner.render import Item, Message, Renderer, RenderFailure, Skipped, Waiting
 from runner.timeline import DECIDED, EXPIRED, FINAL_TITLES, Timeline
@@ -62,17 +63,16 @@ QuietHours = Callable[[Recipient, datetime], "datetime | None"]
 
 
 def quiet_hours(plan: Plan) -> QuietHours:
-    """THE HOOK for quiet hours: the lead connects it to runner/localtime.py (branch
-    quiet-hours), which knows `settings.send_between` in the recipient's time zone (their
-    `timezone` column, else their phone's country, else `settings.timezone`). Until then every
-    recipient's window is open. `plan` asks it of a step due now (due, or waiting with reason
-    `quiet hours` until it opens, as the executor will) and of the time a waiting step becomes
-    due (the earliest time shown is then inside the window)."""
-    del plan  # (localtime reads plan.flow.settings)
+    """The flow's quiet hours for `plan` (runner/quiet_hours.py `opening`, the rule the
+    executor waits by): a step due now waits with reason `quiet hours` until they open, and
+    the earliest time a waiting step is shown is inside them."""
+    settings = plan.flow.settings
+    opens_at = opening(settings.send_between, settings.timezone)
 
     def opens(recipient: Recipient, at: datetime) -> datetime | None:
-        del recipient, at
-        return None
+        if opens_at is None:
+            return None
+        return opens_at(recipient.phone, recipient.zone, at)
 
     return opens
 
