@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from runner import clock
 
+from .catalog import WABA_ID
 from .checks import NAMESPACE
 from .server import LOGIN, PHONE_NUMBER_ID, TOKEN, SandboxState, build_app, running, serve
 
@@ -25,6 +26,7 @@ __all__ = [
     "NAMESPACE",
     "PHONE_NUMBER_ID",
     "TOKEN",
+    "WABA_ID",
     "SandboxState",
     "build_app",
     "running",

@@ -52,6 +52,7 @@ from runner import clock
 from runner.media import LIMITS
 from runner.threadserver import serving
 
+from .catalog import CATALOG, WABA_ID, PagingError, page
 from .checks import NAMESPACE, WINDOW_DETAILS, ApiError, check_message
 from .customers import Customers, Inbound, Refused, Simulation
 from .webhooks import Webhook
@@ -139,6 +140,7 @@ def build_app(state: SandboxState | None = None) -> web.Application:
     app.router.add_post("/v1/messages", _send)
     app.router.add_post(f"/{VERSION_PATH}/{{number}}/media", _cloud_upload)
     app.router.add_post(f"/{VERSION_PATH}/{{number}}/messages", _send)
+    app.router.add_get(f"/{VERSION_PATH}/{{waba}}/message_templates", _message_templates)
     app.router.add_get("/sandbox/inbox", _inbox)
     app.router.add_delete("/sandbox/inbox", _reset)
     app.router.add_post("/sandbox/faults", _set_faults)
@@ -405,6 +407,19 @@ def _injected_failure(state: SandboxState, to: str) -> None:
             return
         rule[1] = left - 1
     raise ApiError("injected", f"injected failure for {to}", status=status, code=code)
+
+
+async def _message_templates(request: web.Request) -> web.Response:
+    """The account's templates, a page at a time, as the Graph API lists them (catalog.py)."""
+    _authorize(request)
+    waba = request.match_info["waba"]
+    if waba != WABA_ID:
+        raise ApiError("object", f"Object with ID '{waba}' does not exist")
+    try:
+        answer = page(CATALOG, request.query, str(request.url.with_query(None)))
+    except PagingError as exc:
+        raise ApiError("extra", str(exc)) from None
+    return web.json_response(answer)
 
 
 async def _inbox(request: web.Request) -> web.Response:
