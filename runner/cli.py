@@ -68,6 +68,7 @@ def cli() -> None:
     flowrun validate FLOW...   check flows completely, send nothing
     flowrun plan FLOW          show what a run would send
     flowrun contacts FLOW      who opted out; --import FILE.csv adds a list
+    flowrun templates pull FLOW  the account's templates into FLOW.templates.json
     flowrun schema             print the JSON Schema of the flow format
     """
 
@@ -230,6 +231,32 @@ def contacts(
 
     request = ContactsRequest(ledger_path, use_sandbox, import_file, as_csv)
     sys.exit(_handled(lambda: show_contacts(flow, request)))
+
+
+@cli.group()
+def templates() -> None:
+    """The account's message templates, kept in a lock file beside the flow
+    (FLOW.templates.json) that validate, plan and run check every template step against."""
+
+
+@templates.command("pull")
+@click.argument("flow", type=click.Path(dir_okay=False))
+@click.option(
+    "--sandbox", "use_sandbox", is_flag=True, help="Pull the built-in sandbox's templates."
+)
+@click.option(
+    "--page-size",
+    type=click.IntRange(1, 100),
+    default=50,
+    show_default=True,
+    help="Templates asked for per request (the API pages through the rest).",
+)
+def templates_pull(flow: str, use_sandbox: bool, page_size: int) -> None:
+    """Read the WhatsApp Business Account's templates (Cloud: api.waba_id) into
+    FLOW.templates.json: sorted and stable for git, without secrets."""
+    from .commands.templates import pull
+
+    sys.exit(_handled(lambda: pull(flow, use_sandbox=use_sandbox, page_size=page_size)))
 
 
 @cli.command()

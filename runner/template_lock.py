@@ -167,15 +167,25 @@ def lock_text(templates: Iterable[Mapping[str, Any]]) -> str:
     body = ",\n".join(
         "    {\n"
         + ",\n".join(
-            f"      {json.dumps(field)}: "
-            + json.dumps(entry[field], sort_keys=True, ensure_ascii=False)
-            for field in LOCK_FIELDS
-            if field in entry
+            f"      {json.dumps(f)}: {_value(entry[f])}" for f in LOCK_FIELDS if f in entry
         )
         + "\n    }"
         for entry in entries
     )
     return '{\n  "templates": [\n' + body + ("\n" if entries else "") + "  ]\n}\n"
+
+
+def _value(value: Any) -> str:
+    """A field's JSON: a list (the components) one item a line, so that a changed button is a
+    one-line diff; anything else on its own line."""
+    if isinstance(value, list) and value:
+        items = ",\n".join(f"        {_compact(item)}" for item in value)
+        return f"[\n{items}\n      ]"
+    return _compact(value)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
 def read_lock(path: Path) -> dict[tuple[str, str], Shape]:

@@ -80,7 +80,7 @@ def target_for(api: CloudApi | OnPremApi, base_url: str) -> ApiTarget:
 
     if api.kind == "cloud":
         version = getattr(api, "version", None)
-        return ApiTarget("cloud", base_url, TOKEN, PHONE_NUMBER_ID, version)
+        return ApiTarget("cloud", base_url, TOKEN, PHONE_NUMBER_ID, version, waba_id=WABA_ID)
     if getattr(api, "login", None) is not None:
         user, password = LOGIN
         return ApiTarget(
