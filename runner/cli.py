@@ -144,11 +144,16 @@ def run(
 
 @cli.command()
 @click.argument("flows", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(flows: tuple[str, ...]) -> None:
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Do not check template steps against FLOW.templates.json (CI without the lock).",
+)
+def validate(flows: tuple[str, ...], offline: bool) -> None:
     """Check each FLOW completely: structure, files, and every template for every recipient."""
     from .commands.validate import validate as validate_flows
 
-    sys.exit(_handled(lambda: validate_flows(flows)))
+    sys.exit(_handled(lambda: validate_flows(flows, offline=offline)))
 
 
 @cli.command()
