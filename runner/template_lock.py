@@ -190,6 +190,16 @@ def _compact(value: Any) -> str:
 
 def read_lock(path: Path) -> dict[tuple[str, str], Shape]:
     """The lock at `path`, by (name, language); LockError naming the file for a broken one."""
+    shapes = {}
+    for entry in read_entries(path):
+        shape = shape_of(entry)
+        shapes[(shape.name, shape.language)] = shape
+    return shapes
+
+
+def read_entries(path: Path) -> list[dict[str, Any]]:
+    """The lock's templates as written (Graph's shape: what the sandbox serves and checks
+    sends against), each one readable as a Shape; LockError naming the file otherwise."""
     try:
         data = json.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -197,14 +207,12 @@ def read_lock(path: Path) -> dict[tuple[str, str], Shape]:
     templates = data.get("templates") if isinstance(data, dict) else None
     if not isinstance(templates, list) or not all(isinstance(t, dict) for t in templates):
         raise LockError(f'{path.name}: a lock file is {{"templates": [...]}}')
-    shapes = {}
     for entry in templates:
         try:
-            shape = shape_of(entry)
+            shape_of(entry)
         except LockError as exc:
             raise LockError(f"{path.name}: {exc}") from None
-        shapes[(shape.name, shape.language)] = shape
-    return shapes
+    return templates
 
 
 def check_templates(loaded: LoadedFlow, problems: Problems, *, offline: bool = False) -> None:

@@ -272,3 +272,34 @@ def test_the_sandbox_refuses_what_the_account_would() -> None:
         {**p, "parameter_name": n} for p, n in zip(positional, ("first_name", "date"), strict=True)
     ]
     check_message(body("appointment_reminder", named), {}, "cloud")  # as the API documents
+
+
+CUSTOM_LOCK = lock_text(
+    [
+        {
+            "name": "custom_hello",
+            "language": "en_US",
+            "status": "APPROVED",
+            "components": [{"type": "BODY", "text": "Hello {{1}}, from our own account."}],
+        }
+    ]
+)
+
+
+def test_a_sandbox_run_knows_the_templates_of_the_lock(run_flowrun: RunFlow) -> None:
+    """--sandbox takes the lock's templates as the account's: a template only the lock has is
+    sent, and a language per recipient that the account lacks is refused (132001) as the
+    real API would, though validate could not know it before the run."""
+    steps = (
+        "  - template:\n      name: custom_hello\n      language: '{{ recipient.lang }}'\n"
+        "      body: ['{{ recipient.name }}']\n"
+    )
+    people = (
+        "recipients:\n  - {phone: '+1 555 010 0001', name: Ann, lang: en_US}\n"
+        "  - {phone: '+1 555 010 0002', name: Bob, lang: de}\nmessages:\n"
+    )
+    files = {"flow.templates.json": CUSTOM_LOCK}
+    result = run_flowrun(HEADER + people + steps, "--sandbox", command="run", files=files)
+    assert result.code == 1, result.err
+    assert "132001" in result.out + result.err
+    assert "sent 1, failed 1" in result.out

@@ -8,7 +8,7 @@ Each refusal carries the error code each dialect would answer with.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,8 +132,15 @@ TEMPLATES: dict[tuple[str, str], TemplateSpec] = specs(CATALOG)
 STATUS_MEANINGS = {"PAUSED": "template_paused", "DISABLED": "template_disabled"}
 
 
-def check_message(body: Any, media: dict[str, str], dialect: str) -> None:
-    """The API's rules for a message body; ApiError for the first broken one."""
+def check_message(
+    body: Any,
+    media: dict[str, str],
+    dialect: str,
+    *,
+    templates: Mapping[tuple[str, str], TemplateSpec] = TEMPLATES,
+) -> None:
+    """The API's rules for a message body; ApiError for the first broken one. `templates`:
+    the account's (the built-in ones, or a flow's lock: SandboxState.use_lock)."""
     if not isinstance(body, dict):
         raise ApiError("invalid", "the body must be a JSON object")
     if dialect == "cloud" and body.get("messaging_product") != "whatsapp":
@@ -153,7 +160,7 @@ def check_message(body: Any, media: dict[str, str], dialect: str) -> None:
     if kind == "text":
         _check_text(body["text"])
     elif kind == "template":
-        _check_template(body["template"], media, dialect)
+        _check_template(body["template"], media, dialect, templates)
     else:
         check_media(kind, body[kind], media, dialect)
 
@@ -201,7 +208,12 @@ def check_media(kind: str, obj: Any, media: dict[str, str], dialect: str) -> Non
         raise ApiError("invalid", "caption too long")
 
 
-def _check_template(template: dict[str, Any], media: dict[str, str], dialect: str) -> None:
+def _check_template(
+    template: dict[str, Any],
+    media: dict[str, str],
+    dialect: str,
+    templates: Mapping[tuple[str, str], TemplateSpec],
+) -> None:
     language = template.get("language")
     if not isinstance(language, dict) or not isinstance(language.get("code"), str):
         raise ApiError("missing", "template.language.code is required")
@@ -213,7 +225,7 @@ def _check_template(template: dict[str, Any], media: dict[str, str], dialect: st
     extra = set(template) - {"name", "language", "components", "namespace"}
     if extra or (dialect == "cloud" and "namespace" in template):
         raise ApiError("extra", f"template does not take {sorted(extra or {'namespace'})}")
-    spec = TEMPLATES.get((str(template.get("name")), language["code"]))
+    spec = templates.get((str(template.get("name")), language["code"]))
     if spec is None:
         raise ApiError(
             "template_missing",
