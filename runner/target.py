@@ -46,11 +46,12 @@ class ApiTarget:
         return self.base_url is not None and credential and number
 
 
-def api_target(plan: Plan, *, for_run: bool) -> ApiTarget:
+def api_target(plan: Plan, *, for_run: bool, account: bool = False) -> ApiTarget:
     """The flow's API target; what cannot be rendered is added to `plan.problems`.
 
     A missing environment variable is a warning where nothing is sent (validate and plan run
-    in CI without secrets) and an error for a real run.
+    in CI without secrets) and an error for a real run. `account`: also the WhatsApp Business
+    Account's id (only `templates pull` needs it; a run must not ask for it).
     """
     api = plan.flow.api
     sources: dict[str, tuple[str | None, YamlPath]] = {
@@ -59,7 +60,8 @@ def api_target(plan: Plan, *, for_run: bool) -> ApiTarget:
     }
     if isinstance(api, models.CloudApi):
         sources["phone_number_id"] = (api.phone_number_id, ("api", "phone_number_id"))
-        sources["waba_id"] = (api.waba_id, ("api", "waba_id"))
+        if account:
+            sources["waba_id"] = (api.waba_id, ("api", "waba_id"))
     else:
         sources["template_namespace"] = (api.template_namespace, ("api", "template_namespace"))
         if api.login is not None:

@@ -303,3 +303,12 @@ def test_a_sandbox_run_knows_the_templates_of_the_lock(run_flowrun: RunFlow) -> 
     assert result.code == 1, result.err
     assert "132001" in result.out + result.err
     assert "sent 1, failed 1" in result.out
+
+
+def test_only_the_pull_asks_for_the_account_id(run_flowrun: RunFlow) -> None:
+    """A flow that names api.waba_id still validates and runs without WA_WABA_ID set: sending
+    never needs it."""
+    text = HEADER + "  waba_id: '{{ env.WA_WABA_ID }}'\n" + flow_text(GOOD)[len(HEADER) :]
+    result = run_flowrun(text, dedent=False)
+    assert result.code == EXIT_OK, result.err
+    assert "WA_WABA_ID" not in result.err

@@ -81,7 +81,7 @@ def _target(loaded: LoadedFlow, stack: contextlib.ExitStack, use_sandbox: bool) 
         return sandbox.target_for(loaded.flow.api, base_url)
     problems = Problems()
     plan = Plan(loaded, (), problems, EnvVars(), LocalFiles(loaded.base_dir))
-    target = api_target(plan, for_run=True)
+    target = api_target(plan, for_run=True, account=True)
     if target.waba_id is None and not problems.has_errors():
         problems.add(
             Problem(
