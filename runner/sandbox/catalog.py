@@ -172,6 +172,28 @@ CATALOG: tuple[dict[str, Any], ...] = (
             _quick_replies("Send the brochure", "Later"),
         ],
     ),
+    # flows/drip.yaml (on main): a welcome with two quick replies, then a tip and a reminder
+    _template(
+        "drip_welcome",
+        "en_US",
+        "MARKETING",
+        [
+            _body("Hi {{1}}, glad you are here. Shall we show you around?", "Ann"),
+            _quick_replies("Show me how", "Not now"),
+        ],
+    ),
+    _template(
+        "drip_tip",
+        "en_US",
+        "MARKETING",
+        [_body("Tip of the week, {{1}}: save your favourites for later.", "Ann")],
+    ),
+    _template(
+        "drip_reminder",
+        "en_US",
+        "UTILITY",
+        [_body("{{1}}, your trial ends in two days.", "Ann")],
+    ),
     _template(  # paused by Meta for low quality: a send is refused with 132015
         "spring_sale",
         "en_US",
