@@ -69,6 +69,7 @@ def cli() -> None:
     flowrun plan FLOW          show what a run would send
     flowrun preview FLOW       the chats recipients would see, as one HTML page
     flowrun contacts FLOW      who opted out; --import FILE.csv adds a list
+    flowrun templates pull FLOW  the account's templates into FLOW.templates.json
     flowrun schema             print the JSON Schema of the flow format
     """
 
@@ -145,11 +146,16 @@ def run(
 
 @cli.command()
 @click.argument("flows", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(flows: tuple[str, ...]) -> None:
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Do not check template steps against FLOW.templates.json (CI without the lock).",
+)
+def validate(flows: tuple[str, ...], offline: bool) -> None:
     """Check each FLOW completely: structure, files, and every template for every recipient."""
     from .commands.validate import validate as validate_flows
 
-    sys.exit(_handled(lambda: validate_flows(flows)))
+    sys.exit(_handled(lambda: validate_flows(flows, offline=offline)))
 
 
 @cli.command()
@@ -278,6 +284,32 @@ def contacts(
 
     request = ContactsRequest(ledger_path, use_sandbox, import_file, as_csv)
     sys.exit(_handled(lambda: show_contacts(flow, request)))
+
+
+@cli.group()
+def templates() -> None:
+    """The account's message templates, kept in a lock file beside the flow
+    (FLOW.templates.json) that validate, plan and run check every template step against."""
+
+
+@templates.command("pull")
+@click.argument("flow", type=click.Path(dir_okay=False))
+@click.option(
+    "--sandbox", "use_sandbox", is_flag=True, help="Pull the built-in sandbox's templates."
+)
+@click.option(
+    "--page-size",
+    type=click.IntRange(1, 100),
+    default=50,
+    show_default=True,
+    help="Templates asked for per request (the API pages through the rest).",
+)
+def templates_pull(flow: str, use_sandbox: bool, page_size: int) -> None:
+    """Read the WhatsApp Business Account's templates (Cloud: api.waba_id) into
+    FLOW.templates.json: sorted and stable for git, without secrets."""
+    from .commands.templates import pull
+
+    sys.exit(_handled(lambda: pull(flow, use_sandbox=use_sandbox, page_size=page_size)))
 
 
 @cli.command()

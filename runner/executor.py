@@ -52,7 +52,7 @@ from .media import LocalMedia, MediaError, read_checked
 from .pacing import Pacer, Ticker
 from .plan import Plan
 from .progress import Progress
-from .quiet_hours import next_open, parse_window, recipient_zones, zone
+from .quiet_hours import opening
 from .recipients import Recipient
 from .render import Item, Message, Renderer, RenderFailure, Skipped, Waiting
 from .timeline import DECIDED, EXPIRED, FINAL_TITLES, Timeline
@@ -221,8 +221,7 @@ class Executor:
         # Nobody of this number's customers wrote: no query per recipient for their history
         self._heard = ledger.has_heard(dialect.business)
         self._trust_window = settings.window == "open"
-        self._quiet = parse_window(settings.send_between) if settings.send_between else None
-        self._zone = zone(settings.timezone) if settings.timezone else None
+        self._quiet = opening(settings.send_between, settings.timezone)
         # --follow: who waits (phone → recipient, when the wait expires)
         self._waiting: dict[str, tuple[Recipient, datetime]] = {}
         self._waits: dict[str, str] = {}  # phone → what their waiting step waits for, now
@@ -410,9 +409,8 @@ class Executor:
         if classify(item.step.free_form, line.window, line.now) is not None:
             return Waiting(item.recipient, item.step, None, WAITS_WINDOW)
         if self._quiet is not None:
-            zones = recipient_zones(item.recipient.phone, item.recipient.zone, self._zone)
-            opens = next_open(line.now, zones, self._quiet)
-            if opens > line.now:
+            opens = self._quiet(item.recipient.phone, item.recipient.zone, line.now)
+            if opens is not None:
                 return Waiting(item.recipient, item.step, None, WAITS_QUIET, until=opens)
         return item
 

@@ -246,7 +246,20 @@ class Client:
             f"Content-Length: {len(body)}",
             *(f"{name}: {value}" for name, value in headers.items()),
         ]
-        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        return await self._exchange(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+
+    async def get(self, path: str, headers: dict[str, str]) -> Reply:
+        """A GET without a body (listing an account's templates), on the same connections,
+        proxy and timeout as the posts."""
+        head = [
+            f"GET {self._target}{path} HTTP/1.1",
+            self._fixed,
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
+        return await self._exchange(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+
+    async def _exchange(self, data: bytes) -> Reply:
+        """One request out, its answer back, over a kept-alive connection."""
         async with self._slots:
             connection = await self._acquire()
             loop = asyncio.get_running_loop()

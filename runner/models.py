@@ -96,6 +96,11 @@ class CloudApi(_Strict):
     token: TemplateText = Field(
         description="Access token, read from the environment: '{{ env.WA_TOKEN }}'."
     )
+    waba_id: TemplateText | None = Field(
+        None,
+        description="The WhatsApp Business Account's id, e.g. '{{ env.WA_WABA_ID }}': where"
+        " flowrun templates pull reads the account's templates.",
+    )
     base_url: Url = Field(
         "https://graph.facebook.com",
         description="Graph API root; change it for a proxy, a provider or a sandbox.",

@@ -24,6 +24,7 @@ from .errors import FlowInvalid, Location, Problem, Problems
 from .loader import LoadedFlow
 from .media import LocalFiles, LocalMedia, MediaError
 from .recipients import CsvError, RecipientStream, read_csv
+from .template_lock import check_templates
 from .templates import (
     EnvVars,
     Render,
@@ -135,8 +136,9 @@ class Plan:
         return self.files.uploads()
 
 
-def compile_plan(loaded: LoadedFlow, env: EnvVars | None = None) -> Plan:
-    """Compile every step once; raise FlowInvalid with all template and rule problems found."""
+def compile_plan(loaded: LoadedFlow, env: EnvVars | None = None, *, offline: bool = False) -> Plan:
+    """Compile every step once; raise FlowInvalid with all template and rule problems found.
+    Template steps are checked against the template lock beside the flow, unless `offline`."""
     problems = Problems()
     steps = []
     names: dict[str, int] = {}
@@ -167,6 +169,7 @@ def compile_plan(loaded: LoadedFlow, env: EnvVars | None = None) -> Plan:
             )
         )
     check_flow(loaded, problems)
+    check_templates(loaded, problems, offline=offline)
     plan = Plan(loaded, tuple(steps), problems, env or EnvVars(), LocalFiles(loaded.base_dir))
     _check_constant_files(plan)
     if problems.has_errors():

@@ -40,6 +40,7 @@ import difflib
 import math
 import re
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from functools import cache, lru_cache
@@ -272,3 +273,23 @@ def _clock_change(after: datetime, before: datetime, where: ZoneInfo) -> datetim
         else:
             high = middle
     return max(after, datetime.fromtimestamp(high, UTC))
+
+
+# When a recipient's window next opens: (phone, their `timezone` column, now) → the time, or
+# None when it is open now
+Opening = Callable[[str, ZoneInfo | None, datetime], datetime | None]
+
+
+def opening(send_between: str | None, timezone: str | None) -> Opening | None:
+    """The flow's quiet hours as one function (None: the flow has none): what the executor
+    waits for and what `plan` shows, from one rule."""
+    if not send_between:
+        return None
+    window = parse_window(send_between)
+    flow_zone = zone(timezone) if timezone else None
+
+    def opens(phone: str, column: ZoneInfo | None, now: datetime) -> datetime | None:
+        found = next_open(now, recipient_zones(phone, column, flow_zone), window)
+        return found if found > now else None
+
+    return opens

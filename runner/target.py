@@ -33,6 +33,7 @@ class ApiTarget:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     template_namespace: str | None = None
+    waba_id: str | None = None  # Cloud: the WhatsApp Business Account (templates pull)
 
     @property
     def ready(self) -> bool:
@@ -45,11 +46,12 @@ class ApiTarget:
         return self.base_url is not None and credential and number
 
 
-def api_target(plan: Plan, *, for_run: bool) -> ApiTarget:
+def api_target(plan: Plan, *, for_run: bool, account: bool = False) -> ApiTarget:
     """The flow's API target; what cannot be rendered is added to `plan.problems`.
 
     A missing environment variable is a warning where nothing is sent (validate and plan run
-    in CI without secrets) and an error for a real run.
+    in CI without secrets) and an error for a real run. `account`: also the WhatsApp Business
+    Account's id (only `templates pull` needs it; a run must not ask for it).
     """
     api = plan.flow.api
     sources: dict[str, tuple[str | None, YamlPath]] = {
@@ -58,6 +60,8 @@ def api_target(plan: Plan, *, for_run: bool) -> ApiTarget:
     }
     if isinstance(api, models.CloudApi):
         sources["phone_number_id"] = (api.phone_number_id, ("api", "phone_number_id"))
+        if account:
+            sources["waba_id"] = (api.waba_id, ("api", "waba_id"))
     else:
         sources["template_namespace"] = (api.template_namespace, ("api", "template_namespace"))
         if api.login is not None:
@@ -78,6 +82,7 @@ def api_target(plan: Plan, *, for_run: bool) -> ApiTarget:
         username=values.get("username"),
         password=values.get("password"),
         template_namespace=values.get("template_namespace"),
+        waba_id=values.get("waba_id"),
     )
 
 
@@ -111,6 +116,8 @@ def _check(name: str, value: str) -> str | None:
         return check_rendered("link", value)
     if name == "phone_number_id" and not value.isdigit():
         return f"phone_number_id should be the number's id (digits), got {value!r}"
+    if name == "waba_id" and not value.isdigit():
+        return f"waba_id should be the WhatsApp Business Account's id (digits), got {value!r}"
     if name in _SECRETS and (not value or any(ord(c) < 32 or ord(c) == 127 for c in value)):
         return f"the {name} is empty or holds a control character (a line break?)"
     return None

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from .http import Client, ConnectFailed, Lost
+from .http import Client, ConnectFailed, Lost, Reply
 
 
 def public_url(url: str) -> str:
@@ -129,11 +129,19 @@ class HttpTransport:
             raise NotDelivered(f"cannot connect to {public_url(self._base)}: {exc}") from None
         except Lost as exc:
             raise MaybeDelivered(str(exc)) from None
+        return _response(reply)
+
+    async def get(self, path: str) -> Response:
+        """GET `path` (with its query) from the API: reading, never sending, so either failure
+        is only a failure (`NotDelivered`, `MaybeDelivered` as for a post)."""
+        assert self._client is not None
         try:
-            payload = orjson.loads(reply.body) if reply.body else None
-        except orjson.JSONDecodeError:
-            payload = None
-        return Response(reply.status, payload, _retry_after(reply.headers.get("retry-after")))
+            reply = await self._client.get(path, self._auth)
+        except ConnectFailed as exc:
+            raise NotDelivered(f"cannot connect to {public_url(self._base)}: {exc}") from None
+        except Lost as exc:
+            raise MaybeDelivered(str(exc)) from None
+        return _response(reply)
 
     async def upload(self, upload: Upload) -> Response:
         """A media upload: the raw file as the body, or a multipart form around it."""
@@ -142,6 +150,15 @@ class HttpTransport:
         boundary = uuid.uuid4().hex
         body = _multipart(boundary, upload)
         return await self.post(upload.path, body, f"multipart/form-data; boundary={boundary}")
+
+
+def _response(reply: Reply) -> Response:
+    """The answer's JSON (None if it has none or it is not JSON) and its Retry-After."""
+    try:
+        payload = orjson.loads(reply.body) if reply.body else None
+    except orjson.JSONDecodeError:
+        payload = None
+    return Response(reply.status, payload, _retry_after(reply.headers.get("retry-after")))
 
 
 def _multipart(boundary: str, upload: Upload) -> bytes:

@@ -485,9 +485,9 @@ def sending_rows_seen_by_the_api(monkeypatch: pytest.MonkeyPatch, folder: Path) 
     """Each time the sandbox takes a message, how many rows the ledger holds as `sending`."""
     seen: list[int] = []
 
-    def counting(body: Any, media: dict[str, str], dialect: str) -> None:
+    def counting(body: Any, media: dict[str, str], dialect: str, **options: Any) -> None:
         seen.append(count(folder, "state = 'sending'"))
-        check_message(body, media, dialect)
+        check_message(body, media, dialect, **options)
 
     monkeypatch.setattr(sandbox_module, "check_message", counting)
     return seen

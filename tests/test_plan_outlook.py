@@ -106,10 +106,10 @@ def test_plan_counts_what_waits_and_what_is_withheld(tmp_path: Path) -> None:
     assert "  withheld     3 asked to stop, 1 stopped marketing (templates)\n" in out
     assert "  window       open now for 3 of 5 (24 h from their last message; ledger" in out
     assert "CSV last_inbound_at for 2)" in out
-    assert table(out) == {
-        "hello": "3 - 1 asked to stop, 1 stopped marketing (templates)",
-        "note": "2 2 for the customer to write 1 asked to stop",
-        "pick": "0 2 for the customer to write, 2 for an answer 1 asked to stop",
+    assert table(out) == {  # sent before, due now, waiting, skipped, withheld
+        "hello": "0 3 - 0 1 asked to stop, 1 stopped marketing (templates)",
+        "note": "0 2 2 for the customer to write 0 1 asked to stop",
+        "pick": "0 0 2 for the customer to write, 2 for an answer 0 1 asked to stop",
     }
     assert f"# {ANN} step hello: withheld (wrote 'Stop' on {ago(2)})\n" in out
     assert f"# {BOB} step hello: withheld (stopped marketing messages on {ago(3)})\n" in out

@@ -229,7 +229,7 @@ def test_a_customer_who_said_stop_is_shown_withheld(clinic: Path) -> None:
     assert code == 0
     text = Page((clinic / "p.html").read_text("utf-8")).text
     assert "opted out" in text
-    assert "withheld:" in text
+    assert "withheld (wrote 'STOP' on " in text
     assert "due now" not in text
 
 
@@ -245,12 +245,14 @@ def test_a_step_with_after_waits_and_holds_the_rest(clinic: Path) -> None:
     code, _out, _err = flowrun("preview", "flow.yaml", "--only", "+15550100001", "-o", "p.html")
     assert code == 0
     text = Page((clinic / "p.html").read_text("utf-8")).text
-    assert "waits until 2d after the message before it (its after:)" in text
-    assert "waits behind step later" in text
+    assert "later (template): waits for its time (after:): in 2 days, from " in text
+    assert "; 2d after the message before it" in text
+    assert "waits behind step later, which waits for its time (after:): in 2 days" in text
+    assert "due now" not in text.split("later (template)")[1]
     code, out, _err = flowrun("plan", "flow.yaml", "--only", "+15550100001")
     assert code == 0
-    assert "# 15550100001 step later: waits until 2d after the message before it (after:)" in out
-    assert "# 15550100001 step last: waits until 2d after the message before it (after:)" in out
+    assert "# 15550100001 step later: waits for its time (after:): in 2 days, from " in out
+    assert "# 15550100001 step last: waits for its time (after:): in 2 days, from " in out
 
 
 def test_template_words_are_the_seam_for_the_template_text() -> None:

@@ -32,13 +32,15 @@ def check(
     on_body: Callable[[dict[str, Any]], None] | None = None,
     *,
     api: bool = True,
+    offline: bool = False,
 ) -> Checked:
     """Load, compile and render a flow for every recipient (passing each message's body to
     `on_body`); the problems found are raised together (warnings are printed and let pass).
 
     `api` False: the flow's api section is not rendered (a run renders it once, itself, or
-    uses the sandbox's), so its secrets are not asked for."""
-    plan = compile_plan(load_flow(flow_file))
+    uses the sandbox's), so its secrets are not asked for. `offline`: the template lock beside
+    the flow is not read (runner/template_lock.py)."""
+    plan = compile_plan(load_flow(flow_file), offline=offline)
     target = api_target(plan, for_run=False) if api else ApiTarget(plan.flow.api.kind, None)
     on_message = None
     if on_body is not None:

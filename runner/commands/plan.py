@@ -12,7 +12,7 @@ import click
 
 from runner import clock
 from runner import dialect as dialects
-from runner.conversation import WAITS_ANSWER, WAITS_EVENT, WAITS_TIME, WAITS_WINDOW
+from runner.conversation import WAITS_ANSWER, WAITS_EVENT, WAITS_QUIET, WAITS_TIME, WAITS_WINDOW
 from runner.dialect import Dialect
 from runner.errors import EXIT_OK, FlowrunError
 from runner.ledger import default_path
@@ -21,10 +21,19 @@ from runner.recipients import normalize_phone
 from runner.render import Item, Skipped, Waiting
 
 from .checking import Checked, check
-from .outlook import MARKETING, STOPPED, Fate, Outlook, outlook
+from .outlook import HELD, MARKETING, STOPPED, Fate, Outlook, due_in, outlook
 from .preview import conversations, pick
 
-WAITS_SAID = {WAITS_WINDOW: "for the customer to write", WAITS_ANSWER: "for an answer"}
+# What a step waits for, in the order a person reads them: the clock first, then the customers
+WAITS_SAID = {
+    WAITS_TIME: "for their time (after:)",
+    WAITS_QUIET: "for quiet hours to end",
+    WAITS_EVENT: "for what their after: names (a read, a reply)",
+    WAITS_WINDOW: "for the customer to write",
+    WAITS_ANSWER: "for an answer",
+    HELD: "behind a failed or uncertain message",
+}
+_DECIDED = f"{'decided when due':>17}"
 WITHHELD_SAID = {STOPPED: "asked to stop", MARKETING: "stopped marketing (templates)"}
 
 
@@ -37,8 +46,8 @@ def plan(
     *,
     only: Sequence[str] = (),
 ) -> int:
-    """`only`: the phones whose bodies are shown (an unknown one is an error), instead of the
-    first `sample` recipients'."""
+    """`only`: the phones whose steps are shown (an unknown one is an error, exit 2), instead
+    of the first `sample` recipients'."""
     if jsonl:
         return _jsonl(flow_file, only)
     checked = check(flow_file, sample)
@@ -48,19 +57,16 @@ def plan(
     moment = clock.now()
     chosen = pick(checked.plan, flow_file, only, sample) if only else []
     now = outlook(checked.plan, dialect, ledger, moment, sample)
-    samples: list[tuple[Item, Fate | None]]
+    _show(flow_file, checked, sample, now, bool(only))
     if only:
         found = conversations(checked.plan, dialect, ledger, chosen, moment)
-        samples = [(step.item, step.fate) for talk in found for step in talk.steps]
-        heading = f"Recipient(s) {', '.join('+' + r.phone for r in chosen)}"
-    else:
-        samples = [
-            (item, now.samples.get((item.recipient.phone, item.step.key)))
-            for item in checked.survey.samples
-        ]
-        heading = f"First {sample} recipient(s)"
-    _show(flow_file, checked, now)
-    _show_samples(heading, samples, dialect)
+        click.echo(
+            f"\nRecipient(s) {', '.join('+' + r.phone for r in chosen)}:"
+            f" POST {dialect.messages_path}"
+        )
+        for talk in found:
+            for step in talk.steps:
+                _show_sample(step.item, step.fate, dialect, now)
     return EXIT_OK
 
 
@@ -84,7 +90,9 @@ def _jsonl(flow_file: str, only: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def _show(flow_file: str, checked: Checked, now: Outlook) -> None:
+def _show(
+    flow_file: str, checked: Checked, sample: int, now: Outlook, chosen: bool = False
+) -> None:
     plan, result, target = checked.plan, checked.survey, checked.target
     flow = plan.flow
     dialect = dialects.build(target)
@@ -104,39 +112,37 @@ def _show(flow_file: str, checked: Checked, now: Outlook) -> None:
     click.echo("  steps:")
     for step in plan.steps:
         when = f"  when {step.when_source}" if step.when_source else ""
-        click.echo(
-            f"    {step.key:<16} {step.kind:<9} {result.per_step[step.key]:>8,} messages{when}"
-        )
+        # a `when` reading what the customer did is decided when the step is due, not now
+        count = f"{result.per_step[step.key]:>8,} messages"
+        click.echo(f"    {step.key:<16} {step.kind:<9} {_DECIDED if step.history else count}{when}")
     _show_timeline(now)
     uploads = plan.uploads()
     click.echo(f"  uploads ({len(uploads)}, each once, POST {dialect.media_path}):")
     for media in uploads:
         shown = media.path.relative_to(plan.base_dir.resolve())
         click.echo(f"    {shown}  {media.mime}  {media.size:,} bytes  sha256:{media.sha256[:12]}")
+    if chosen:  # --only: the caller shows those
+        return
+    click.echo(f"\nFirst {sample} recipient(s): POST {dialect.messages_path}")
+    for item in result.samples:
+        _show_sample(item, now.samples.get((item.recipient.phone, item.step.key)), dialect, now)
 
 
-def _show_samples(
-    heading: str, samples: Sequence[tuple[Item, Fate | None]], dialect: Dialect
-) -> None:
-    """Each step of the chosen recipients: its body, or why a run now would not send it."""
-    click.echo(f"\n{heading}: POST {dialect.messages_path}")
-    for item, fate in samples:
-        if isinstance(item, Skipped):
-            click.echo(f"# {item.recipient.phone} step {item.step.key}: skipped ({item.reason})")
-            continue
-        if fate is not None and fate.state in ("waits", "withheld"):
-            said = fate.said()
-            if fate.reason in (WAITS_TIME, WAITS_EVENT):  # (fates from preview.conversations)
-                said = f"waits until {fate.detail} (after:)"
-            click.echo(f"# {item.recipient.phone} step {item.step.key}: {said}")
-            continue
-        if isinstance(item, Waiting):
-            click.echo(
-                f"# {item.recipient.phone} step {item.step.key}: waits for the answer to step"
-                f" {item.on}"
-            )
-            continue
-        click.echo(f"# {item.recipient.phone} step {item.step.key}")
+def _show_sample(item: Item, fate: Fate | None, dialect: Dialect, now: Outlook) -> None:
+    """One step of a sample recipient: its body if a run now sends it (as rendered with their
+    history), else what becomes of it."""
+    head = f"# {item.recipient.phone} step {item.step.key}"
+    if fate is not None and fate.state == "due" and fate.message is not None:
+        item = fate.message
+    elif fate is not None and fate.state != "due":
+        click.echo(f"{head}: {fate.said(now.at)}")
+        return
+    if isinstance(item, Skipped):
+        click.echo(f"{head}: skipped ({item.reason})")
+    elif isinstance(item, Waiting):
+        click.echo(f"{head}: waits for the answer to step {item.on}")
+    else:
+        click.echo(head)
         click.echo(json.dumps(item.body(dialect), ensure_ascii=False, indent=2))
 
 
@@ -145,6 +151,10 @@ def _show_now(now: Outlook) -> None:
     windows are known from."""
     click.echo(f"  due now      {now.due:,}")
     click.echo(f"  waiting      {_said(now.waits(), WAITS_SAID)}")
+    following = now.next_due()
+    if following is not None:
+        until, key = following
+        click.echo(f"  next due     {due_in(until, now.at)} (step {key})")
     click.echo(f"  withheld     {_said(now.withheld(), WITHHELD_SAID)}")
     if now.trusted:
         click.echo(
@@ -162,23 +172,37 @@ def _show_now(now: Outlook) -> None:
 
 
 def _show_timeline(now: Outlook) -> None:
-    """Per step: due now, waiting (why), withheld (why): a run's timeline at a glance."""
+    """Per step: sent by an earlier run, due now, waiting (why), skipped, withheld (why): every
+    recipient once per step; then when the steps that wait for a time become due."""
     rows = [
         (
             key,
+            f"{counts.sent:,}",
             f"{counts.due:,}",
             _said(counts.waits, WAITS_SAID, "-"),
+            f"{counts.skipped:,}",
             _said(counts.withheld, WITHHELD_SAID, "-"),
         )
         for key, counts in now.steps.items()
     ]
     if not rows:
         return
-    width = max(len("waiting"), *(len(row[2]) for row in rows))
+    width = max(len("waiting"), *(len(row[3]) for row in rows))
     click.echo("  a run now, per step:")
-    click.echo(f"    {'step':<16} {'due now':>9}  {'waiting':<{width}}  withheld")
-    for key, due, waits, withheld in rows:
-        click.echo(f"    {key:<16} {due:>9}  {waits:<{width}}  {withheld}")
+    click.echo(
+        f"    {'step':<16} {'sent':>7} {'due now':>9}  {'waiting':<{width}}  {'skipped':>7}"
+        "  withheld"
+    )
+    for key, sent, due, waits, skipped, withheld in rows:
+        click.echo(f"    {key:<16} {sent:>7} {due:>9}  {waits:<{width}}  {skipped:>7}  {withheld}")
+    later = [(key, c.earliest) for key, c in now.steps.items() if c.earliest is not None]
+    if later:
+        click.echo(
+            "  due later, the earliest per step (FLOWRUN_NOW=+2d flowrun plan shows a run in"
+            " two days):"
+        )
+        for key, until in later:
+            click.echo(f"    {key:<16} {due_in(until, now.at)}")
 
 
 def _said(counts: Mapping[str, int], words: Mapping[str, str], none: str = "0") -> str:

@@ -37,25 +37,18 @@ from markupsafe import Markup
 from runner import clock
 from runner import dialect as dialects
 from runner.contacts import Contact, Keywords
-from runner.conversation import (
-    WAITS_ANSWER,
-    WAITS_EVENT,
-    WAITS_TIME,
-    WAITS_WINDOW,
-    Window,
-    latest,
-    ledger_time,
-)
+from runner.conversation import WAITS_WINDOW, Window, closed_at, latest, ledger_time
 from runner.dialect import Dialect
 from runner.errors import EXIT_OK, FlowrunError
-from runner.ledger import LedgerReader, default_path
+from runner.ledger import Inbound, LedgerReader, StepRecord, default_path
 from runner.media import LocalMedia
 from runner.plan import AfterPlan, Plan
 from runner.recipients import Recipient, normalize_phone
 from runner.render import Item, Message, Renderer, Waiting
+from runner.timeline import Timeline
 
 from .checking import check
-from .outlook import NOBODY_SAID, Fate, timeline
+from .outlook import NOBODY_SAID, Fate, quiet_hours, timeline
 
 # A local image bigger than this is shown as a card, not inlined: a page of a few recipients
 # stays a few megabytes at most (WhatsApp takes images up to 5 MB, stickers up to 100 KB).
@@ -123,58 +116,53 @@ class _Recording(Renderer):
 def conversations(
     plan: Plan, dialect: Dialect, ledger: Path, recipients: Sequence[Recipient], now: datetime
 ) -> list[Conversation]:
-    """Each recipient's steps and fates, read from the ledger (read-only; none yet: nobody
-    wrote) and the CSV's `last_inbound_at` as runner/commands/outlook.py `outlook` reads them."""
+    """Each recipient's steps and fates, read from the ledger (read-only; none yet: nothing
+    sent, nobody wrote) and the CSV as runner/commands/outlook.py `outlook` reads them, and
+    decided by its `timeline` (after:, answers, the window, quiet hours, earlier runs)."""
     settings = plan.flow.settings
     words = Keywords.from_settings(settings.opt_out_keywords, settings.resume_keywords)
     trusted = settings.window == "open"
+    quiet = quiet_hours(plan)
     found = []
     with _reader(ledger) as reader:
         heard = reader is not None and reader.has_heard(dialect.business)
+        sent = reader is not None and reader.has_rows(plan.loaded.name)
         for recipient in recipients:
-            contact = NOBODY_SAID
+            contact, inbound = NOBODY_SAID, list[Inbound]()
             if reader is not None and heard:
-                contact = Contact.of(*reader.heard_from(dialect.business, recipient.phone), words)
-            window = Window(latest(ledger_time(contact.wrote), recipient.wrote), trusted)
+                inbound, preferences = reader.heard_from(dialect.business, recipient.phone)
+                contact = Contact.of(inbound, preferences, words)
+            history: dict[str, StepRecord] = {}
+            if reader is not None and sent:
+                history = reader.history(plan.loaded.name, recipient.phone)
+            window = Window(
+                latest(ledger_time(contact.wrote), recipient.wrote),
+                trusted,
+                *closed_at(history.values(), dialect.window_closed),
+            )
+            line = Timeline(recipient, plan.steps, history, inbound, window, now)
             renderer = _Recording(plan)
-            fates = [fate for _step, fate in timeline(renderer, recipient, contact, window, now)]
+            fates = [fate for _step, fate in timeline(renderer, line, contact, dialect, quiet)]
             found.append(Conversation(recipient, window, contact, _steps(renderer.items, fates)))
     return found
 
 
 def _steps(items: Sequence[Item], fates: Sequence[Fate]) -> tuple[Step, ...]:
-    """Items with their fates; a later step held by an earlier one's wait is given that
-    fate itself by `timeline` (the same object), which is how the earlier step is found.
-
-    `timeline` does not apply `after:` (a run does: runner/timeline.py); on a run now, with
-    nothing of this recipient sent yet, a step with `after:` waits for its time or event,
-    and holds the steps after it. That is added here, so the page does not say "due now"."""
+    """Items with their fates (a step due now: the message as rendered with the recipient's
+    history, `Fate.message`); a later step held by an earlier one's wait is given that fate
+    itself by `timeline` (the same object), which is how the earlier step is found."""
     steps = []
     holder: tuple[Fate, str] | None = None
-    for item, told in zip(items, fates, strict=True):
-        fate, behind = told, None
-        if holder is None and fate.state == "due" and _waits_for_after(item.step.after):
-            fate = _after_fate(item.step.after)
-        elif holder is not None and fate.state in ("due", "waits"):
-            fate = holder[0]  # (as `timeline` holds the steps behind a wait)
+    for item, fate in zip(items, fates, strict=True):
+        behind = None
         if fate.state == "waits":
             if holder is None:
                 holder = (fate, item.step.key)
             elif fate is holder[0]:
                 behind = holder[1]
-        steps.append(Step(item, fate, behind))
+        shown = fate.message if fate.state == "due" and fate.message is not None else item
+        steps.append(Step(shown, fate, behind))
     return tuple(steps)
-
-
-def _waits_for_after(after: AfterPlan | None) -> bool:
-    """Whether `after:` holds a step on a run now (all but "at once when step X is sent")."""
-    return after is not None and (bool(after.wait) or after.event != "sent")
-
-
-def _after_fate(after: AfterPlan | None) -> Fate:
-    assert after is not None
-    reason = WAITS_TIME if after.event == "sent" else WAITS_EVENT
-    return Fate("waits", reason, _after(after))
 
 
 @contextlib.contextmanager
@@ -274,16 +262,17 @@ class Chat:
     bubbles: tuple[Bubble, ...]
 
 
-def _chat(conversation: Conversation, plan: Plan, now: datetime) -> Chat:
+def _chat(conversation: Conversation, now: datetime) -> Chat:
     recipient = conversation.recipient
     fields = recipient.fields
     name = str(fields.get("name") or fields.get("Name") or f"+{recipient.phone}")
     shown = tuple((str(k), _said(v)) for k, v in fields.items() if k not in ("phone", "name"))
-    bubbles = tuple(_bubble(step, plan, conversation.window) for step in conversation.steps)
+    bubbles = tuple(_bubble(step, now) for step in conversation.steps)
     states = [b.state for b in bubbles]
     counts = ", ".join(
         f"{states.count(state)} {said}"
         for state, said in (
+            ("sent", "sent already"),
             ("due", "due now"),
             ("waits", "waiting"),
             ("skipped", "skipped"),
@@ -316,11 +305,11 @@ def _time(moment: datetime | None) -> str:
     return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _bubble(step: Step, plan: Plan, window: Window) -> Bubble:
+def _bubble(step: Step, now: datetime) -> Bubble:
     item, fate = step.item, step.fate
     plan_step = item.step
     after = _after(plan_step.after) if plan_step.after is not None else None
-    why = _why(step, window)
+    why = _why(step, now)
     base = Bubble(plan_step.key, plan_step.kind, fate.state, why, note=True, after=after)
     if not isinstance(item, Message):
         return base
@@ -356,28 +345,26 @@ def _duration(span: timedelta) -> str:
     return f"{seconds}s"
 
 
-def _why(step: Step, window: Window) -> str:
-    """What a run now would do with the step, in a sentence."""
+def _why(step: Step, now: datetime) -> str:
+    """What a run now would do with the step, in a sentence (outlook's words, and which
+    step holds it)."""
     fate, item = step.fate, step.item
     if fate.state == "due":
         return "due now: a run now sends it"
     if fate.state == "skipped":
-        return f"skipped: {fate.detail} is false for this recipient"
-    if fate.state == "withheld":
-        return f"withheld: {fate.detail}"
+        false = " is false for this recipient" if fate.reason == "when" else ""
+        return f"skipped: {fate.detail}{false}"
+    if fate.state == "sent":
+        return f"sent already ({fate.detail})"
     if step.behind is not None:
-        why = f"waits behind step {step.behind} (a run sends a customer's steps in order)"
-    elif fate.reason == WAITS_ANSWER:
-        why = f"waits for the answer to step {fate.on} (its when: reads it)"
-    elif fate.reason in (WAITS_TIME, WAITS_EVENT):
-        why = f"waits until {fate.detail} (its after:)"
-    elif fate.reason == WAITS_WINDOW:
+        why = f"waits behind step {step.behind}, which {fate.said(now)}"
+    elif fate.state == "waits" and fate.reason == WAITS_WINDOW:
         why = (
             "waits for the customer to write: WhatsApp takes this only within 24 hours of their"
             " last message"
         )
     else:
-        why = f"waits ({fate.reason})"
+        why = fate.said(now)
     if isinstance(item, Waiting) and item.step.when_source:
         why += f"; then sent if {item.step.when_source}"
     return why
@@ -488,7 +475,7 @@ display:flex;align-items:center;justify-content:center;font-weight:700;font-size
 .btn{text-align:center;color:#027eb5;padding:5px 4px 2px;overflow-wrap:anywhere}
 .btn .k{color:#667781;font-size:11px}
 .state{font-size:11px;margin-top:3px;text-align:right;color:#667781}
-.state.due{color:#00a884}.state.waits{color:#b7791f}.state.withheld{color:#ea0038}
+.state.due,.state.sent{color:#00a884}.state.waits{color:#b7791f}.state.withheld{color:#ea0038}
 .note{align-self:center;max-width:92%;background:#fff8c5;color:#54656f;border-radius:8px;
 padding:5px 10px;font-size:12px;text-align:center;box-shadow:0 1px .5px rgba(11,20,26,.13)}
 .note.skipped{background:#e1f2fb}
@@ -624,7 +611,7 @@ def preview(flow_file: str, request: PreviewRequest) -> int:
     )
     now = clock.now()
     found = conversations(plan, dialects.build(checked.target), ledger, recipients, now)
-    chats = [_chat(conversation, plan, now) for conversation in found]
+    chats = [_chat(conversation, now) for conversation in found]
     source = f"ledger {ledger}" if ledger.is_file() else "no ledger yet: nobody wrote"
     html = page(plan.loaded.name, flow_file, chats, now, source)
     output = (

@@ -24,6 +24,7 @@ from runner.plan import Plan
 from runner.progress import Progress
 from runner.recipients import normalize_phone
 from runner.target import ApiTarget, api_target
+from runner.template_lock import lock_path, read_entries
 from runner.transport import HttpTransport
 
 from .checking import check
@@ -135,7 +136,11 @@ def _target(plan: Plan, stack: contextlib.ExitStack, use_sandbox: bool) -> ApiTa
     if use_sandbox:
         from runner import sandbox
 
-        base_url, _ = stack.enter_context(sandbox.running(state=sandbox.state_for(plan.flow)))
+        state = sandbox.state_for(plan.flow)
+        lock = lock_path(plan.loaded.path)
+        if lock.is_file():  # the account's templates, as validated (runner/template_lock.py)
+            state.use_templates(read_entries(lock))
+        base_url, _ = stack.enter_context(sandbox.running(state=state))
         return sandbox.target_for(plan.flow.api, base_url)
     target = api_target(plan, for_run=True)
     if plan.problems.has_errors() or not target.ready:

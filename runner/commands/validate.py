@@ -13,11 +13,11 @@ from .checking import Checked, check
 from .outlook import unreachable
 
 
-def validate(flow_files: tuple[str, ...]) -> int:
+def validate(flow_files: tuple[str, ...], *, offline: bool = False) -> int:
     code = EXIT_OK
     for flow_file in flow_files:
         try:
-            checked = check(flow_file)
+            checked = check(flow_file, offline=offline)
         except FlowInvalid as exc:
             for line in exc.lines():
                 click.echo(line, err=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .records import Inbound, LedgerError, Preference
+from .records import Inbound, LedgerError, Preference, StepRecord
 from .schema import CUSTOMERS, DELIVERY_COLUMNS, MESSAGE_COLUMNS, STATUSES
 from .sqlite import damaged, is_damage
 
@@ -276,6 +276,22 @@ class LedgerReader:
             who,
         )
         return [Inbound(*row) for row in inbound], [Preference(*row) for row in preferences]
+
+    def has_rows(self, flow: str) -> bool:
+        """Whether any run recorded a message of this flow (else no recipient has a history)."""
+        return bool(self._query("SELECT 1 FROM messages WHERE flow = ? LIMIT 1", (flow,)))
+
+    def history(self, flow: str, recipient: str) -> dict[str, StepRecord]:
+        """step → what happened to one recipient's step, as a run reads it
+        (SqliteLedger.history): what `plan` needs to say when a step `after:` one is due."""
+        rows = self._query(
+            "SELECT m.step, m.state, m.body_hash, m.message_id, m.last_attempt,"
+            " m.first_attempt, m.error_code, m.error_title, s.status, s.error_code, s.failed_at,"
+            " s.delivered_at, s.read_at"
+            f" {_JOIN} WHERE m.flow = ? AND m.recipient = ?",
+            (flow, recipient),
+        )
+        return {row[0]: StepRecord(*row[1:]) for row in rows}
 
     def wrote_since(self, business: str, since: str) -> set[str]:
         """The customers of this business number whose latest message is at or after `since`

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from runner import clock
 
+from .catalog import WABA_ID
 from .checks import NAMESPACE
 from .server import LOGIN, PHONE_NUMBER_ID, TOKEN, SandboxState, build_app, running, serve
 
@@ -25,6 +26,7 @@ __all__ = [
     "NAMESPACE",
     "PHONE_NUMBER_ID",
     "TOKEN",
+    "WABA_ID",
     "SandboxState",
     "build_app",
     "running",
@@ -78,7 +80,7 @@ def target_for(api: CloudApi | OnPremApi, base_url: str) -> ApiTarget:
 
     if api.kind == "cloud":
         version = getattr(api, "version", None)
-        return ApiTarget("cloud", base_url, TOKEN, PHONE_NUMBER_ID, version)
+        return ApiTarget("cloud", base_url, TOKEN, PHONE_NUMBER_ID, version, waba_id=WABA_ID)
     if getattr(api, "login", None) is not None:
         user, password = LOGIN
         return ApiTarget(

@@ -8,11 +8,15 @@ Each refusal carries the error code each dialect would answer with.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from runner.media import LIMITS, MEDIA_TYPES
 from runner.models import CAPTION_MAX, TEXT_BODY_MAX, check_http_url
+from runner.template_lock import shape_of
+
+from .catalog import CATALOG
 
 # Media ids the sandbox knows without an upload: the one from Meta's examples, used by the
 # example flows' `id:` steps.
@@ -32,6 +36,10 @@ CODES = {
     "internal": (1014, 131000, "Something went wrong"),
     "template_params": (2000, 132000, "Number of parameters does not match"),
     "template_missing": (2001, 132001, "Template name does not exist in the translation"),
+    # On-Premises codes for these two are unconfirmed (its error page is not in the stored
+    # copies: docs/whatsapp-api.md#on-premises-errors); 2001 as for a missing template
+    "template_paused": (2001, 132015, "Template is Paused"),
+    "template_disabled": (2001, 132016, "Template is Disabled"),
     "object": (1009, 100, "Unsupported post request"),
     # free-form outside the customer service window (docs/whatsapp-api.md#customer-service-window)
     "window": (470, 131047, "Re-engagement message"),
@@ -85,40 +93,54 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class TemplateSpec:
-    """A template as approved in WhatsApp Manager: what parameters it takes."""
+    """A template as approved in WhatsApp Manager: what parameters a send must give."""
 
-    header: str | None  # image | video | document | text | None
+    header: str | None  # image | video | document | text | location | None
     body: int  # number of body parameters
-    buttons: tuple[str, ...] = ()  # sub_type of each button with a parameter, by index
+    # sub_type of each button, by index: quick_reply, url (a dynamic one), copy_code; ""
+    # for a button that takes no parameter (a static URL, a phone number)
+    buttons: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()  # each button's text as approved (what a tap sends back)
+    status: str = "APPROVED"  # only APPROVED ones can be sent
+    names: tuple[str, ...] = ()  # parameter_format NAMED: the body's parameter names
+
+    @classmethod
+    def from_graph(cls, entry: dict[str, Any]) -> TemplateSpec:
+        """What a send must give, read from the template as the Graph API describes it (the
+        sandbox's catalog, or a lock file: runner/template_lock.py)."""
+        shape = shape_of(entry)
+        return cls(
+            header=shape.header_kind,
+            body=len(shape.body_parameters),
+            buttons=tuple(b.parameter or "" for b in shape.buttons),
+            labels=tuple(b.text for b in shape.buttons),
+            status=shape.status,
+            names=shape.body_parameters if shape.named else (),
+        )
 
 
-# The templates the sandbox knows (by name and language), used by the example flows and tests.
-TEMPLATES: dict[tuple[str, str], TemplateSpec] = {
-    ("hello_world", "en_US"): TemplateSpec(None, 0),  # Meta's sample template
-    ("onboarding_welcome", "en_US"): TemplateSpec("image", 2, ("url",)),
-    ("onboarding_welcome", "de"): TemplateSpec("image", 2, ("url",)),
-    ("invoice_reminder", "en_US"): TemplateSpec("document", 3),
-    ("launch_offer", "en_US"): TemplateSpec(
-        "video", 1, ("quick_reply", "quick_reply"), ("Tell me more", "Not now")
-    ),
-    ("order_update", "en_US"): TemplateSpec("text", 1, ("quick_reply",), ("Track my order",)),
-    # flows/onboarding*.yaml: a welcome whose quick replies the later steps branch on
-    ("onboarding_start", "en_US"): TemplateSpec(
-        "image", 2, ("quick_reply", "quick_reply"), ("Show me around", "Prices, please")
-    ),
-    ("onboarding_start", "de"): TemplateSpec(
-        "image", 2, ("quick_reply", "quick_reply"), ("Zeig mir alles", "Preise, bitte")
-    ),
-    ("payment_nudge", "en_US"): TemplateSpec(None, 1),  # flows/document-reminder.yaml
-    ("welcome_choice", "en_US"): TemplateSpec(
-        None, 0, ("quick_reply", "quick_reply"), ("Send the brochure", "Later")
-    ),
-}
+def specs(catalog: Iterable[dict[str, Any]]) -> dict[tuple[str, str], TemplateSpec]:
+    """Templates by (name, language), as a send is checked against them."""
+    return {(t["name"], t["language"]): TemplateSpec.from_graph(t) for t in catalog}
 
 
-def check_message(body: Any, media: dict[str, str], dialect: str) -> None:
-    """The API's rules for a message body; ApiError for the first broken one."""
+# The templates the sandbox knows (by name and language), used by the example flows and tests:
+# its account's catalog (catalog.py), the same ones `message_templates` lists.
+TEMPLATES: dict[tuple[str, str], TemplateSpec] = specs(CATALOG)
+# Refusals of a template that is not approved (docs/whatsapp-api.md#templates); PENDING,
+# REJECTED and the rest are "does not exist or is not approved" (132001)
+STATUS_MEANINGS = {"PAUSED": "template_paused", "DISABLED": "template_disabled"}
+
+
+def check_message(
+    body: Any,
+    media: dict[str, str],
+    dialect: str,
+    *,
+    templates: Mapping[tuple[str, str], TemplateSpec] = TEMPLATES,
+) -> None:
+    """The API's rules for a message body; ApiError for the first broken one. `templates`:
+    the account's (the built-in ones, or a flow's lock: SandboxState.use_lock)."""
     if not isinstance(body, dict):
         raise ApiError("invalid", "the body must be a JSON object")
     if dialect == "cloud" and body.get("messaging_product") != "whatsapp":
@@ -138,7 +160,7 @@ def check_message(body: Any, media: dict[str, str], dialect: str) -> None:
     if kind == "text":
         _check_text(body["text"])
     elif kind == "template":
-        _check_template(body["template"], media, dialect)
+        _check_template(body["template"], media, dialect, templates)
     else:
         check_media(kind, body[kind], media, dialect)
 
@@ -186,7 +208,12 @@ def check_media(kind: str, obj: Any, media: dict[str, str], dialect: str) -> Non
         raise ApiError("invalid", "caption too long")
 
 
-def _check_template(template: dict[str, Any], media: dict[str, str], dialect: str) -> None:
+def _check_template(
+    template: dict[str, Any],
+    media: dict[str, str],
+    dialect: str,
+    templates: Mapping[tuple[str, str], TemplateSpec],
+) -> None:
     language = template.get("language")
     if not isinstance(language, dict) or not isinstance(language.get("code"), str):
         raise ApiError("missing", "template.language.code is required")
@@ -198,12 +225,17 @@ def _check_template(template: dict[str, Any], media: dict[str, str], dialect: st
     extra = set(template) - {"name", "language", "components", "namespace"}
     if extra or (dialect == "cloud" and "namespace" in template):
         raise ApiError("extra", f"template does not take {sorted(extra or {'namespace'})}")
-    spec = TEMPLATES.get((str(template.get("name")), language["code"]))
+    spec = templates.get((str(template.get("name")), language["code"]))
     if spec is None:
         raise ApiError(
             "template_missing",
             f"template {template.get('name')!r} does not exist in {language['code']!r}",
             status=404,
+        )
+    if spec.status != "APPROVED":
+        raise ApiError(
+            STATUS_MEANINGS.get(spec.status, "template_missing"),
+            f"template {template.get('name')!r} is {spec.status.lower()}, not approved",
         )
     components = template.get("components", [])
     if not isinstance(components, list) or not all(isinstance(c, dict) for c in components):
@@ -222,7 +254,22 @@ def _check_template(template: dict[str, Any], media: dict[str, str], dialect: st
         )
     for parameter in parameters:
         _check_text_parameter(parameter)
+    _check_names(spec, parameters)
     _check_buttons(spec, by_type.get("button", []))
+
+
+def _check_names(spec: TemplateSpec, parameters: list[dict[str, Any]]) -> None:
+    """A NAMED template's parameters each carry `parameter_name`, one for each of its names; a
+    positional one's carry none (docs/whatsapp-api.md#templates)."""
+    given = [p.get("parameter_name") for p in parameters]
+    if spec.names and sorted(map(str, given)) != sorted(spec.names):
+        raise ApiError(
+            "template_params",
+            f"the template's parameters are named {', '.join(spec.names)}: give each one's"
+            " parameter_name",
+        )
+    if not spec.names and any(name is not None for name in given):
+        raise ApiError("template_params", "the template's parameters are positional")
 
 
 def _parameters(component: dict[str, Any]) -> list[dict[str, Any]]:
@@ -246,6 +293,10 @@ def _check_header(
         raise ApiError("template_params", f"the header takes one {spec.header} parameter")
     if spec.header == "text":
         _check_text_parameter(parameters[0])
+    elif spec.header == "location":
+        location = parameters[0].get("location")
+        if not isinstance(location, dict) or not {"latitude", "longitude"} <= set(location):
+            raise ApiError("template_params", "a location header needs latitude and longitude")
     else:
         check_media(spec.header, parameters[0].get(spec.header), media, dialect)
 
@@ -267,14 +318,14 @@ def _check_buttons(spec: TemplateSpec, buttons: list[dict[str, Any]]) -> None:
         if not isinstance(index, str) or not index.isdigit():
             raise ApiError("invalid", "button index must be a string of digits")
         position = int(index)
-        if position >= len(spec.buttons) or position in seen:
+        if position >= len(spec.buttons) or not spec.buttons[position] or position in seen:
             raise ApiError("template_params", f"the template has no button {position} to fill")
         seen.add(position)
         sub_type = spec.buttons[position]
         if button.get("sub_type") != sub_type:
             raise ApiError("invalid", f"button {position} is a {sub_type} button")
         parameters = _parameters(button)
-        kind = "text" if sub_type == "url" else "payload"  # the parameter's type and its key
+        kind = BUTTON_PARAMETERS[sub_type]  # the parameter's type and its key
         if (
             len(parameters) != 1
             or parameters[0].get("type") != kind
@@ -282,10 +333,13 @@ def _check_buttons(spec: TemplateSpec, buttons: list[dict[str, Any]]) -> None:
             or not parameters[0][kind]
         ):
             raise ApiError("template_params", f"button {position} takes one {kind} parameter")
-    if len(seen) != len(spec.buttons):
-        raise ApiError(
-            "template_params", f"the template's {len(spec.buttons)} button(s) need parameters"
-        )
+    needed = sum(1 for sub_type in spec.buttons if sub_type)
+    if len(seen) != needed:
+        raise ApiError("template_params", f"the template's {needed} button(s) need parameters")
+
+
+# A button's parameter, by its sub_type: the type, which is also the key of its value
+BUTTON_PARAMETERS = {"url": "text", "quick_reply": "payload", "copy_code": "coupon_code"}
 
 
 def quick_replies(body: dict[str, Any]) -> list[tuple[str, str]]:

@@ -52,7 +52,9 @@ from runner import clock
 from runner.media import LIMITS
 from runner.threadserver import serving
 
-from .checks import NAMESPACE, WINDOW_DETAILS, ApiError, check_message
+from .catalog import CATALOG, WABA_ID, PagingError, page
+from .checks import NAMESPACE, TEMPLATES, WINDOW_DETAILS, ApiError, TemplateSpec, check_message
+from .checks import specs as template_specs
 from .customers import Customers, Inbound, Refused, Simulation
 from .webhooks import Webhook
 
@@ -100,9 +102,18 @@ class SandboxState:
     customers: Customers = field(default_factory=Customers)
     # callbacks of a webhook replaced while they were under way (stopped with the server)
     leftover: set[asyncio.Task[None]] = field(default_factory=set)
+    # the account's templates: listed by message_templates, sends checked against them
+    catalog: list[dict[str, Any]] = field(default_factory=lambda: list(CATALOG))
+    templates: dict[tuple[str, str], TemplateSpec] = field(default_factory=lambda: TEMPLATES)
 
     def __post_init__(self) -> None:
         self.customers.webhook = lambda: self.webhook  # customers write to the webhook of now
+
+    def use_templates(self, catalog: list[dict[str, Any]]) -> None:
+        """The account has these templates (a flow's lock file) instead of the built-in ones:
+        so `--sandbox` refuses what the account would."""
+        self.catalog = list(catalog)
+        self.templates = template_specs(catalog)
 
 
 STATE = web.AppKey("state", SandboxState)
@@ -139,6 +150,7 @@ def build_app(state: SandboxState | None = None) -> web.Application:
     app.router.add_post("/v1/messages", _send)
     app.router.add_post(f"/{VERSION_PATH}/{{number}}/media", _cloud_upload)
     app.router.add_post(f"/{VERSION_PATH}/{{number}}/messages", _send)
+    app.router.add_get(f"/{VERSION_PATH}/{{waba}}/message_templates", _message_templates)
     app.router.add_get("/sandbox/inbox", _inbox)
     app.router.add_delete("/sandbox/inbox", _reset)
     app.router.add_post("/sandbox/faults", _set_faults)
@@ -296,7 +308,7 @@ async def _send(request: web.Request) -> web.Response:
     except ValueError:
         raise ApiError("invalid", "the body is not JSON") from None
     state: SandboxState = request.app[STATE]
-    check_message(body, state.media, dialect)
+    check_message(body, state.media, dialect, templates=state.templates)
     _injected_failure(state, body["to"])
     business = _business_number(request)
     closed = _window_closed(state, business, body)
@@ -405,6 +417,20 @@ def _injected_failure(state: SandboxState, to: str) -> None:
             return
         rule[1] = left - 1
     raise ApiError("injected", f"injected failure for {to}", status=status, code=code)
+
+
+async def _message_templates(request: web.Request) -> web.Response:
+    """The account's templates, a page at a time, as the Graph API lists them (catalog.py)."""
+    _authorize(request)
+    state: SandboxState = request.app[STATE]
+    waba = request.match_info["waba"]
+    if waba != WABA_ID:
+        raise ApiError("object", f"Object with ID '{waba}' does not exist")
+    try:
+        answer = page(state.catalog, request.query, str(request.url.with_query(None)))
+    except PagingError as exc:
+        raise ApiError("extra", str(exc)) from None
+    return web.json_response(answer)
 
 
 async def _inbox(request: web.Request) -> web.Response:
