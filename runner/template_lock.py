@@ -30,7 +30,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -389,3 +389,48 @@ def _buttons_hint(shape: Shape) -> str:
         for i, b in enumerate(shape.buttons)
     ]
     return "its buttons: " + ("; ".join(listed) if listed else "none")
+
+
+def body_texts(path: Path) -> dict[tuple[str, str], str]:
+    """(name, language) → the approved body text of each template in the lock file (none when
+    there is no lock): the words `plan` and `preview` show, with the parameters filled in."""
+    if not path.is_file():
+        return {}
+    texts = {}
+    for entry in read_entries(path):
+        for component in entry.get("components", []):
+            if str(component.get("type", "")).upper() == "BODY":
+                texts[(str(entry.get("name")), str(entry.get("language")))] = str(
+                    component.get("text", "")
+                )
+    return texts
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*(\d+)\s*\}\}")
+
+
+def fill(text: str, parameters: Sequence[str]) -> str:
+    """A template's text with `{{1}}`, `{{2}}`, ... replaced by the parameters (1-based, as
+    WhatsApp numbers them: docs/whatsapp-api.md#templates); a placeholder with no parameter
+    stays as written, so a mismatch shows."""
+
+    def one(match: re.Match[str]) -> str:
+        index = int(match.group(1))
+        return parameters[index - 1] if 1 <= index <= len(parameters) else match.group(0)
+
+    return _PLACEHOLDER.sub(one, text)
+
+
+def words(content: Mapping[str, Any], texts: Mapping[tuple[str, str], str]) -> str | None:
+    """What the customer reads of a rendered template message (`content`: the `template`
+    object of its body), when the lock file knows the template's text; else None."""
+    language = content.get("language")
+    code = language.get("code") if isinstance(language, dict) else None
+    text = texts.get((str(content.get("name")), str(code)))
+    if not text:
+        return None
+    parameters: list[str] = []
+    for component in content.get("components", []):
+        if component.get("type") == "body":
+            parameters = [str(p.get("text", "")) for p in component.get("parameters", [])]
+    return fill(text, parameters)

@@ -106,6 +106,8 @@ def test_plan_summary() -> None:
     assert "  uploads (4, each once, POST /v23.0/PHONE_NUMBER_ID/media):\n" in out
     assert "    assets/tour.mp4  video/mp4" in out
     assert out.count("# 15550100001 step") == 8
+    # the words Alice reads, from the lock file beside the flow (flows/onboarding.templates.json)
+    assert "# reads: Hi Alice, welcome to Boston. Where shall we start?\n" in out
     assert "# 15550100001 step wave: waits for the customer to write" in out
     assert "15550100002" not in out
 

@@ -32,8 +32,9 @@ import pytest
 from click.testing import CliRunner
 
 from runner.cli import cli
-from runner.commands.preview import fill, template_words
+from runner.commands.preview import template_words
 from runner.ledger import Inbound, SqliteLedger
+from runner.template_lock import fill
 
 BUSINESS = "106540352242922"
 HOSTILE = '<script>console.error("pwned")</script><img src=x onerror=alert(1)>'
@@ -255,12 +256,13 @@ def test_a_step_with_after_waits_and_holds_the_rest(clinic: Path) -> None:
     assert "# 15550100001 step last: waits for its time (after:): in 2 days, from " in out
 
 
-def test_template_words_are_the_seam_for_the_template_text() -> None:
-    assert template_words("checkup_reminder", "en_US", ["Ann", "Monday"]).parameters == (
-        "Ann",
-        "Monday",
-    )
-    assert template_words("checkup_reminder", "en_US", ["Ann"]).text is None
+def test_template_words_come_from_the_lock_file_when_it_knows_the_template() -> None:
+    texts = {("checkup_reminder", "en_US"): "Hi {{1}}, your check-up is on {{2}}."}
+    words = template_words("checkup_reminder", "en_US", ["Ann", "Monday"], texts)
+    assert words.parameters == ("Ann", "Monday")
+    assert words.text == "Hi Ann, your check-up is on Monday."
+    assert template_words("checkup_reminder", "de", ["Ann"], texts).text is None
+    assert template_words("checkup_reminder", "en_US", ["Ann"], {}).text is None
     assert fill("Hi {{1}}, see you {{ 2 }}; {{3}}", ["Ann", "Monday"]) == (
         "Hi Ann, see you Monday; {{3}}"
     )
@@ -486,3 +488,21 @@ def _unfilter(kind: int, row: bytearray, up: bytearray, size: int) -> bytearray:
             near = min(near, (abs(guess - corner), 2, corner))
             row[i] = (row[i] + near[2]) & 0xFF
     return row
+
+
+def test_the_page_shows_the_approved_words_from_the_lock_file(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the templates pulled (the sandbox's own), a template bubble reads as the customer
+    will read it: the approved text with this recipient's parameters."""
+    shutil.copytree(
+        Path(__file__).parent.parent / "flows",
+        folder / "flows",
+        ignore=shutil.ignore_patterns("*.sqlite*"),
+    )
+    monkeypatch.chdir(folder / "flows")
+    assert flowrun("templates", "pull", "document-reminder.yaml", "--sandbox")[0] == 0
+    code, _out, err = flowrun("preview", "document-reminder.yaml", "-o", "page.html")
+    assert code == 0, err
+    page = (folder / "flows" / "page.html").read_text("utf-8")
+    assert "Hi Alice, invoice INV-1042 for November is attached." in page

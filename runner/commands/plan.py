@@ -19,6 +19,7 @@ from runner.ledger import default_path
 from runner.pacing import run_pace
 from runner.recipients import normalize_phone
 from runner.render import Item, Skipped, Waiting
+from runner.template_lock import body_texts, lock_path, words
 
 from .checking import Checked, check
 from .outlook import HELD, MARKETING, STOPPED, Fate, Outlook, due_in, outlook
@@ -57,7 +58,8 @@ def plan(
     moment = clock.now()
     chosen = pick(checked.plan, flow_file, only, sample) if only else []
     now = outlook(checked.plan, dialect, ledger, moment, sample)
-    _show(flow_file, checked, sample, now, bool(only))
+    texts = body_texts(lock_path(loaded.path))
+    _show(flow_file, checked, sample, now, texts=texts, chosen=bool(only))
     if only:
         found = conversations(checked.plan, dialect, ledger, chosen, moment)
         click.echo(
@@ -66,7 +68,7 @@ def plan(
         )
         for talk in found:
             for step in talk.steps:
-                _show_sample(step.item, step.fate, dialect, now)
+                _show_sample(step.item, step.fate, dialect, now, texts)
     return EXIT_OK
 
 
@@ -91,7 +93,13 @@ def _jsonl(flow_file: str, only: Sequence[str]) -> int:
 
 
 def _show(
-    flow_file: str, checked: Checked, sample: int, now: Outlook, chosen: bool = False
+    flow_file: str,
+    checked: Checked,
+    sample: int,
+    now: Outlook,
+    *,
+    texts: Texts,
+    chosen: bool = False,
 ) -> None:
     plan, result, target = checked.plan, checked.survey, checked.target
     flow = plan.flow
@@ -125,12 +133,20 @@ def _show(
         return
     click.echo(f"\nFirst {sample} recipient(s): POST {dialect.messages_path}")
     for item in result.samples:
-        _show_sample(item, now.samples.get((item.recipient.phone, item.step.key)), dialect, now)
+        fate = now.samples.get((item.recipient.phone, item.step.key))
+        _show_sample(item, fate, dialect, now, texts)
 
 
-def _show_sample(item: Item, fate: Fate | None, dialect: Dialect, now: Outlook) -> None:
+# (template name, language) → its approved body text (the lock file's)
+Texts = Mapping[tuple[str, str], str]
+
+
+def _show_sample(
+    item: Item, fate: Fate | None, dialect: Dialect, now: Outlook, texts: Texts
+) -> None:
     """One step of a sample recipient: its body if a run now sends it (as rendered with their
-    history), else what becomes of it."""
+    history; a template's words too, when the lock file knows its text), else what becomes
+    of it."""
     head = f"# {item.recipient.phone} step {item.step.key}"
     if fate is not None and fate.state == "due" and fate.message is not None:
         item = fate.message
@@ -143,6 +159,9 @@ def _show_sample(item: Item, fate: Fate | None, dialect: Dialect, now: Outlook) 
         click.echo(f"{head}: waits for the answer to step {item.on}")
     else:
         click.echo(head)
+        said = words(item.content, texts) if item.step.kind == "template" else None
+        if said is not None:
+            click.echo(f"# reads: {said}")
         click.echo(json.dumps(item.body(dialect), ensure_ascii=False, indent=2))
 
 

@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -45,6 +44,7 @@ from runner.media import LocalMedia
 from runner.plan import AfterPlan, Plan
 from runner.recipients import Recipient, normalize_phone
 from runner.render import Item, Message, Renderer, Waiting
+from runner.template_lock import body_texts, fill, lock_path
 from runner.timeline import Timeline
 
 from .checking import check
@@ -186,31 +186,18 @@ class TemplateWords:
     parameters: tuple[str, ...]
 
 
-def template_words(name: str, language: str, parameters: Sequence[str]) -> TemplateWords:
+# (template name, language) → its approved body text, from the flow's template lock file
+Texts = Mapping[tuple[str, str], str]
+
+
+def template_words(
+    name: str, language: str, parameters: Sequence[str], texts: Texts
+) -> TemplateWords:
     """The words to show for a template step (`name` in `language`, body parameters as
-    rendered for one recipient).
-
-    flowrun does not know what an approved template says: only WhatsApp Manager does. A
-    template lock file (issue 17's templates issue) will: look the text up here by (name,
-    language) and return `TemplateWords(fill(text, parameters), ...)`. Until then the page
-    shows the parameters alone, and says so."""
-    del name, language  # the seam's key, once there is a lock file to look it up in
-    return TemplateWords(None, tuple(parameters))
-
-
-_PLACEHOLDER = re.compile(r"\{\{\s*(\d+)\s*\}\}")
-
-
-def fill(text: str, parameters: Sequence[str]) -> str:
-    """A template's text with `{{1}}`, `{{2}}`, ... replaced by the parameters (1-based, as
-    WhatsApp numbers them: docs/whatsapp-api.md#templates); a placeholder with no parameter
-    stays as written, so a mismatch shows."""
-
-    def one(match: re.Match[str]) -> str:
-        index = int(match.group(1))
-        return parameters[index - 1] if 1 <= index <= len(parameters) else match.group(0)
-
-    return _PLACEHOLDER.sub(one, text)
+    rendered for one recipient): the approved text with them filled in when the flow's
+    template lock file knows it (`flowrun templates pull`), else the parameters alone."""
+    text = texts.get((name, language))
+    return TemplateWords(fill(text, parameters) if text else None, tuple(parameters))
 
 
 # --- what a bubble shows ----------------------------------------------------------------------
@@ -262,12 +249,12 @@ class Chat:
     bubbles: tuple[Bubble, ...]
 
 
-def _chat(conversation: Conversation, now: datetime) -> Chat:
+def _chat(conversation: Conversation, now: datetime, texts: Texts) -> Chat:
     recipient = conversation.recipient
     fields = recipient.fields
     name = str(fields.get("name") or fields.get("Name") or f"+{recipient.phone}")
     shown = tuple((str(k), _said(v)) for k, v in fields.items() if k not in ("phone", "name"))
-    bubbles = tuple(_bubble(step, now) for step in conversation.steps)
+    bubbles = tuple(_bubble(step, now, texts) for step in conversation.steps)
     states = [b.state for b in bubbles]
     counts = ", ".join(
         f"{states.count(state)} {said}"
@@ -305,7 +292,7 @@ def _time(moment: datetime | None) -> str:
     return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _bubble(step: Step, now: datetime) -> Bubble:
+def _bubble(step: Step, now: datetime, texts: Texts) -> Bubble:
     item, fate = step.item, step.fate
     plan_step = item.step
     after = _after(plan_step.after) if plan_step.after is not None else None
@@ -315,7 +302,7 @@ def _bubble(step: Step, now: datetime) -> Bubble:
         return base
     content = item.content
     if plan_step.kind == "template":
-        return _template_bubble(base, content, item.upload)
+        return _template_bubble(base, content, item.upload, texts)
     if plan_step.kind == "text":
         return _replace(base, text=str(content.get("body", "")))
     return _replace(
@@ -370,7 +357,9 @@ def _why(step: Step, now: datetime) -> str:
     return why
 
 
-def _template_bubble(base: Bubble, content: Mapping[str, Any], upload: LocalMedia | None) -> Bubble:
+def _template_bubble(
+    base: Bubble, content: Mapping[str, Any], upload: LocalMedia | None, texts: Texts
+) -> Bubble:
     name = str(content.get("name", ""))
     language = str(content.get("language", {}).get("code", ""))
     header_text = None
@@ -398,7 +387,7 @@ def _template_bubble(base: Bubble, content: Mapping[str, Any], upload: LocalMedi
         header=header_text,
         media=media,
         template=f"{name} · {language}",
-        words=template_words(name, language, body),
+        words=template_words(name, language, body, texts),
         buttons=tuple(buttons),
     )
 
@@ -611,7 +600,8 @@ def preview(flow_file: str, request: PreviewRequest) -> int:
     )
     now = clock.now()
     found = conversations(plan, dialects.build(checked.target), ledger, recipients, now)
-    chats = [_chat(conversation, now) for conversation in found]
+    texts = body_texts(lock_path(plan.loaded.path))
+    chats = [_chat(conversation, now, texts) for conversation in found]
     source = f"ledger {ledger}" if ledger.is_file() else "no ledger yet: nobody wrote"
     html = page(plan.loaded.name, flow_file, chats, now, source)
     output = (
