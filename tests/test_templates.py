@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -153,9 +154,19 @@ def test_every_bomb_stops_fast_in_bounded_memory(tmp_path: Path) -> None:
     lines = [line for line in stderr.splitlines() if "warning:" not in line]
     for case in BOMBS:
         mine = [line for line in lines if line.startswith(f"{case.name}:")]
-        assert mine[0] == _expected(case)
+        assert mine[0] in (_expected(case), _timed_out(_expected(case)))
     assert elapsed < 100  # against hangs: about 50 flows, the slow-loop one takes its 1 s
     assert peak < PEAK_MB, f"peak RSS {peak:.0f} MB"
+
+
+def _timed_out(expected: str) -> str:
+    """The same stop, at the same place, by the 1 s wall-clock limit: on a loaded machine it
+    may come before the bomb's own limit (the turn count, the size), and it stops it as well."""
+    return re.sub(
+        r"a limit: .*? \(first for",
+        "a limit: rendering one value took more than 1 s (first for",
+        expected,
+    )
 
 
 def test_a_run_and_a_plan_refuse_a_bomb_with_exit_2(tmp_path: Path) -> None:
