@@ -113,11 +113,11 @@ def _international(text: str, digits: str) -> PhoneNumber:
     costs about 15 us, a fifth of what `validate` spends on a recipient); the others, those
     that start with a trunk prefix or 0, are parsed by phonenumbers. Both read a number alike:
     tests/test_recipients.py checks it for every country code."""
-    from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneNumber
+    import phonenumbers  # here, not `from ... import`: that costs a microsecond a call
 
     for length in (1, 2, 3):
         code = int(digits[:length])
-        if code in COUNTRY_CODE_TO_REGION_CODE:
+        if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
             break
     else:
         raise _no_such_country(text)
@@ -129,7 +129,7 @@ def _international(text: str, digits: str) -> PhoneNumber:
         or (trunk is not None and trunk.match(national))
     ):
         return _parsed(text, "+" + digits, None)
-    return PhoneNumber(country_code=code, national_number=int(national))
+    return phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
 
 
 def _no_such_country(text: str) -> ValueError:
@@ -168,14 +168,13 @@ def _checked(text: str, number: PhoneNumber, national: bool) -> Phone:
     """The number if it is possible (a ValueError in the writer's words if not), with a doubt
     if it is in no range its country uses."""
     import phonenumbers
-    from phonenumbers import PhoneNumber
 
     reason = phonenumbers.is_possible_number_with_reason(number)
     result = phonenumbers.ValidationResult
     if reason == result.IS_POSSIBLE and _kept_trunk_prefix(number):
         # `07700 9004` in GB: without its 0 it is too short, so libphonenumber keeps the 0 as
         # part of the number; but where 0 is the trunk prefix no number starts with it
-        shorter = PhoneNumber(
+        shorter = phonenumbers.PhoneNumber(
             country_code=number.country_code, national_number=number.national_number
         )
         reason = phonenumbers.is_possible_number_with_reason(shorter)
@@ -205,13 +204,13 @@ def is_valid(number: PhoneNumber) -> bool:
     into one per length, instead of ten lookups and matches. `phonenumbers.is_valid_number`
     costs 10 to 25 us, a third of what `validate` spends on a recipient; tests/test_recipients.py
     checks that both agree for every calling code."""
-    from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, national_significant_number
+    import phonenumbers
 
     code = number.country_code or 0
-    regions = COUNTRY_CODE_TO_REGION_CODE.get(code)
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code)
     if not regions:
         return False
-    digits = national_significant_number(number)
+    digits = phonenumbers.national_significant_number(number)
     if len(regions) == 1:
         ranges = _ranges(code, regions[0])
         return ranges is not None and ranges.known(digits)
