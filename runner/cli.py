@@ -227,11 +227,33 @@ def preview(
 @click.option("--sandbox", "use_sandbox", is_flag=True, help="The FLOW's sandbox ledger.")
 @click.option("--csv", "fmt", flag_value="csv", help="Every message row as CSV.")
 @click.option("--jsonl", "fmt", flag_value="jsonl", help="Every message row as JSON lines.")
-def report(flow: str | None, ledger_path: str | None, use_sandbox: bool, fmt: str | None) -> None:
-    """What the ledger says: counts per step and state, failures by reason, uncertain ones."""
+@click.option("-o", "--output", metavar="FILE", help="Write the report to FILE.")
+@click.option(
+    "--excel",
+    is_flag=True,
+    help="CSV for Excel: UTF-8 with a byte order mark, WhatsApp ids kept as text.",
+)
+def report(
+    flow: str | None,
+    *,
+    ledger_path: str | None,
+    use_sandbox: bool,
+    fmt: str | None,
+    output: str | None,
+    excel: bool,
+) -> None:
+    """What the ledger says: counts per step and state, failures by reason, uncertain ones.
+
+    With FLOW, steps are in the flow's order and --csv / --jsonl rows carry the recipient's
+    own columns (from the flow's CSV: csv_line, phone as written, name, ...). Without a real
+    run yet, the FLOW's sandbox ledger is read."""
     from .commands.report import report as report_ledger
 
-    sys.exit(_handled(lambda: report_ledger(flow, ledger_path, use_sandbox, fmt)))
+    sys.exit(
+        _handled(
+            lambda: report_ledger(flow, ledger_path, use_sandbox, fmt, output=output, excel=excel)
+        )
+    )
 
 
 @cli.command()

@@ -25,6 +25,7 @@ from pydantic import (
 
 from .durations import Duration
 from .quiet_hours import WINDOW_PATTERN, check_send_between, check_timezone
+from .recipients import check_country
 
 CAPTION_MAX = 1024  # Meta's image/video/document reference: "Maximum 1024 characters"
 TEXT_BODY_MAX = 4096  # text messages; longer bodies fail with error 1001 / 131008
@@ -240,6 +241,13 @@ class Settings(_Strict):
         None,
         description="IANA time zone (e.g. Europe/Berlin) for recipients whose own is not known;"
         " default UTC.",
+    )
+    default_country: Annotated[str, AfterValidator(check_country)] | None = Field(
+        None,
+        json_schema_extra={"pattern": "^[A-Za-z]{2}$"},
+        description="Country (two letters of ISO 3166: GB, DE, US) of phones written without"
+        " a country code, in the CSV or the flow: with GB, 07700 900456 is +44 7700 900456."
+        " Without it, every phone needs its country code (+44 ..., 0044 ..., or 44...).",
     )
     expires: Duration = Field(
         "7d",

@@ -114,7 +114,7 @@ class Plan:
         return self.loaded.flow
 
     def recipients(self) -> RecipientStream:
-        return RecipientStream(self._rows, self.problems)
+        return RecipientStream(self._rows, self.problems, self.flow.settings.default_country)
 
     def _rows(self) -> Iterator[tuple[Location, dict[str, Any]]]:
         source = self.flow.recipients

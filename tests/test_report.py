@@ -301,3 +301,109 @@ def test_what_customers_typed_reaches_no_terminal_and_no_spreadsheet(tmp_path: P
     (row,) = csv.DictReader(io.StringIO(out.getvalue()))
     assert (row["reply"], row["button"]) == ("'=1+1", "'" + printable(hostile))
     assert "\x1b" not in row["button"]
+
+
+# `report FLOW` as a new user meets it (issue 17): after `flowrun FLOW --sandbox`, for a
+# spreadsheet, steps in the flow's order.
+STEPS = (
+    "  - name: zeta\n    text: {body: 'hi {{ recipient.name }}'}\n"
+    "  - name: alpha\n    text: {body: b}\n"
+)
+
+
+def test_report_after_a_sandbox_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_flow(tmp_path, "http://127.0.0.1:9", STEPS, people=2)
+    code, out, err = flowrun("report", "flow.yaml")
+    assert code == 2
+    assert (
+        err.strip()
+        == (
+            f"flowrun: {tmp_path / 'flow.ledger.sqlite'}: no ledger here; run the flow first"
+            " (flowrun flow.yaml, or flowrun flow.yaml --sandbox to try it), or name one with"
+            " --ledger"
+        )
+        or "--sandbox to try it" in err
+    ), err
+    code, _, err = flowrun("report", "flow.yaml", "--sandbox")
+    assert code == 2
+    assert "no sandbox ledger here; try the flow first with flowrun flow.yaml --sandbox" in err
+    code, out, err = flowrun("flow.yaml", "--sandbox")
+    assert code == 0, err
+    code, out, err = flowrun("report", "flow.yaml")
+    assert code == 0, err
+    sandbox = "flow.sandbox.ledger.sqlite"
+    assert err.splitlines() == [f"report: reading the sandbox ledger {sandbox} (no real run yet)"]
+    assert out.splitlines()[0] == f"ledger: {sandbox}"
+    # the flow's order, not the alphabet's
+    assert [line.split()[0] for line in out.splitlines()[2:4]] == ["t/zeta", "t/alpha"]
+    code, explicit, err = flowrun("report", "flow.yaml", "--sandbox")
+    assert (code, explicit, err) == (0, out, "")
+
+
+def test_report_csv_for_a_spreadsheet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """-o FILE, --excel (a byte order mark, ids as text), the recipient's own columns joined
+    by WhatsApp id, and no cell a spreadsheet would run as a formula."""
+    monkeypatch.chdir(tmp_path)
+    write_flow(tmp_path, "http://127.0.0.1:9", STEPS, people=2)
+    (tmp_path / "people.csv").write_text(
+        "phone,name,lang\n"
+        '+44 (0)7700 900101,=HYPERLINK("http://evil.example/"),en\n'
+        "\n"
+        "447700900102,@Bob,de\n"
+        "447700900101,Again,de\n",  # a duplicate: the first row is the recipient
+        "utf-8",
+    )
+    assert flowrun("flow.yaml", "--sandbox")[0] == 0
+    code, out, err = flowrun("report", "flow.yaml", "--csv", "--excel", "-o", "out.csv")
+    assert (code, out) == (0, ""), err
+    assert "reading the sandbox ledger" in err
+    raw = (tmp_path / "out.csv").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
+    assert [(row["recipient"], row["step"]) for row in rows] == [
+        ('="447700900101"', "zeta"),
+        ('="447700900101"', "alpha"),
+        ('="447700900102"', "zeta"),
+        ('="447700900102"', "alpha"),
+    ]
+    first, _, second, _ = rows
+    assert (first["csv_line"], first["phone"], first["name"], first["lang"]) == (
+        "2",
+        "'+44 (0)7700 900101",
+        '\'=HYPERLINK("http://evil.example/")',
+        "en",
+    )
+    assert (second["csv_line"], second["phone"], second["name"]) == (
+        "4",
+        '="447700900102"',
+        "'@Bob",
+    )
+    # without --excel: ids as digits, no byte order mark, to stdout
+    code, out, _ = flowrun("report", "flow.yaml", "--csv")
+    assert not out.startswith("\ufeff")
+    plain = list(csv.DictReader(io.StringIO(out)))
+    assert (plain[0]["recipient"], plain[0]["phone"]) == ("447700900101", "'+44 (0)7700 900101")
+    code, out, _ = flowrun("report", "flow.yaml", "--jsonl")
+    assert json.loads(out.splitlines()[2])["name"] == "@Bob"
+
+
+def test_the_recipients_columns_of_a_large_csv(tmp_path: Path) -> None:
+    """100,000 recipients: one string each, in a dict by phone."""
+    import tracemalloc
+
+    from runner.commands.report import recipient_columns
+    from runner.loader import load_flow
+
+    write_flow(tmp_path, "http://127.0.0.1:9", STEPS, people=0)
+    rows = "".join(
+        f"+1 555 {i // 10000:03d} {i % 10000:04d},Person {i},en\n" for i in range(100_000)
+    )
+    (tmp_path / "people.csv").write_text("phone,name,lang\n" + rows, "utf-8")
+    tracemalloc.start()
+    people = recipient_columns(load_flow(tmp_path / "flow.yaml"))
+    size, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert people is not None
+    assert people.cells("15550099999") == ("100001", "+1 555 009 9999", "Person 99999", "en")
+    assert size < 25_000_000, size
