@@ -323,6 +323,11 @@ def _advice(summary: Summary) -> list[str]:
             f"{summary.held:,} recipient(s) wait behind a failed or uncertain message of an"
             " earlier run; see flowrun report, then --retry-failed or --retry-uncertain"
         )
+    for reason, count in summary.upload_failed.items():
+        lines.append(
+            f"{count:,} message(s) not sent: {reason}; they are not failed (they never reached"
+            " the API): the next run sends them"
+        )
     if summary.unsent:
         lines.append(
             f"{summary.unsent:,} message(s) refused by the API were waiting for a retry when the"
