@@ -5,6 +5,8 @@ Real runs over loopback HTTP against the sandbox, with a real SQLite ledger."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,46 @@ def test_a_message_the_api_refused_stays_failed(
         ("#1", "failed"),
         ("#2", "skipped"),
     ]
+
+
+def test_a_resumed_run_says_what_was_sent_before(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    base, state = api
+    write_flow(folder, base, "  - text: {body: hi}\n", people=10)
+    assert flowrun("flow.yaml", "--limit", "3")[0] == 0
+    code, out, err = flowrun("flow.yaml")
+    assert code == 0, err
+    assert "flow.yaml: 3 message(s) were sent before, by an earlier run; not sent again" in out
+    assert "flow.yaml: sent 7, failed 0" in out
+    assert len(state.inbox) == 10
+
+
+def test_report_calls_a_message_in_flight_sending_everywhere(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    """A row marked `sending` (in flight now, or left by a run killed hard) was counted in
+    the `sending` column and listed under `uncertain`: one word for it, in both places."""
+    base, _state = api
+    write_flow(folder, base, "  - text: {body: hi}\n", people=3)
+    post(f"{base}/sandbox/faults", {"fail_recipients": {"15550100002": 131026}})
+    flowrun("flow.yaml")
+    with contextlib.closing(sqlite3.connect(folder / "flow.ledger.sqlite")) as db, db:
+        db.execute("UPDATE messages SET state = 'sending' WHERE recipient = '15550100001'")
+        db.execute("UPDATE messages SET state = 'uncertain' WHERE recipient = '15550100002'")
+    code, out, _err = flowrun("report", "flow.yaml")
+    assert code == 0
+    lines = out.splitlines()
+    header = lines[1].split()
+    assert header[-2:] == ["sending", "waiting"]
+    assert lines[2].split()[header.index("sending")] == "1"
+    assert lines[2].split()[header.index("uncertain")] == "1"
+    uncertain = lines.index(
+        "uncertain (the API may or may not have them; --retry-uncertain sends them again):"
+    )
+    assert lines[uncertain + 1] == "  15550100002 (#1)"
+    sending = lines.index(
+        "sending (in flight: a run is sending them now; if none is, a run was stopped hard"
+        " and the next run counts them uncertain):"
+    )
+    assert lines[sending + 1] == "  15550100001 (#1)"

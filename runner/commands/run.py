@@ -220,6 +220,11 @@ def _print_summary(flow_file: str, summary: Summary, ledger_path: Path) -> None:
         click.echo(f"  failed {count:,}x: {reason}", err=True)
     if not summary.sent and summary.already and not summary.failed:
         click.echo(f"{flow_file}: nothing to send: {summary.already:,} message(s) were sent before")
+    elif summary.already:  # a resume: what this run sent is what was due, the rest went before
+        click.echo(
+            f"{flow_file}: {summary.already:,} message(s) were sent before, by an earlier run;"
+            " not sent again"
+        )
     waiting = sum(summary.waiting.values())
     click.echo(
         f"{flow_file}: sent {summary.sent:,}, failed {summary.failed:,}, skipped"
