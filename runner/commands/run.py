@@ -23,7 +23,7 @@ from runner.pacing import run_pace
 from runner.plan import Plan
 from runner.progress import Progress
 from runner.recipients import normalize_phone
-from runner.target import ApiTarget, api_target
+from runner.target import ApiTarget, api_target, base_url_error
 from runner.transport import HttpTransport
 
 from .checking import check
@@ -42,6 +42,7 @@ class RunRequest:
     use_sandbox: bool = False
     listen_port: int | None = None
     follow: bool = False
+    base_url: str | None = None  # instead of the flow's api.base_url (--base-url)
 
 
 def run(flow_file: str, request: RunRequest) -> int:
@@ -51,10 +52,12 @@ def run(flow_file: str, request: RunRequest) -> int:
     checked = check(flow_file, api=False)
     plan = checked.plan
     only = _phone_option(request.only)
+    if request.base_url is not None and request.use_sandbox:
+        raise FlowrunError("--base-url and --sandbox: choose one (--sandbox is its own API)")
     if only is not None and all(r.phone != only for r in plan.recipients()):
         raise FlowrunError(f"--only {request.only}: {flow_file} has no recipient with this phone")
     with contextlib.ExitStack() as stack:
-        target = _target(plan, stack, request.use_sandbox)
+        target = _target(plan, stack, request.use_sandbox, request.base_url)
         dialect = dialects.build(target)
         settings = plan.flow.settings
         rate, interval = run_pace(settings, dialect, sandbox=request.use_sandbox)
@@ -68,10 +71,13 @@ def run(flow_file: str, request: RunRequest) -> int:
             interval=interval,
             follow=request.follow,
         )
+        # Sent elsewhere than the flow's API (a sandbox, by --base-url): a ledger of its own,
+        # as --sandbox keeps, so that trying a flow never marks a real message as sent.
+        elsewhere = request.use_sandbox or request.base_url is not None
         path = (
             Path(request.ledger_path)
             if request.ledger_path
-            else default_path(plan.loaded.path, request.use_sandbox)
+            else default_path(plan.loaded.path, elsewhere)
         )
         ledger = stack.enter_context(contextlib.closing(open_for_run(path, plan.loaded.name)))
         _check_renamed(ledger, path, chosen=request.ledger_path is not None)
@@ -130,14 +136,21 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _target(plan: Plan, stack: contextlib.ExitStack, use_sandbox: bool) -> ApiTarget:
-    """The flow's API, or a sandbox started for this run (in the flow's dialect)."""
+def _target(
+    plan: Plan, stack: contextlib.ExitStack, use_sandbox: bool, base_url: str | None
+) -> ApiTarget:
+    """The flow's API (at `base_url` instead of its own, if given), or a sandbox started for
+    this run (in the flow's dialect)."""
     if use_sandbox:
         from runner import sandbox
 
         base_url, _ = stack.enter_context(sandbox.running(state=sandbox.state_for(plan.flow)))
         return sandbox.target_for(plan.flow.api, base_url)
-    target = api_target(plan, for_run=True)
+    if base_url is not None:
+        error = base_url_error(base_url)
+        if error:
+            raise FlowrunError(f"--base-url {base_url}: {error}")
+    target = api_target(plan, for_run=True, base_url=base_url)
     if plan.problems.has_errors() or not target.ready:
         raise FlowInvalid(plan.problems)
     return target
