@@ -107,6 +107,14 @@ def cli() -> None:
     is_flag=True,
     help="Send to a built-in sandbox API on 127.0.0.1 instead of the flow's API.",
 )
+@click.option(
+    "--base-url",
+    envvar="FLOWRUN_BASE_URL",
+    metavar="URL",
+    help="Send to this API instead of the flow's api.base_url (a running flowrun sandbox:"
+    " http://127.0.0.1:8480), with the flow's credentials and a ledger of its own"
+    " (FLOW.sandbox.ledger.sqlite). Also FLOWRUN_BASE_URL.",
+)
 def run(
     flow: str,
     *,
@@ -120,6 +128,7 @@ def run(
     listen_port: int | None,
     follow: bool,
     use_sandbox: bool,
+    base_url: str | None,
 ) -> None:
     """Send every message of FLOW that the ledger does not show as sent."""
     if dry_run:
@@ -140,6 +149,7 @@ def run(
         use_sandbox=use_sandbox,
         listen_port=listen_port,
         follow=follow,
+        base_url=base_url or None,
     )
     sys.exit(_handled(lambda: run_flow(flow, request)))
 

@@ -9,8 +9,10 @@ attempt. So after a hard kill at most `concurrency` rows are left `sending`, and
 reports them as `uncertain` instead of sending them again.
 
 What counts as done: `sent`. A step skipped by `when`, or blocked by a failed step, is looked at
-again on the next run (nothing was sent, so nothing can be sent twice). `failed` and `uncertain`
-are retried only with --retry-failed / --retry-uncertain.
+again on the next run (nothing was sent, so nothing can be sent twice), as is one the run's own
+problem kept from the API (its credentials refused, its file's upload failed: skipped, `not
+sent`). `failed` (the API refused the message itself) and `uncertain` are retried only with
+--retry-failed / --retry-uncertain.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ LOOK_BACK = timedelta(seconds=5)  # a receiver's row may commit after a later-st
 # The reasons a step is not sent yet, or no more (the ledger's error_title of its row)
 WINDOW_WAIT = WAITS_WINDOW  # waits for the customer to write: their window is closed
 ANSWER = WAITS_ANSWER  # its `when` reads an answer to an earlier step, not given yet
+NOT_SENT = "not sent"  # the run's own problem kept it from the API (credentials, an upload)
 
 
 class _Go(enum.Enum):
@@ -141,6 +144,8 @@ class Summary:
     changed: int = 0  # of those, how many the flow now words differently
     held: int = 0  # failed/uncertain from an earlier run, not retried
     unsent: int = 0  # refused, then the run stopped before the retry: the next run sends them
+    # not sent: their upload failed (reason → messages); the next run sends them
+    upload_failed: dict[str, int] = field(default_factory=dict)
     uploads: int = 0
     recovered: int = 0  # `sending` rows of a dead run, now uncertain
     throttled: int = 0  # times the API asked the whole run to slow down
@@ -153,7 +158,7 @@ class Summary:
     def exit_code(self) -> int:
         if self.interrupted:
             return 130
-        return 1 if self.failed or self.uncertain or self.held else 0
+        return 1 if self.failed or self.uncertain or self.held or self.upload_failed else 0
 
 
 def encode(body: dict[str, Any]) -> bytes:
@@ -556,7 +561,7 @@ class Executor:
                 state.media_id = await self._media_id(message.upload)
             return await self._attempts(message, state)
         except UploadFailed as exc:
-            return self._failed(message, exc.failure, 1)
+            return self._upload_failed(message, exc.failure)
         except UploadInterrupted:
             return None
 
@@ -601,9 +606,10 @@ class Executor:
             if self.summary.spam >= SPAM_STOP_AFTER:
                 self._stop(StopRun(_spam_message(failure, self.summary.spam)))
                 return self._failed(message, failure, 1)
+        if failure.verdict is Verdict.AUTH:  # (a new login did not help)
+            self._credentials_refused(message, failure)
+            return None
         if not failure.retry or attempt > self.retries:
-            if failure.verdict is Verdict.AUTH:
-                self._stop(StopRun(_auth_message(failure, self.dialect)))
             return self._failed(message, failure, 1)
         # Waiting for the next attempt: the slot goes back, and the message is on record as
         # failed (the API refused it) until its next mark.
@@ -704,6 +710,39 @@ class Executor:
         )
         self.summary.unsent += 1
 
+    def _credentials_refused(self, message: Message, failure: ApiFailure) -> None:
+        """The API refused the run's credentials, not this message (each message in flight
+        when they were refused hears the same): the run stops, and the message is recorded
+        as skipped ('not sent'), so the next run, with the credentials fixed, sends it
+        without --retry-failed. None: the run stops, the recipient's later steps go next
+        run too."""
+        self._stop(StopRun(_auth_message(failure, self.dialect)))
+        why = f"the API refused the run's credentials ({failure}); the next run sends it"
+        self.commits.record(
+            _skipped(message.step.key, message.recipient.phone, NOT_SENT, why),
+        )
+
+    def _upload_failed(self, message: Message, failure: ApiFailure) -> bool | None:
+        """The message's file could not be uploaded: the message never reached the API, so
+        it is not failed but skipped ('not sent'), and the next run sends it (a failure of
+        the file itself, or of the API's media endpoint, says nothing about the recipient).
+        False: the recipient's later steps wait behind it (recorded as blocked); None when
+        the run stops (its credentials were refused while uploading)."""
+        assert message.upload is not None
+        reason = (
+            f"the upload of {message.upload.relative or message.upload.path} failed ({failure})"
+        )
+        self.commits.record(
+            _skipped(message.step.key, message.recipient.phone, NOT_SENT, reason),
+        )
+        failed = self.summary.upload_failed
+        failed[reason] = failed.get(reason, 0) + 1
+        self.progress.update(self.summary)
+        if self._stopping:
+            return None
+        self._count_failure(failure)  # a file that never uploads pauses the run, as failures
+        return False
+
     def _window_refused(self, message: Message, failure: ApiFailure) -> None:
         """The API says the customer's window is closed (whatever the ledger, the CSV or the
         flow's `window: open` said): the step waits for them to write. The refusal's code on
@@ -745,6 +784,12 @@ class Executor:
         self.summary.failed += 1
         reason = str(failure) + (f" — {failure.hint}" if failure.hint else "")
         self.summary.failures[reason] = self.summary.failures.get(reason, 0) + 1
+        self._count_failure(failure)
+        self.progress.update(self.summary)
+        return False
+
+    def _count_failure(self, failure: ApiFailure) -> None:
+        """One more message in a row that did not go: at FAILURE_STREAK_LIMIT, the run stops."""
         self._streak += 1
         if self._streak >= FAILURE_STREAK_LIMIT:
             self._stop(
@@ -753,8 +798,6 @@ class Executor:
                     "paused: fix the cause and run again to continue"
                 )
             )
-        self.progress.update(self.summary)
-        return False
 
     def _stop(self, error: BaseException) -> None:
         if self._stop_error is None:
@@ -971,5 +1014,6 @@ def _spam_message(failure: ApiFailure, refusals: int) -> str:
 def _auth_message(failure: ApiFailure, dialect: Dialect) -> str:
     return (
         f"the API refused the credentials ({failure}); check what the flow's"
-        f" {dialect.credentials_from} reads"
+        f" {dialect.credentials_from} reads (the messages it refused for them are not failed:"
+        " the next run sends them)"
     )

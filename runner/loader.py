@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import models
 from .errors import FlowInvalid, Location, Problem, Problems, single_problem
+from .media import near_names
 from .yamldoc import Document, YamlPath, parse, read_text
 
 
@@ -56,6 +58,22 @@ def load_flow(path: Path | str) -> LoadedFlow:
             problems.add(_problem(document, error))
         raise FlowInvalid(problems) from None
     return LoadedFlow(flow, document, path, display)
+
+
+def missing_csv(loaded: LoadedFlow) -> Problem | None:
+    """A recipients CSV that is not there, said at the flow's line that names it (not at
+    line 1 of a file that does not exist), with the close names that are there."""
+    source = loaded.flow.recipients
+    if not isinstance(source, models.CsvRecipients):
+        return None
+    path = loaded.base_dir / source.csv
+    if path.exists():
+        return None
+    return Problem(
+        loaded.locate(("recipients", "csv")),
+        f"CSV file '{source.csv}' not found",
+        near_names(path, source.csv, ".csv"),
+    )
 
 
 def _check_top_level(document: Document) -> None:
@@ -115,9 +133,44 @@ def _best_path(node: Any, loc: tuple[Any, ...], missing: bool) -> tuple[int, lis
     return skipped
 
 
+def _all_paths(node: Any, loc: tuple[Any, ...]) -> Iterator[list[str | int]]:
+    """Every reading of a loc that reaches a value in the data (each part a key, or a tag)."""
+    if not loc:
+        yield []
+        return
+    part, rest = loc[0], loc[1:]
+    present = (isinstance(node, dict) and part in node) or (
+        isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+    )
+    if present:
+        yield from ([part, *path] for path in _all_paths(node[part], rest))
+    yield from _all_paths(node, rest)
+
+
+def _value_at(data: Any, path: YamlPath) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _error_path(document: Document, error: Any, missing: bool) -> YamlPath:
+    """Where an error is: `_data_path`, unless the value there is not the one refused while
+    another reading of the loc leads to it. A template step's own `name` and its template's
+    `name` share a loc (..., 'template', 'name': the tag, then the key), and the refused
+    value tells them apart."""
+    path = _data_path(document.data, error["loc"], missing)
+    refused = error.get("input")
+    if missing or isinstance(refused, dict | list) or _value_at(document.data, path) == refused:
+        return path
+    for reading in _all_paths(document.data, tuple(error["loc"])):
+        if len(reading) > 0 and _value_at(document.data, tuple(reading)) == refused:
+            return tuple(reading)
+    return path
+
+
 def _problem(document: Document, error: Any) -> Problem:
     kind = error["type"]
-    path = _data_path(document.data, error["loc"], missing=kind == "missing")
+    path = _error_path(document, error, missing=kind == "missing")
     name = path[-1] if path else "flow"
     if kind == "extra_forbidden":
         return Problem(

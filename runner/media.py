@@ -13,6 +13,7 @@ where the format has a signature, so a PNG renamed to .jpg is caught here, not b
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import stat
 from dataclasses import dataclass, field
@@ -141,7 +142,7 @@ def check_file(base: Path, relative: str, media_type: str) -> LocalMedia:
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise MediaError(f"file '{relative}' not found", _near_names(path)) from None
+        raise MediaError(f"file '{relative}' not found", near_names(path, relative)) from None
     except OSError as exc:
         raise MediaError(f"cannot read '{relative}': {exc.strerror}") from None
     if not stat.S_ISREG(info.st_mode):
@@ -194,13 +195,36 @@ def _hash(path: Path, relative: str) -> tuple[str, bytes]:
     return digest.hexdigest(), head[:16]
 
 
-def _near_names(path: Path) -> str | None:
-    """A hint naming files in the same folder with the same stem (tour.mp4 for tour.mov)."""
+def near_names(path: Path, relative: str, suffix: str | None = None) -> str | None:
+    """A hint for a file that is not there, naming files of the folder the flow named as the
+    flow would write them: those with the same stem (tour.mp4 for tour.mov) or a close name
+    (welcome.jpg for welcom.jpg, Logo.png for logo.png), else what the folder holds, the
+    closest names first (of those ending in `suffix`, if given). A folder that is not there
+    is said so."""
+    folder = relative.replace("\\", "/").rpartition("/")[0]
+    shown = f"{folder}/" if folder else ""
+    where = shown or "the flow's folder"
     try:
-        near = sorted(p.name for p in path.parent.iterdir() if p.stem == path.stem)
+        names = [p.name for p in path.parent.iterdir() if not p.name.startswith(".")]
+    except FileNotFoundError:
+        return f"there is no folder '{folder}' beside the flow" if folder else None
     except OSError:
         return None
-    return f"did you mean {', '.join(near)}?" if near else None
+    if suffix is not None:
+        names = [name for name in names if name.lower().endswith(suffix)]
+    if not names:
+        return f"{where} holds no {suffix} file" if suffix else f"{where} is empty"
+    close = sorted(n for n in names if Path(n).stem == path.stem)
+    close = close or difflib.get_close_matches(path.name, names, n=3, cutoff=0.75)
+    close = close or [n for n in names if n.lower() == path.name.lower()]
+    if close:
+        return "did you mean " + " or ".join(f"'{shown}{name}'" for name in close) + "?"
+    ranked = sorted(names, key=lambda n: -difflib.SequenceMatcher(None, path.name, n).ratio())
+    listed = ", ".join(ranked[:NAMES_LISTED]) + (", ..." if len(ranked) > NAMES_LISTED else "")
+    return f"no name is close; {where} holds: {listed}"
+
+
+NAMES_LISTED = 8  # the closest names of a folder a hint lists
 
 
 def _size(n: int) -> str:

@@ -1,6 +1,13 @@
 """What a run shows while it works: a live line on a terminal, a plain line now and then in a log.
 
 Updated a few times a second at most, never per message: printing must not slow sending.
+
+What it counts is what is due: `total` is every message the flow sends (the survey, before the
+ledger is read), and the messages an earlier run sent are taken off it as the run learns them
+(`already`), and named apart. Learned, not counted beforehand: only the run's pass knows which
+of them the flow still sends (a step renamed, a recipient gone from the CSV, a `when` now
+false, --only and --limit), and it learns them at once: a recipient whose messages were all
+sent costs no request and no wait, so the executor passes them before the first line shows.
 """
 
 from __future__ import annotations
@@ -28,11 +35,13 @@ class Progress:
         done = summary.sent + summary.failed + summary.uncertain
         elapsed = max(now - self.started, 1e-6)
         rate = summary.sent / elapsed
-        left = max(self.total - done - summary.skipped - summary.blocked - summary.already, 0)
+        due = max(self.total - summary.already, summary.sent)
+        left = max(due - done - summary.skipped - summary.blocked, 0)
         eta = f", {left / rate:,.0f} s left" if rate > 0 and left else ""
+        before = f" ({summary.already:,} sent before)" if summary.already else ""
         text = (
-            f"sent {summary.sent:,}/{self.total:,}, failed {summary.failed:,}, "
-            f"{rate:,.0f} msg/s{eta}"
+            f"sent {summary.sent:,}/{due:,}, failed {summary.failed:,}, "
+            f"{rate:,.0f} msg/s{eta}{before}"
         )
         if self.live:
             self.stream.write(f"\r\x1b[2K{text}")

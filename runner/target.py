@@ -46,16 +46,20 @@ class ApiTarget:
         return self.base_url is not None and credential and number
 
 
-def api_target(plan: Plan, *, for_run: bool, account: bool = False) -> ApiTarget:
+def api_target(
+    plan: Plan, *, for_run: bool, account: bool = False, base_url: str | None = None
+) -> ApiTarget:
     """The flow's API target; what cannot be rendered is added to `plan.problems`.
 
     A missing environment variable is a warning where nothing is sent (validate and plan run
     in CI without secrets) and an error for a real run. `account`: also the WhatsApp Business
-    Account's id (only `templates pull` needs it; a run must not ask for it).
+    Account's id (only `templates pull` needs it; a run must not ask for it). `base_url` (a
+    run's --base-url, checked by `base_url_error`) replaces the flow's: its own is then not
+    rendered at all.
     """
     api = plan.flow.api
     sources: dict[str, tuple[str | None, YamlPath]] = {
-        "base_url": (api.base_url, ("api", "base_url")),
+        "base_url": (api.base_url if base_url is None else None, ("api", "base_url")),
         "token": (api.token, ("api", "token")),
     }
     if isinstance(api, models.CloudApi):
@@ -72,7 +76,7 @@ def api_target(plan: Plan, *, for_run: bool, account: bool = False) -> ApiTarget
         for name, (source, where) in sources.items()
         if source is not None
     }
-    base_url = values.get("base_url")
+    base_url = values.get("base_url", base_url)
     return ApiTarget(
         kind=api.kind,
         base_url=base_url.rstrip("/") if base_url else None,
@@ -107,6 +111,12 @@ def _render(plan: Plan, name: str, source: str, where: YamlPath, for_run: bool) 
         plan.problems.add(Problem(location, error))
         return None
     return value
+
+
+def base_url_error(url: str) -> str | None:
+    """What is wrong with a base URL given on the command line (--base-url,
+    FLOWRUN_BASE_URL), by the rule of the flow's own api.base_url; None if it can be used."""
+    return _check("base_url", url)
 
 
 def _check(name: str, value: str) -> str | None:

@@ -38,9 +38,11 @@ the backstop that would turn a missed one into a failure.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import os
+import re
 import string
 import time
 import types
@@ -77,6 +79,11 @@ class MissingEnv(UndefinedError):
 
 class FieldError(UndefinedError):
     """A template reads a recipient field or var that does not exist."""
+
+
+class WhenMistake(TemplateSyntaxError):
+    """A `when:` written as a template (`"{{ ... }}"`) or comparing with `=`: said in the
+    words of the person who wrote it, with the expression they meant (`describe`)."""
 
 
 class TemplateLimit(SecurityError):
@@ -293,7 +300,7 @@ class _Fields:
         try:
             return self._data[name]
         except KeyError:
-            return _missing(f"{self._what} has no field '{name}'", FieldError)
+            return _MissingField(self._what, name, self._data)
 
     def __getitem__(self, name: str) -> Any:
         return self.__getattr__(name)
@@ -310,6 +317,38 @@ class _Fields:
 
 def _missing(hint: str, exc: type[UndefinedError]) -> StrictUndefined:
     return StrictUndefined(hint=hint, exc=exc)
+
+
+class _MissingField(StrictUndefined):
+    """A field that is not there: its error names the closest field and those there are
+    (`recipient.nmae`: did you mean 'name'?). Said only when raised: `recipient.vip is
+    defined`, for every recipient, costs no search for close names."""
+
+    __slots__ = ("_fields", "_what")
+
+    def __init__(self, what: str, name: str, fields: Mapping[str, Any]) -> None:
+        super().__init__(name=name, exc=FieldError)
+        self._what = what
+        self._fields = fields
+
+    @property
+    def _undefined_message(self) -> str:
+        name = str(self._undefined_name)
+        known = [str(key) for key in self._fields]
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        if not close:  # a case slip (Name for name) is closer than difflib says
+            close = [key for key in known if key.lower() == name.lower()][:1]
+        meant = f"; did you mean '{close[0]}'?" if close else ""
+        shown = ", ".join(known[:MAX_NAMES_SHOWN]) + (
+            ", ..." if len(known) > MAX_NAMES_SHOWN else ""
+        )
+        listed = (
+            f" ({'columns' if self._what == 'recipient' else 'it has'}: {shown})" if known else ""
+        )
+        return f"{self._what} has no field '{name}'{meant}{listed}"
+
+
+MAX_NAMES_SHOWN = 20  # a CSV of 300 columns is not listed in full
 
 
 def recipient_fields(row: Mapping[str, Any]) -> _Fields:
@@ -1121,6 +1160,11 @@ def compile_condition(source: str) -> Callable[[Mapping[str, Any]], bool]:
         _check_secrets(Parser(ENVIRONMENT, source, state="variable").parse_expression())
     except (RecursionError, SyntaxError):  # Jinja's parser, or Python compiling its output
         raise TemplateSyntaxError("expressions nested too deeply", 1) from None
+    except TemplateSyntaxError as exc:
+        meant = _when_mistake(source)
+        if meant is None:
+            raise
+        raise WhenMistake(meant, exc.lineno) from None
 
     def test(context: Mapping[str, Any]) -> bool:
         result = expression(**context)
@@ -1129,6 +1173,23 @@ def compile_condition(source: str) -> Callable[[Mapping[str, Any]], bool]:
         return bool(result)
 
     return test
+
+
+_LONE_EQUALS = re.compile(r"(?<![=!<>])=(?!=)")
+
+
+def _when_mistake(source: str) -> str | None:
+    """The usual ways a `when:` that does not parse was meant, said with the fix; None for
+    any other mistake (Jinja's own words then)."""
+    text = source.strip()
+    braces = text.startswith("{{") and text.endswith("}}")
+    bare = text[2:-2].strip() if braces else text
+    fixed = _LONE_EQUALS.sub("==", bare)
+    if braces:
+        return f"when: is an expression, without {{{{ }}}}: write when: {fixed}"
+    if fixed != bare:
+        return f"when: compares with ==, not =: write when: {fixed}"
+    return None
 
 
 # What rendering a template may raise: Jinja's own errors, and the Python errors of the
@@ -1149,4 +1210,5 @@ def describe(error: Exception) -> str:
         return f"template exceeds a limit: {error}"
     if isinstance(error, SecurityError):
         return f"not allowed in a flow template: {error}"
-    return f"template error: {error.message or error}"
+    said = "" if isinstance(error, WhenMistake) else "template error: "
+    return f"{said}{error.message or error}"

@@ -123,13 +123,13 @@ def decode(raw: bytes, display: str) -> str:
 
 def parse(text: str, file: str) -> Document:
     """Parse one YAML document into a `Document`; raise `FlowInvalid` with located problems."""
-    builder = _Builder(file)
+    builder = _Builder(file, text)
     yaml = YAML(typ="safe", pure=True)
     try:
         for event in yaml.parse(text):
             builder.feed(event)
     except MarkedYAMLError as exc:
-        raise _syntax_problem(exc, file) from None
+        raise _syntax_problem(exc, file, text) from None
     except YAMLError as exc:  # unmarked: rare, but never a traceback
         raise single_problem(Location(file, 1, 1), f"YAML error: {exc}") from None
     if builder.problems.has_errors():
@@ -137,7 +137,7 @@ def parse(text: str, file: str) -> Document:
     return builder.document
 
 
-def _syntax_problem(exc: MarkedYAMLError, file: str) -> FlowInvalid:
+def _syntax_problem(exc: MarkedYAMLError, file: str, text: str) -> FlowInvalid:
     mark = exc.problem_mark or exc.context_mark
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     message = f"YAML syntax: {exc.problem}"
@@ -152,7 +152,27 @@ def _syntax_problem(exc: MarkedYAMLError, file: str) -> FlowInvalid:
         )
     what = " ".join(s for s in (exc.context, exc.problem) if s)
     hint = next((h for key, h in _SYNTAX_HINTS.items() if key in what), None)
+    written = _line_of(text, line - 1)
+    if _UNQUOTED_TEMPLATE in written:  # `body: {{ name }}, welcome`: a broken mapping
+        key, _, value = written.partition(_UNQUOTED_TEMPLATE[:2])
+        hint = _quote_hint(key.strip(" -"), "{" + value.split(" #")[0].strip())
     return single_problem(Location(file, line, col), message, hint)
+
+
+_UNQUOTED_TEMPLATE = ": {{"  # a value that starts with a template, not in quotes
+
+
+def _line_of(text: str, line: int) -> str:
+    """Line `line` (0-based) of `text`, '' past its end; only called for a problem."""
+    lines = text.splitlines()
+    return lines[line] if 0 <= line < len(lines) else ""
+
+
+def _quote_hint(key: str | None, value: str) -> str:
+    """How to write a value holding a template so that YAML keeps it as text."""
+    quote = "'" if '"' in value else '"'
+    quoted = f"{quote}{value}{quote}"
+    return f"put the value in quotes: {key}: {quoted}" if key else f"put it in quotes: {quoted}"
 
 
 class _Frame:
@@ -184,7 +204,8 @@ class _Mark:
 class _Builder:
     """Turns parser events into data and positions, enforcing the limits."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, text: str = "") -> None:
+        self.text = text  # for the words of a problem only
         self.document = Document(file, None)
         self.problems = Problems()
         self.stack: list[_Frame] = []
@@ -265,13 +286,38 @@ class _Builder:
 
     def start(self, event: Any) -> None:
         if self.expecting_key():
-            raise self.fail(event.start_mark, "a key must be a plain name, not a list or mapping")
+            raise self._not_a_key(event)
         if len(self.stack) >= MAX_DEPTH:
             raise self.fail(event.start_mark, f"nested deeper than {MAX_DEPTH} levels")
         container: dict[Any, Any] | list[Any] = {} if isinstance(event, MappingStartEvent) else []
         path = self.child_path()
         self.document.values.setdefault(path, (event.start_mark.line, event.start_mark.column))
         self.stack.append(_Frame(container, path, event.anchor))
+
+    def _not_a_key(self, event: Any) -> FlowInvalid:
+        """A mapping or list where a key should be. `body: {{ recipient.name }}` is the usual
+        one: YAML reads the unquoted braces as a mapping inside a mapping, so it is said as
+        what the person meant (a template), at the value's start, with the line quoted."""
+        frame, mark = self.stack[-1], event.start_mark
+        opened = self.document.values.get(frame.path)
+        if (
+            isinstance(event, MappingStartEvent)
+            and event.flow_style
+            and not frame.container
+            and opened == (mark.line, mark.column - 1)
+        ):
+            written = _line_of(self.text, opened[0])
+            value = written[opened[1] :].split(" #")[0].strip()
+            if "{" in written[: opened[1]]:  # inside a `{...}` of its own: up to the `}}`
+                value = value[: value.rfind("}}") + 2]
+            parent = self.stack[-2] if len(self.stack) > 1 else None
+            key = parent.key if parent is not None and isinstance(parent.key, str) else None
+            return self.fail(
+                _Mark(*opened),
+                "a value starting with {{ must be in quotes: YAML reads {{ ... }} as a mapping",
+                _quote_hint(key, value),
+            )
+        return self.fail(mark, "a key must be a plain name, not a list or mapping")
 
     def end(self) -> None:
         frame = self.stack.pop()

@@ -18,6 +18,7 @@ from runner.errors import (
     Problems,
     single_problem,
 )
+from tests.conftest import RunFlow
 
 
 def at(line: int, col: int = 1, file: str = "flow.yaml") -> Location:
@@ -171,3 +172,79 @@ def test_an_expected_failure_is_its_message_and_exit_code() -> None:
 
 def test_exit_codes_scripts_rely_on() -> None:
     assert (EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUG, EXIT_INTERRUPTED) == (0, 1, 2, 3, 130)
+
+
+# Mistakes said in the words of the person who made them (issue 17, item 5): whole flows
+# validated as `flowrun validate` does, each first line (and hint) as printed.
+
+PEOPLE_CSV = {"people.csv": "phone,name,lang\n+15550100001,Ann,en\n"}
+MISTAKES_HEAD = """\
+version: 1
+api: {phone_number_id: "1", token: "{{ env.WA_TOKEN }}"}
+settings: {window: open}
+recipients: {csv: people.csv}
+messages:
+"""
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        pytest.param(
+            "  - text:\n      body: {{ recipient.name }}\n",
+            "flow.yaml:7:13: a value starting with {{ must be in quotes: YAML reads"
+            " {{ ... }} as a mapping\n"
+            '  hint: put the value in quotes: body: "{{ recipient.name }}"',
+            id="unquoted template",
+        ),
+        pytest.param(
+            "  - text: {body: hi}\n    when: \"{{ recipient.lang == 'en' }}\"\n",
+            "flow.yaml:7:11: when: is an expression, without {{ }}:"
+            " write when: recipient.lang == 'en'",
+            id="when in braces",
+        ),
+        pytest.param(
+            "  - text: {body: hi}\n    when: recipient.lang = 'en'\n",
+            "flow.yaml:7:11: when: compares with ==, not =: write when: recipient.lang == 'en'",
+            id="when with =",
+        ),
+        pytest.param(
+            "  - text: {body: 'hi {{ recipient.nmae }}'}\n",
+            "flow.yaml:6:18: recipient has no field 'nmae'; did you mean 'name'? (columns:"
+            " phone, name, lang) (first for the recipient at people.csv:2:1)",
+            id="a column that does not exist",
+        ),
+        pytest.param(
+            "  - image: {file: assets/welcom.jpg}\n",
+            "flow.yaml:6:19: file 'assets/welcom.jpg' not found\n"
+            "  hint: did you mean 'assets/welcome.jpg'?",
+            id="a file name mistyped",
+        ),
+        pytest.param(
+            "  - template: {name: hello_world, language: en_US}\n    name: '#one'\n",
+            "flow.yaml:7:11: name: must not start with '#' or start or end with spaces, got '#one'",
+            id="a template step's name",
+        ),
+    ],
+)
+def test_mistakes_in_the_words_of_who_made_them(
+    run_flowrun: RunFlow, steps: str, expected: str
+) -> None:
+    result = run_flowrun(MISTAKES_HEAD + steps, files=PEOPLE_CSV, dedent=False)
+    assert result.code == 2
+    assert "\n".join(result.err_lines) == expected
+
+
+def test_a_missing_csv_is_said_where_the_flow_names_it(run_flowrun: RunFlow) -> None:
+    """Not at line 1 of a file that does not exist, but at the flow's line, with the CSV
+    files that are there."""
+    result = run_flowrun(
+        MISTAKES_HEAD.replace("people.csv", "peopel.csv") + "  - text: {body: hi}\n",
+        files=PEOPLE_CSV,
+        dedent=False,
+    )
+    assert result.code == 2
+    assert result.err_lines == [
+        "flow.yaml:4:19: CSV file 'peopel.csv' not found",
+        "  hint: did you mean 'people.csv'?",
+    ]

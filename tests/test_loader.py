@@ -97,8 +97,8 @@ def first_error(run_flowrun: RunFlow, text: str, **kwargs: object) -> str:
         ),
         (
             "  - text: {body: 'Hi {{ recipient.surname }}'}\n",
-            "flow.yaml:8:18: recipient has no field 'surname' (first for the recipient at"
-            " flow.yaml:6:12)",
+            "flow.yaml:8:18: recipient has no field 'surname' (columns: phone) (first for the"
+            " recipient at flow.yaml:6:12)",
         ),
         (
             "  - text: {body: 'Hi {{ recipient.name'}\n",
@@ -111,8 +111,8 @@ def first_error(run_flowrun: RunFlow, text: str, **kwargs: object) -> str:
         ),
         (
             "  - text: {body: hi}\n    when: recipient.lang == 'en'\n",
-            "flow.yaml:9:11: recipient has no field 'lang' (first for the recipient at"
-            " flow.yaml:6:12)",
+            "flow.yaml:9:11: recipient has no field 'lang' (columns: phone) (first for the"
+            " recipient at flow.yaml:6:12)",
         ),
         (
             "  - text: {body: \"{{ ''.__class__.__mro__ }}\"}\n",

@@ -250,21 +250,30 @@ def test_a_file_just_over_the_limit_does_not_read_as_the_limit(
 
 
 def test_a_missing_file_names_files_with_the_same_stem(tmp_path: Path) -> None:
+    """Said as the flow would write them (issue 17: the closest names, else what is there)."""
     (tmp_path / "assets").mkdir()
     (tmp_path / "assets" / "tour.mp4").write_bytes(ftyp(b"mp42"))
     (tmp_path / "assets" / "tour.webm").write_bytes(b"x")
     (tmp_path / "assets" / "other.mov").write_bytes(b"x")
     assert problem(tmp_path, "assets/tour.mov", "video") == (
         "file 'assets/tour.mov' not found",
-        "did you mean tour.mp4, tour.webm?",
+        "did you mean 'assets/tour.mp4' or 'assets/tour.webm'?",
+    )
+    assert problem(tmp_path, "assets/tuor.mp4", "video") == (
+        "file 'assets/tuor.mp4' not found",
+        "did you mean 'assets/tour.mp4'?",
+    )
+    assert problem(tmp_path, "assets/TOUR.MP4", "video") == (
+        "file 'assets/TOUR.MP4' not found",
+        "did you mean 'assets/tour.mp4'?",
     )
     assert problem(tmp_path, "assets/intro.mp4", "video") == (
         "file 'assets/intro.mp4' not found",
-        None,
+        "no name is close; assets/ holds: tour.mp4, other.mov, tour.webm",
     )
     assert problem(tmp_path, "nowhere/intro.mp4", "video") == (
         "file 'nowhere/intro.mp4' not found",
-        None,
+        "there is no folder 'nowhere' beside the flow",
     )
 
 

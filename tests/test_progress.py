@@ -93,7 +93,11 @@ def test_the_rate_and_what_is_left(tmp_path: Path) -> None:
 )
 def test_no_time_left_once_everything_is_settled(counts: Counts, tmp_path: Path) -> None:
     shown = line_of(counts, 10, tmp_path)
-    assert re.fullmatch(rf"sent {counts.sent}/10, failed {counts.failed}, [\d,]+ msg/s\n", shown)
+    due = 10 - counts.already  # (what was sent before is not due: named apart)
+    before = rf" \({counts.already} sent before\)" if counts.already else ""
+    assert re.fullmatch(
+        rf"sent {counts.sent}/{due}, failed {counts.failed}, [\d,]+ msg/s{before}\n", shown
+    )
 
 
 def test_thousands_are_grouped(tmp_path: Path) -> None:
@@ -133,3 +137,17 @@ def test_a_terminal_is_updated_five_times_a_second_at_most(terminal: tuple[TextI
         shown = written(reader, wait=0.01)
     assert time.monotonic() - first >= 0.2
     assert shown == "\r\x1b[2Ksent 0/10, failed 1, 0 msg/s"
+
+
+def test_a_resumed_run_counts_what_is_due_and_says_what_was_sent_before(tmp_path: Path) -> None:
+    """Issue 17: a resume of 20,000 with 9,286 sent before ended at '10,704/20,000 ... 0 s
+    left'. The messages sent before are not due: they are named apart, and the count is of
+    what this run has to send (the run learns them as it passes their recipients)."""
+    assert re.fullmatch(
+        r"sent 10,704/10,714, failed 0, [\d,]+ msg/s, [\d,]+ s left \(9,286 sent before\)\n",
+        line_of(Counts(sent=10_704, already=9_286), 20_000, tmp_path),
+    )
+    assert re.fullmatch(
+        r"sent 10,714/10,714, failed 0, [\d,]+ msg/s \(9,286 sent before\)\n",
+        line_of(Counts(sent=10_714, already=9_286), 20_000, tmp_path),
+    )

@@ -204,7 +204,8 @@ def test_csv_not_utf8(run_flowrun: RunFlow, flowdir: Path) -> None:
 def test_missing_csv(run_flowrun: RunFlow) -> None:
     result = run_flowrun(CSV_FLOW)
     assert result.code == 2
-    assert result.err_lines[0] == "people.csv:1:1: CSV file not found"
+    # at the flow's line that names it (issue 17), not at line 1 of a file that is not there
+    assert result.err_lines[0] == "flow.yaml:5:19: CSV file 'people.csv' not found"
 
 
 def test_csv_cells_are_data_not_templates(run_flowrun: RunFlow) -> None:

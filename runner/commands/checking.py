@@ -13,7 +13,7 @@ import click
 from runner import dialect as dialects
 from runner.errors import FlowInvalid, FlowrunError
 from runner.ledger import default_path
-from runner.loader import load_flow
+from runner.loader import load_flow, missing_csv
 from runner.plan import Plan, compile_plan
 from runner.render import Message, Survey, survey
 from runner.target import ApiTarget, api_target
@@ -41,6 +41,10 @@ def check(
     uses the sandbox's), so its secrets are not asked for. `offline`: the template lock beside
     the flow is not read (runner/template_lock.py)."""
     plan = compile_plan(load_flow(flow_file), offline=offline)
+    missing = missing_csv(plan.loaded)  # said at the flow's line, before the CSV is read
+    if missing is not None:
+        plan.problems.add(missing)
+        raise FlowInvalid(plan.problems)
     target = api_target(plan, for_run=False) if api else ApiTarget(plan.flow.api.kind, None)
     on_message = None
     if on_body is not None:

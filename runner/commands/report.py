@@ -372,14 +372,21 @@ def _failures(ledger: LedgerReader, flow: str | None) -> list[str]:
 
 
 def _uncertain(ledger: LedgerReader, flow: str | None) -> list[str]:
-    rows = ledger.uncertain(flow)
-    if not rows:
-        return []
-    listed = ", ".join(f"{printable(recipient)} ({printable(step)})" for step, recipient in rows)
-    return [
-        "uncertain (the API may or may not have them; --retry-uncertain sends them again):",
-        f"  {listed}",
-    ]
+    """Uncertain rows, and `sending` ones apart (as the table counts them: in flight)."""
+    lines = []
+    for state, heading in (
+        ("uncertain", "the API may or may not have them; --retry-uncertain sends them again"),
+        (
+            "sending",
+            "in flight: a run is sending them now; if none is, a run was stopped hard"
+            " and the next run counts them uncertain",
+        ),
+    ):
+        rows = ledger.uncertain(flow, state=state)
+        if rows:
+            listed = ", ".join(f"{printable(who)} ({printable(step)})" for step, who in rows)
+            lines += [f"{state} ({heading}):", f"  {listed}"]
+    return lines
 
 
 def _funnel(

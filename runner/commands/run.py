@@ -23,7 +23,7 @@ from runner.pacing import run_pace
 from runner.plan import Plan
 from runner.progress import Progress
 from runner.recipients import normalize_phone
-from runner.target import ApiTarget, api_target
+from runner.target import ApiTarget, api_target, base_url_error
 from runner.template_lock import lock_path, read_entries
 from runner.transport import HttpTransport
 
@@ -43,6 +43,7 @@ class RunRequest:
     use_sandbox: bool = False
     listen_port: int | None = None
     follow: bool = False
+    base_url: str | None = None  # instead of the flow's api.base_url (--base-url)
 
 
 def run(flow_file: str, request: RunRequest) -> int:
@@ -52,10 +53,12 @@ def run(flow_file: str, request: RunRequest) -> int:
     checked = check(flow_file, api=False)
     plan = checked.plan
     only = _phone_option(request.only)
+    if request.base_url is not None and request.use_sandbox:
+        raise FlowrunError("--base-url and --sandbox: choose one (--sandbox is its own API)")
     if only is not None and all(r.phone != only for r in plan.recipients()):
         raise FlowrunError(f"--only {request.only}: {flow_file} has no recipient with this phone")
     with contextlib.ExitStack() as stack:
-        target = _target(plan, stack, request.use_sandbox)
+        target = _target(plan, stack, request.use_sandbox, request.base_url)
         dialect = dialects.build(target)
         settings = plan.flow.settings
         rate, interval = run_pace(settings, dialect, sandbox=request.use_sandbox)
@@ -69,10 +72,13 @@ def run(flow_file: str, request: RunRequest) -> int:
             interval=interval,
             follow=request.follow,
         )
+        # Sent elsewhere than the flow's API (a sandbox, by --base-url): a ledger of its own,
+        # as --sandbox keeps, so that trying a flow never marks a real message as sent.
+        elsewhere = request.use_sandbox or request.base_url is not None
         path = (
             Path(request.ledger_path)
             if request.ledger_path
-            else default_path(plan.loaded.path, request.use_sandbox)
+            else default_path(plan.loaded.path, elsewhere)
         )
         ledger = stack.enter_context(contextlib.closing(open_for_run(path, plan.loaded.name)))
         _check_renamed(ledger, path, chosen=request.ledger_path is not None)
@@ -131,8 +137,11 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _target(plan: Plan, stack: contextlib.ExitStack, use_sandbox: bool) -> ApiTarget:
-    """The flow's API, or a sandbox started for this run (in the flow's dialect)."""
+def _target(
+    plan: Plan, stack: contextlib.ExitStack, use_sandbox: bool, base_url: str | None
+) -> ApiTarget:
+    """The flow's API (at `base_url` instead of its own, if given), or a sandbox started for
+    this run (in the flow's dialect)."""
     if use_sandbox:
         from runner import sandbox
 
@@ -142,7 +151,11 @@ def _target(plan: Plan, stack: contextlib.ExitStack, use_sandbox: bool) -> ApiTa
             state.use_templates(read_entries(lock))
         base_url, _ = stack.enter_context(sandbox.running(state=state))
         return sandbox.target_for(plan.flow.api, base_url)
-    target = api_target(plan, for_run=True)
+    if base_url is not None:
+        error = base_url_error(base_url)
+        if error:
+            raise FlowrunError(f"--base-url {base_url}: {error}")
+    target = api_target(plan, for_run=True, base_url=base_url)
     if plan.problems.has_errors() or not target.ready:
         raise FlowInvalid(plan.problems)
     return target
@@ -225,6 +238,11 @@ def _print_summary(flow_file: str, summary: Summary, ledger_path: Path) -> None:
         click.echo(f"  failed {count:,}x: {reason}", err=True)
     if not summary.sent and summary.already and not summary.failed:
         click.echo(f"{flow_file}: nothing to send: {summary.already:,} message(s) were sent before")
+    elif summary.already:  # a resume: what this run sent is what was due, the rest went before
+        click.echo(
+            f"{flow_file}: {summary.already:,} message(s) were sent before, by an earlier run;"
+            " not sent again"
+        )
     waiting = sum(summary.waiting.values())
     click.echo(
         f"{flow_file}: sent {summary.sent:,}, failed {summary.failed:,}, skipped"
@@ -327,6 +345,11 @@ def _advice(summary: Summary) -> list[str]:
         lines.append(
             f"{summary.held:,} recipient(s) wait behind a failed or uncertain message of an"
             " earlier run; see flowrun report, then --retry-failed or --retry-uncertain"
+        )
+    for reason, count in summary.upload_failed.items():
+        lines.append(
+            f"{count:,} message(s) not sent: {reason}; they are not failed (they never reached"
+            " the API): the next run sends them"
         )
     if summary.unsent:
         lines.append(

@@ -174,11 +174,14 @@ class LedgerReader:
             for status, code, title, count, who in self._query(query, args)
         ]
 
-    def uncertain(self, flow: str | None, limit: int = 20) -> list[tuple[str, str]]:
-        """(step, recipient) of messages that may or may not have reached the API."""
-        where, args = self._where(flow, "m.state IN ('uncertain', 'sending')")
+    def uncertain(
+        self, flow: str | None, limit: int = 20, state: str = "uncertain"
+    ) -> list[tuple[str, str]]:
+        """(step, recipient) of messages that may or may not have reached the API (`state`
+        "sending": those in flight, or left so by a run stopped hard)."""
+        where, args = self._where(flow, "m.state = ?")
         query = f"SELECT m.step, m.recipient FROM messages m {where} ORDER BY 2 LIMIT {limit:d}"
-        return [(step, who) for step, who in self._query(query, args)]
+        return [(step, who) for step, who in self._query(query, (*args, state))]
 
     def delivery_counts(self, flow: str | None) -> list[Count]:
         """What the webhooks said of the sent messages, per step ('waiting': nothing yet)."""

@@ -13,8 +13,11 @@ Control endpoints (not part of the WhatsApp API) live under /sandbox/:
 - POST /sandbox/faults: {"latency": s, "status": {"code": 429, "count": n, "retry_after": s,
   "error": 130429}, "drop": n, "slow": s,
   "fail_recipients": {"<wa id>": 1013, "<wa id>": {"error": 131056, "count": 2, "status": 400}}}
+  replaces the faults: {} or no body clears them, as DELETE does; GET shows them
 - POST /sandbox/media/expire: forget uploaded media (the Cloud API's 30 days, at once)
-- POST /sandbox/tokens/expire: every token stops working (logging in again gives a new one)
+- POST /sandbox/tokens/expire: every token stops working (logging in again gives a new one);
+  the answer {"token": ...} is a renewed one that works, as Meta's settings would give
+- POST /sandbox/tokens/restore: `sandbox-token` works again (answers {"token": ...})
 - POST /sandbox/webhook {"url", "secret", "delay", "fail_share", "seed"}: status callbacks for
   what it accepts (webhooks.py); GET: the final status it decided for each message
 - POST /sandbox/window {"enforce": true, "window_errors": "async" | "sync" | "auto",
@@ -39,6 +42,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import time
 import uuid
@@ -67,6 +71,9 @@ ALL_MIME = frozenset().union(*(mimes for mimes, _ in LIMITS.values()))
 VERSION_PATH = r"{version:v\d+\.\d+}"
 WINDOW_ERRORS = ("auto", "async", "sync")
 WINDOW_FIELDS = ("enforce", "window_errors", "everyone_wrote")
+FAULT_FIELDS = ("drop", "fail_recipients", "latency", "slow", "status")
+STATUS_FIELDS = ("code", "count", "error", "retry_after")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -154,8 +161,11 @@ def build_app(state: SandboxState | None = None) -> web.Application:
     app.router.add_get("/sandbox/inbox", _inbox)
     app.router.add_delete("/sandbox/inbox", _reset)
     app.router.add_post("/sandbox/faults", _set_faults)
+    app.router.add_delete("/sandbox/faults", _clear_faults)
+    app.router.add_get("/sandbox/faults", _faults_now)
     app.router.add_post("/sandbox/media/expire", _expire_media)
     app.router.add_post("/sandbox/tokens/expire", _expire_tokens)
+    app.router.add_post("/sandbox/tokens/restore", _restore_token)
     app.router.add_post("/sandbox/webhook", _set_webhook)
     app.router.add_get("/sandbox/webhook", _webhook_decisions)
     app.router.add_post("/sandbox/window", _set_window)
@@ -185,6 +195,11 @@ async def _stop_callbacks(app: web.Application) -> None:
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)  # type: ignore[no-any-return]
+    except ConnectionResetError as exc:
+        # The client went away before its request was read (a run stopped, a timeout): a
+        # client's business, not the sandbox's; one line for `flowrun sandbox`, no traceback.
+        log.info("%s %s: the client went away (%s)", request.method, request.path, exc)
+        return web.Response(status=400)  # (nobody reads it)
     except ApiError as exc:
         headers = {}
         if exc.status == 429 or exc.meaning == "throttled":
@@ -450,28 +465,91 @@ async def _reset(request: web.Request) -> web.Response:
 
 
 async def _set_faults(request: web.Request) -> web.Response:
-    spec = await request.json()
+    """The faults from now on, replacing those before: `{}` or no body at all (`curl -X
+    POST`) clears them. A field that is not known, or not a number, is refused (400, one
+    line): a typo must not silently mean "no faults"."""
+    spec = await _control_body(request, empty={})
+    _known(spec, FAULT_FIELDS, "")
     status = spec.get("status") or {}
+    if not isinstance(status, dict):
+        raise _refused('status must be an object: {"code": 429, "count": 3}')
+    _known(status, STATUS_FIELDS, "status.")
+    recipients = spec.get("fail_recipients") or {}
+    if not isinstance(recipients, dict):
+        raise _refused('fail_recipients must be an object: {"<wa id>": 1013}')
+    error = status.get("error")
+    retry_after = status.get("retry_after")
     request.app[STATE].faults = Faults(
-        latency=float(spec.get("latency", 0)),
-        status_code=int(status.get("code", 0)),
-        status_count=int(status.get("count", 0)),
-        status_error=status.get("error"),
-        retry_after=status.get("retry_after"),
-        drop=int(spec.get("drop", 0)),
-        slow=float(spec.get("slow", 0)),
-        fail_recipients={
-            str(to): _failure_rule(rule) for to, rule in spec.get("fail_recipients", {}).items()
-        },
+        latency=_number(spec, "latency"),
+        status_code=int(_number(status, "code", "status.")),
+        status_count=int(_number(status, "count", "status.")),
+        status_error=None if error is None else int(_number(status, "error", "status.")),
+        retry_after=None if retry_after is None else _number(status, "retry_after", "status."),
+        drop=int(_number(spec, "drop")),
+        slow=_number(spec, "slow"),
+        fail_recipients={str(to): _failure_rule(to, rule) for to, rule in recipients.items()},
     )
     return web.json_response({})
 
 
-def _failure_rule(rule: Any) -> list[Any]:
+async def _clear_faults(request: web.Request) -> web.Response:
+    request.app[STATE].faults = Faults()
+    return web.json_response({})
+
+
+async def _faults_now(request: web.Request) -> web.Response:
+    """The faults in force, in the shape POST takes (counts are what is left)."""
+    faults = request.app[STATE].faults
+    return web.json_response(
+        {
+            "latency": faults.latency,
+            "status": {
+                "code": faults.status_code,
+                "count": faults.status_count,
+                "error": faults.status_error,
+                "retry_after": faults.retry_after,
+            },
+            "drop": faults.drop,
+            "slow": faults.slow,
+            "fail_recipients": {
+                to: {"error": code, "count": left, "status": status}
+                for to, (code, left, status) in faults.fail_recipients.items()
+            },
+        }
+    )
+
+
+def _known(spec: dict[str, Any], fields: tuple[str, ...], prefix: str) -> None:
+    unknown = sorted(set(spec) - set(fields))
+    if unknown:
+        names = [prefix + name for name in unknown]
+        raise _refused(f"unknown fields {names}; known: {', '.join(fields)}")
+
+
+def _number(spec: dict[str, Any], name: str, prefix: str = "") -> float:
+    """spec[name] as a number (0 when absent), or a 400 that names it."""
+    value = spec.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise _refused(f"{prefix}{name} must be a number (0 or more), got {value!r}")
+    return float(value)
+
+
+def _failure_rule(to: str, rule: Any) -> list[Any]:
     """`1013` (always) or `{"error": 131056, "count": 2, "status": 400}` (the first n times)."""
-    if isinstance(rule, int):
+    if isinstance(rule, int) and not isinstance(rule, bool):
         return [rule, None, 400]
-    return [int(rule["error"]), rule.get("count"), int(rule.get("status", 400))]
+    if isinstance(rule, dict) and not set(rule) - {"error", "count", "status"}:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            count = rule.get("count")
+            return [
+                int(rule["error"]),
+                None if count is None else int(count),
+                int(rule.get("status", 400)),
+            ]
+    raise _refused(
+        f"fail_recipients[{to!r}] must be an error code or"
+        ' {"error": 131056, "count": 2, "status": 400}'
+    )
 
 
 async def _set_webhook(request: web.Request) -> web.Response:
@@ -579,7 +657,12 @@ async def _inbound(request: web.Request) -> web.Response:
     return web.json_response(action)
 
 
-async def _control_body(request: web.Request) -> dict[str, Any]:
+async def _control_body(
+    request: web.Request, empty: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A control request's JSON object; `empty` stands for no body at all, where allowed."""
+    if empty is not None and not (await request.read()).strip():
+        return empty
     try:
         spec = await request.json()
     except ValueError:
@@ -601,9 +684,21 @@ async def _expire_media(request: web.Request) -> web.Response:
 
 
 async def _expire_tokens(request: web.Request) -> web.Response:
-    """Every token stops working (a Cloud token expired; an On-Premises session ended)."""
-    request.app[STATE].tokens.clear()
-    return web.json_response({})
+    """Every token stops working (a Cloud token expired; an On-Premises session ended).
+    On-Premises logs in again for a new one; Cloud has no login, so the answer names a
+    renewed token that works from now on (as Meta's settings give one), and
+    `/sandbox/tokens/restore` makes the documented `sandbox-token` work again."""
+    state: SandboxState = request.app[STATE]
+    state.tokens.clear()
+    renewed = f"{TOKEN}-renewed-{uuid.uuid4().hex[:8]}"
+    state.tokens.add(renewed)
+    return web.json_response({"token": renewed})
+
+
+async def _restore_token(request: web.Request) -> web.Response:
+    """`sandbox-token` works again (after /sandbox/tokens/expire): the token fixed."""
+    request.app[STATE].tokens.add(TOKEN)
+    return web.json_response({"token": TOKEN})
 
 
 @contextlib.contextmanager
@@ -616,5 +711,10 @@ def running(port: int = 0, state: SandboxState | None = None) -> Iterator[tuple[
 
 
 def serve(port: int) -> None:
-    """`flowrun sandbox`: serve on 127.0.0.1 until interrupted."""
+    """`flowrun sandbox`: serve on 127.0.0.1 until interrupted; what it notes (a client
+    that went away) is one line each on stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("flowrun sandbox: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     web.run_app(build_app(), host="127.0.0.1", port=port, print=None, access_log=None)
