@@ -7,12 +7,13 @@ import contextlib
 import inspect
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,36 @@ def children(pid: int) -> list[int]:
                 if int(fields[1]) == pid:
                     found.append(int(entry.name))
     return found
+
+
+APP_SECRET = "app-secret"  # what the tests' sandbox signs its webhooks with
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _accepting(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def listening(ledger: Path) -> Iterator[int]:
+    """`flowrun listen --ledger LEDGER` on a free port, in a process of its own as in
+    production (in the tests' process, a run's closing of the ledger file would drop the
+    receiver's SQLite locks: runner/ledger/sqlite.py, _take_lock); the port."""
+    port = free_port()
+    env = {**os.environ, "WA_APP_SECRET": APP_SECRET}
+    command = [sys.executable, "-m", "runner", "listen", "--ledger", str(ledger)]
+    with subprocess.Popen(
+        [*command, "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as child:
+        try:
+            wait_until(lambda: _accepting(port))
+            yield port
+        finally:
+            child.terminate()
+            child.communicate(timeout=30)

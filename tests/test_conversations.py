@@ -7,10 +7,6 @@ webhooks from the sandbox to flowrun's receiver."""
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -20,7 +16,17 @@ import pytest
 
 from runner.ledger import SqliteLedger
 from runner.sandbox import SandboxState
-from tests.sandbox_helpers import flowrun, ledger_rows, post, start, wait_until, write_flow
+from tests.sandbox_helpers import (
+    APP_SECRET,
+    flowrun,
+    free_port,
+    ledger_rows,
+    listening,
+    post,
+    start,
+    wait_until,
+    write_flow,
+)
 
 ANN, BOB, CAROL = "15550100000", "15550100001", "15550100002"  # write_flow's people
 WELCOME = """\
@@ -31,7 +37,7 @@ WELCOME = """\
   - name: note
     text: {body: "Thanks for writing, {{ recipient.name }}"}
 """
-SECRET = "app-secret"
+SECRET = APP_SECRET
 
 
 @pytest.fixture
@@ -44,37 +50,9 @@ def closed(api: tuple[str, SandboxState], folder: Path) -> Iterator[tuple[str, S
     post(f"{base}/sandbox/window", {"window_errors": "sync", "everyone_wrote": None})
     ledger = folder / "flow.ledger.sqlite"
     SqliteLedger.for_run(ledger, "t").close()
-    port = free_port()
-    env = {**os.environ, "WA_APP_SECRET": SECRET}
-    command = [
-        sys.executable,
-        "-m",
-        "runner",
-        "listen",
-        "--ledger",
-        str(ledger),
-        "--port",
-        str(port),
-    ]
-    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as listener:
-        try:
-            wait_until(lambda: _listening(port))
-            post(f"{base}/sandbox/webhook", {"url": f"http://127.0.0.1:{port}/", "secret": SECRET})
-            yield api
-        finally:
-            listener.terminate()
-            listener.wait(10)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+    with listening(ledger) as port:
+        post(f"{base}/sandbox/webhook", {"url": f"http://127.0.0.1:{port}/", "secret": SECRET})
+        yield api
 
 
 def writes(

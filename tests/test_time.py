@@ -7,14 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,10 +18,19 @@ import pytest
 from runner import clock
 from runner.ledger import Inbound, SqliteLedger, Status
 from runner.sandbox import PHONE_NUMBER_ID, SandboxState
-from tests.sandbox_helpers import flowrun, ledger_rows, post, start, wait_until, write_flow
+from tests.sandbox_helpers import (
+    APP_SECRET,
+    flowrun,
+    ledger_rows,
+    listening,
+    post,
+    start,
+    wait_until,
+    write_flow,
+)
 
 ANN, BOB, CAROL = "15550100000", "15550100001", "15550100002"
-SECRET = "app-secret"
+SECRET = APP_SECRET
 WELCOME = """\
   - name: welcome
     template: {name: hello_world, language: en_US}
@@ -148,39 +152,6 @@ def _settled_statuses(folder: Path) -> int:
                 "SELECT count(*) FROM statuses WHERE status IN ('read', 'failed')"
             ).fetchone()[0]
         )
-
-
-@contextlib.contextmanager
-def listening(ledger: Path) -> Iterator[int]:
-    """`flowrun listen` on a free port, in a process of its own."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    env = {**os.environ, "WA_APP_SECRET": SECRET}
-    command = [
-        sys.executable,
-        "-m",
-        "runner",
-        "listen",
-        "--ledger",
-        str(ledger),
-        "--port",
-        str(port),
-    ]
-    with subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    ) as child:
-        try:
-            wait_until(lambda: _open(port))
-            yield port
-        finally:
-            child.terminate()
-            child.communicate(timeout=30)
-
-
-def _open(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_a_reminder_for_those_who_had_not_read_it_when_due(

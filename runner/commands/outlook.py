@@ -153,6 +153,46 @@ class Outlook:
         return min(timed, key=lambda found: found[0]) if timed else None  # (ties: step order)
 
 
+@dataclass
+class Known:
+    """What the ledger knows of each recipient, read as a run reads it (runner/executor.py
+    `_serve`): their messages and preferences, their steps' rows, and from those their
+    window. Queries per recipient only when the ledger holds anything of this flow or any
+    customer of the number was heard."""
+
+    reader: LedgerReader | None
+    plan: Plan
+    dialect: Dialect
+    words: Keywords
+    heard: bool
+    sent: bool
+
+    @classmethod
+    def read(cls, reader: LedgerReader | None, plan: Plan, dialect: Dialect) -> Known:
+        settings = plan.flow.settings
+        words = Keywords.from_settings(settings.opt_out_keywords, settings.resume_keywords)
+        heard = reader is not None and reader.has_heard(dialect.business)
+        sent = reader is not None and reader.has_rows(plan.loaded.name)
+        return cls(reader, plan, dialect, words, heard, sent)
+
+    def of(
+        self, recipient: Recipient
+    ) -> tuple[Contact, list[Inbound], dict[str, StepRecord], Window]:
+        contact, inbound = NOBODY_SAID, list[Inbound]()
+        if self.reader is not None and self.heard:
+            inbound, preferences = self.reader.heard_from(self.dialect.business, recipient.phone)
+            contact = Contact.of(inbound, preferences, self.words)
+        history: dict[str, StepRecord] = {}
+        if self.reader is not None and self.sent:
+            history = self.reader.history(self.plan.loaded.name, recipient.phone)
+        window = Window(
+            latest(ledger_time(contact.wrote), recipient.wrote),
+            self.plan.flow.settings.window == "open",
+            *closed_at(history.values(), self.dialect.window_closed),
+        )
+        return contact, inbound, history, window
+
+
 def outlook(
     plan: Plan,
     dialect: Dialect,
@@ -166,27 +206,14 @@ def outlook(
     is read per recipient only if it holds anything of this flow, or any customer of this
     number was heard: a first run's plan reads nothing per recipient)."""
     settings = plan.flow.settings
-    words = Keywords.from_settings(settings.opt_out_keywords, settings.resume_keywords)
     found = Outlook(ledger, ledger.is_file(), settings.window == "open", now)
     found.steps = {step.key: StepCounts() for step in plan.steps}
     renderer = Renderer(plan)
     opens = quiet or quiet_hours(plan)
     with _reader(ledger) as reader:
-        heard = reader is not None and reader.has_heard(dialect.business)
-        sent = reader is not None and reader.has_rows(plan.loaded.name)
+        known = Known.read(reader, plan, dialect)
         for recipient in plan.recipients():
-            contact, inbound = NOBODY_SAID, list[Inbound]()
-            if reader is not None and heard:
-                inbound, preferences = reader.heard_from(dialect.business, recipient.phone)
-                contact = Contact.of(inbound, preferences, words)
-            history: dict[str, StepRecord] = {}
-            if reader is not None and sent:
-                history = reader.history(plan.loaded.name, recipient.phone)
-            window = Window(
-                latest(ledger_time(contact.wrote), recipient.wrote),
-                found.trusted,
-                *closed_at(history.values(), dialect.window_closed),
-            )
+            contact, inbound, history, window = known.of(recipient)
             found.recipients += 1
             found.open_now += window.wrote is not None and window.open_at(now)
             found.from_csv += recipient.wrote is not None

@@ -35,11 +35,11 @@ from markupsafe import Markup
 
 from runner import clock
 from runner import dialect as dialects
-from runner.contacts import Contact, Keywords
-from runner.conversation import WAITS_WINDOW, Window, closed_at, latest, ledger_time
+from runner.contacts import Contact
+from runner.conversation import WAITS_WINDOW, Window
 from runner.dialect import Dialect
 from runner.errors import EXIT_OK, FlowrunError
-from runner.ledger import Inbound, LedgerReader, StepRecord, default_path
+from runner.ledger import LedgerReader, default_path
 from runner.media import LocalMedia
 from runner.plan import AfterPlan, Plan
 from runner.recipients import Recipient, normalize_phone
@@ -48,7 +48,7 @@ from runner.template_lock import body_texts, fill, lock_path
 from runner.timeline import Timeline
 
 from .checking import check
-from .outlook import NOBODY_SAID, Fate, quiet_hours, timeline
+from .outlook import Fate, Known, quiet_hours, timeline
 
 # A local image bigger than this is shown as a card, not inlined: a page of a few recipients
 # stays a few megabytes at most (WhatsApp takes images up to 5 MB, stickers up to 100 KB).
@@ -119,27 +119,12 @@ def conversations(
     """Each recipient's steps and fates, read from the ledger (read-only; none yet: nothing
     sent, nobody wrote) and the CSV as runner/commands/outlook.py `outlook` reads them, and
     decided by its `timeline` (after:, answers, the window, quiet hours, earlier runs)."""
-    settings = plan.flow.settings
-    words = Keywords.from_settings(settings.opt_out_keywords, settings.resume_keywords)
-    trusted = settings.window == "open"
     quiet = quiet_hours(plan)
     found = []
     with _reader(ledger) as reader:
-        heard = reader is not None and reader.has_heard(dialect.business)
-        sent = reader is not None and reader.has_rows(plan.loaded.name)
+        known = Known.read(reader, plan, dialect)
         for recipient in recipients:
-            contact, inbound = NOBODY_SAID, list[Inbound]()
-            if reader is not None and heard:
-                inbound, preferences = reader.heard_from(dialect.business, recipient.phone)
-                contact = Contact.of(inbound, preferences, words)
-            history: dict[str, StepRecord] = {}
-            if reader is not None and sent:
-                history = reader.history(plan.loaded.name, recipient.phone)
-            window = Window(
-                latest(ledger_time(contact.wrote), recipient.wrote),
-                trusted,
-                *closed_at(history.values(), dialect.window_closed),
-            )
+            contact, inbound, history, window = known.of(recipient)
             line = Timeline(recipient, plan.steps, history, inbound, window, now)
             renderer = _Recording(plan)
             fates = [fate for _step, fate in timeline(renderer, line, contact, dialect, quiet)]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .queries import HEARD, HISTORY, INBOUND_OF, PREFERENCES_OF
 from .records import Inbound, LedgerError, Preference, StepRecord
 from .schema import CUSTOMERS, DELIVERY_COLUMNS, MESSAGE_COLUMNS, STATUSES
 from .sqlite import damaged, is_damage
@@ -259,25 +260,13 @@ class LedgerReader:
 
     def has_heard(self, business: str) -> bool:
         """Whether any customer of this business number wrote or set a preference."""
-        query = (
-            "SELECT 1 FROM inbound WHERE business = ?"
-            " UNION ALL SELECT 1 FROM preferences WHERE business = ? LIMIT 1"
-        )
-        return bool(self._query(query, (business, business)))
+        return bool(self._query(HEARD, (business, business)))
 
     def heard_from(self, business: str, customer: str) -> tuple[list[Inbound], list[Preference]]:
         """What one customer sent this business number (oldest first), and their preferences."""
         who = (business, customer)
-        inbound = self._query(
-            "SELECT message_id, business, customer, at, kind, text, payload, context"
-            " FROM inbound WHERE business = ? AND customer = ? ORDER BY at",
-            who,
-        )
-        preferences = self._query(
-            "SELECT business, customer, at, value, category FROM preferences"
-            " WHERE business = ? AND customer = ? ORDER BY at",
-            who,
-        )
+        inbound = self._query(INBOUND_OF, who)
+        preferences = self._query(PREFERENCES_OF, who)
         return [Inbound(*row) for row in inbound], [Preference(*row) for row in preferences]
 
     def has_rows(self, flow: str) -> bool:
@@ -287,13 +276,7 @@ class LedgerReader:
     def history(self, flow: str, recipient: str) -> dict[str, StepRecord]:
         """step → what happened to one recipient's step, as a run reads it
         (SqliteLedger.history): what `plan` needs to say when a step `after:` one is due."""
-        rows = self._query(
-            "SELECT m.step, m.state, m.body_hash, m.message_id, m.last_attempt,"
-            " m.first_attempt, m.error_code, m.error_title, s.status, s.error_code, s.failed_at,"
-            " s.delivered_at, s.read_at"
-            f" {_JOIN} WHERE m.flow = ? AND m.recipient = ?",
-            (flow, recipient),
-        )
+        rows = self._query(HISTORY, (flow, recipient))
         return {row[0]: StepRecord(*row[1:]) for row in rows}
 
     def wrote_since(self, business: str, since: str) -> set[str]:

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from .queries import HEARD, HISTORY, INBOUND_OF, PREFERENCES_OF
 from .records import (
     Batch,
     Inbound,
@@ -160,14 +161,7 @@ class SqliteLedger:
     def history(self, recipient: str) -> dict[str, StepRecord]:
         """step → what happened to one recipient's step, with its delivery status (one indexed
         range, and a primary-key lookup per sent message)."""
-        rows = self._read(
-            "SELECT m.step, m.state, m.body_hash, m.message_id, m.last_attempt,"
-            " m.first_attempt, m.error_code, m.error_title, s.status, s.error_code, s.failed_at,"
-            " s.delivered_at, s.read_at"
-            " FROM messages AS m LEFT JOIN statuses AS s ON s.message_id = m.message_id"
-            " WHERE m.flow = ? AND m.recipient = ?",
-            (self.flow, recipient),
-        )
+        rows = self._read(HISTORY, (self.flow, recipient))
         return {row[0]: StepRecord(*row[1:]) for row in rows}
 
     def statuses_since(self, received: str) -> list[tuple[str, str, str]]:
@@ -225,11 +219,7 @@ class SqliteLedger:
     def has_heard(self, business: str) -> bool:
         """Whether any customer of this business number wrote or set a preference (if none
         did, a run asks nothing per recipient)."""
-        query = (
-            "SELECT 1 FROM inbound WHERE business = ?"
-            " UNION ALL SELECT 1 FROM preferences WHERE business = ? LIMIT 1"
-        )
-        return bool(self._read(query, (business, business)))
+        return bool(self._read(HEARD, (business, business)))
 
     def customers_heard(self, business: str) -> list[str]:
         """Every customer of this business number who wrote or set a preference."""
@@ -244,16 +234,8 @@ class SqliteLedger:
         """What one customer sent this business number, and their preferences (each one
         indexed range)."""
         who = (business, customer)
-        inbound = self._read(
-            "SELECT message_id, business, customer, at, kind, text, payload, context"
-            " FROM inbound WHERE business = ? AND customer = ? ORDER BY at",
-            who,
-        )
-        preferences = self._read(
-            "SELECT business, customer, at, value, category FROM preferences"
-            " WHERE business = ? AND customer = ? ORDER BY at",
-            who,
-        )
+        inbound = self._read(INBOUND_OF, who)
+        preferences = self._read(PREFERENCES_OF, who)
         return [Inbound(*row) for row in inbound], [Preference(*row) for row in preferences]
 
     def media_id(
