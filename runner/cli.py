@@ -161,11 +161,12 @@ def run(
     is_flag=True,
     help="Do not check template steps against FLOW.templates.json (CI without the lock).",
 )
-def validate(flows: tuple[str, ...], offline: bool) -> None:
+@click.option("--strict", is_flag=True, help="Warnings fail the flow too (exit 2).")
+def validate(flows: tuple[str, ...], offline: bool, strict: bool) -> None:
     """Check each FLOW completely: structure, files, and every template for every recipient."""
     from .commands.validate import validate as validate_flows
 
-    sys.exit(_handled(lambda: validate_flows(flows, offline=offline)))
+    sys.exit(_handled(lambda: validate_flows(flows, offline=offline, strict=strict)))
 
 
 @cli.command()

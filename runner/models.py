@@ -273,6 +273,11 @@ class CsvRecipients(_Strict):
     delimiter: Literal[",", ";", "\t", "|"] | None = Field(
         None, description="Column separator; by default guessed from the header row."
     )
+    when: str | None = Field(
+        None,
+        description="A Jinja2 expression on each row (recipient.COLUMN, vars): only the rows it"
+        " is true for are recipients of this flow, e.g. recipient.active == 'yes'.",
+    )
 
 
 class InlineRecipient(BaseModel):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from jinja2 import TemplateSyntaxError
+from pydantic import BaseModel
 
 from . import durations, models
 from .conversation import ANSWER_FIELDS, HISTORY_FIELDS
@@ -23,16 +24,20 @@ from .dialect import check_flow
 from .errors import FlowInvalid, Location, Problem, Problems
 from .loader import LoadedFlow
 from .media import LocalFiles, LocalMedia, MediaError
-from .recipients import CsvError, RecipientStream, read_csv
+from .recipients import CsvError, Recipient, RecipientStream, read_csv
 from .template_lock import check_templates
 from .templates import (
+    RENDER_ERRORS,
     EnvVars,
     Render,
     compile_condition,
     compile_text,
     describe,
+    env_references,
     reads_name,
+    recipient_fields,
     step_reads,
+    vars_fields,
 )
 from .yamldoc import YamlPath
 
@@ -113,8 +118,26 @@ class Plan:
     def flow(self) -> models.Flow:
         return self.loaded.flow
 
-    def recipients(self) -> RecipientStream:
-        return RecipientStream(self._rows, self.problems, self.flow.settings.default_country)
+    def recipients(self) -> Iterable[Recipient]:
+        """Every recipient, each phone once, in the source's order: those `recipients.when`
+        chooses (a CSV's rows the flow is for, without a `when:` on every step)."""
+        stream = RecipientStream(self._rows, self.problems, self.flow.settings.default_country)
+        source = self.flow.recipients
+        if isinstance(source, models.CsvRecipients) and source.when is not None:
+            return _Chosen(stream, self, source.when)
+        return stream
+
+    def templates_see(self) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+        """What a template sees of a recipient (their fields), `vars` and `env`. Messages
+        reach customers and `plan` prints them: they never see the api section's variables
+        nor secret-like names (runner/templates.py, EnvVars)."""
+        variables = vars_fields(self.flow.vars)
+        env = self.env.for_messages(api_variables(self.flow.api))
+
+        def context(fields: Mapping[str, Any]) -> dict[str, Any]:
+            return {"recipient": recipient_fields(fields), "vars": variables, "env": env}
+
+        return context
 
     def _rows(self) -> Iterator[tuple[Location, dict[str, Any]]]:
         source = self.flow.recipients
@@ -169,6 +192,7 @@ def compile_plan(loaded: LoadedFlow, env: EnvVars | None = None, *, offline: boo
             )
         )
     check_flow(loaded, problems)
+    _check_audience(loaded, problems)
     check_templates(loaded, problems, offline=offline)
     plan = Plan(loaded, tuple(steps), problems, env or EnvVars(), LocalFiles(loaded.base_dir))
     _check_constant_files(plan)
@@ -372,3 +396,55 @@ def _check_constant_files(plan: Plan) -> None:
                 plan.files.check(source.source, kind)
             except MediaError as exc:
                 plan.problems.add(Problem(plan.loaded.locate(source.where), str(exc), exc.hint))
+
+
+def api_variables(api: BaseModel) -> frozenset[str]:
+    """The environment variables the api section names (`env.X`), whatever its fields."""
+    names: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and models.is_template(value):
+            names.update(env_references(value))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(api.model_dump())
+    return frozenset(names)
+
+
+class _Chosen:
+    """The recipients `recipients.when` is true for; one whose test fails to render is a
+    located problem (and is left out), like a step's `when`."""
+
+    def __init__(self, stream: RecipientStream, plan: Plan, source: str) -> None:
+        self._stream = stream
+        self._plan = plan
+        self._test = compile_condition(source)  # checked at compile: _check_audience
+
+    def __iter__(self) -> Iterator[Recipient]:
+        context = self._plan.templates_see()
+        where = self._plan.loaded.locate(("recipients", "when"))
+        for recipient in self._stream:
+            try:
+                chosen = self._test(context(recipient.fields))
+            except RENDER_ERRORS as exc:
+                detail = f"first for the recipient at {recipient.where}"
+                self._plan.problems.add(Problem(where, describe(exc), detail=detail))
+                continue
+            if chosen:
+                yield recipient
+
+
+def _check_audience(loaded: LoadedFlow, problems: Problems) -> None:
+    """`recipients.when` compiles (its values are checked per recipient, as they are read)."""
+    source = loaded.flow.recipients
+    if not isinstance(source, models.CsvRecipients) or source.when is None:
+        return
+    try:
+        compile_condition(source.when)
+    except TemplateSyntaxError as exc:
+        problems.add(Problem(loaded.locate(("recipients", "when")), describe(exc)))

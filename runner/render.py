@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
 from . import models
 from .conversation import NO_CONTACT, NOT_SENT, UNANSWERED, WAITS_ANSWER, Answer
 from .errors import Problem
@@ -26,9 +24,6 @@ from .templates import (
     TooLong,
     contact_fields,
     describe,
-    env_references,
-    recipient_fields,
-    vars_fields,
 )
 from .yamldoc import YamlPath
 
@@ -113,17 +108,10 @@ class Renderer:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self._vars = vars_fields(plan.flow.vars)
-        # Messages reach customers and `plan` prints them: they never see the api section's
-        # variables nor secret-like names (runner/templates.py, EnvVars).
-        self._env = plan.env.for_messages(api_variables(plan.flow.api))
+        self._context = plan.templates_see()
 
     def context(self, recipient: Recipient) -> dict[str, Any]:
-        return {
-            "recipient": recipient_fields(recipient.fields),
-            "vars": self._vars,
-            "env": self._env,
-        }
+        return self._context(recipient.fields)
 
     def messages(
         self,
@@ -310,24 +298,6 @@ def _too_long(name: str, length: int, exact: bool = True) -> str | None:
     return (
         f"{what} is {'' if exact else 'more than '}{length:,} characters; WhatsApp allows {limit:,}"
     )
-
-
-def api_variables(api: BaseModel) -> frozenset[str]:
-    """The environment variables the api section names (`env.X`), whatever its fields."""
-    names: set[str] = set()
-
-    def walk(value: Any) -> None:
-        if isinstance(value, str) and models.is_template(value):
-            names.update(env_references(value))
-        elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                walk(item)
-
-    walk(api.model_dump())
-    return frozenset(names)
 
 
 def _check_parameter(text: str) -> str | None:

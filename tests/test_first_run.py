@@ -263,3 +263,50 @@ def _answers(port: int) -> bool:
         return control(f"http://127.0.0.1:{port}/sandbox/inbox", method="GET")[0] == 200
     except OSError:
         return False
+
+
+def test_recipients_when_chooses_the_rows_a_flow_is_for(
+    api: tuple[str, SandboxState], folder: Path
+) -> None:
+    """`recipients: {csv: FILE, when: ...}`: one condition for the whole flow instead of a
+    `when:` on every step; the rows it leaves out get nothing and leave nothing in the ledger."""
+    base, state = api
+    write_flow(folder, base, "  - text: {body: hi}\n  - text: {body: bye}\n", people=4)
+    flow = folder / "flow.yaml"
+    flow.write_text(
+        flow.read_text("utf-8").replace(
+            "recipients: {csv: people.csv}",
+            "recipients: {csv: people.csv, when: \"recipient.lang == 'en'\"}",
+        ),
+        "utf-8",
+    )
+    code, out, err = flowrun("flow.yaml")
+    assert code == 0, err
+    assert {m["to"] for m in state.inbox} == {"15550100001", "15550100003"}  # lang en
+    assert "sent 4, failed 0, skipped 0" in out
+    assert {row[1] for row in ledger_rows(folder)} == {"15550100001", "15550100003"}
+
+
+def test_a_broken_recipients_when_is_located(folder: Path) -> None:
+    write_flow(folder, "http://127.0.0.1:9", "  - text: {body: hi}\n", people=2)
+    flow = folder / "flow.yaml"
+    text = flow.read_text("utf-8")
+    flow.write_text(
+        text.replace(
+            "recipients: {csv: people.csv}",
+            "recipients: {csv: people.csv, when: recipient.lnag == 'en'}",
+        ),
+        "utf-8",
+    )
+    code, _, err = flowrun("validate", "flow.yaml")
+    assert code == 2
+    assert "recipient has no field 'lnag'; did you mean 'lang'?" in err
+
+
+def test_validate_strict_fails_a_flow_with_warnings(folder: Path) -> None:
+    write_flow(folder, "http://127.0.0.1:9", "  - text: {body: hi}\n", people=2)
+    (folder / "people.csv").write_text("phone\n+1 555 010 0001\n+1 555 010 0001\n", "utf-8")
+    assert flowrun("validate", "flow.yaml")[0] == 0  # a phone listed twice: a warning
+    code, _, err = flowrun("validate", "--strict", "flow.yaml")
+    assert code == 2
+    assert "warning(s), which --strict counts as errors" in err

@@ -13,7 +13,8 @@ from .checking import Checked, check
 from .outlook import unreachable
 
 
-def validate(flow_files: tuple[str, ...], *, offline: bool = False) -> int:
+def validate(flow_files: tuple[str, ...], *, offline: bool = False, strict: bool = False) -> int:
+    """`strict`: a flow with warnings fails too (exit 2), for CI that keeps flows clean."""
     code = EXIT_OK
     for flow_file in flow_files:
         try:
@@ -23,7 +24,13 @@ def validate(flow_files: tuple[str, ...], *, offline: bool = False) -> int:
                 click.echo(line, err=True)
             code = EXIT_INVALID
             continue
-        _warn_unreachable(checked)
+        warned = len(checked.plan.problems.lines("warning")) + _warn_unreachable(checked)
+        if strict and warned:
+            click.echo(
+                f"{flow_file}: {warned} warning(s), which --strict counts as errors", err=True
+            )
+            code = EXIT_INVALID
+            continue
         result = checked.survey
         click.echo(
             f"{flow_file}: ok: {result.recipients:,} recipients, {len(checked.plan.steps)} steps,"
@@ -35,11 +42,13 @@ def validate(flow_files: tuple[str, ...], *, offline: bool = False) -> int:
     return code
 
 
-def _warn_unreachable(checked: Checked) -> None:
+def _warn_unreachable(checked: Checked) -> int:
     """Free-form steps nobody's window can be open for (a warning: the flow is valid, and a
-    run keeps them waiting; the customers may still write before it runs)."""
+    run keeps them waiting; the customers may still write before it runs); how many."""
     plan = checked.plan
     ledger = default_path(plan.loaded.path, sandbox=False)
     dialect = dialects.build(checked.target)
-    for problem in unreachable(plan, dialect, ledger, clock.now()):
+    problems = unreachable(plan, dialect, ledger, clock.now())
+    for problem in problems:
         click.echo(problem.format(), err=True)
+    return len(problems)
