@@ -230,6 +230,7 @@ class Executor:
         # --follow: who waits (phone → recipient, when the wait expires)
         self._waiting: dict[str, tuple[Recipient, datetime]] = {}
         self._waits: dict[str, str] = {}  # phone → what their waiting step waits for, now
+        self._following = False  # past the first pass of a --follow run
         self.summary.trusted_window = self._trust_window
 
     def window(self) -> int:
@@ -281,6 +282,7 @@ class Executor:
         (the receiver records it: `--listen`, or a `flowrun listen` on the same ledger) or
         their wait expires; until nothing waits, or Ctrl-C."""
         self._history = True  # this run wrote rows: always read them now
+        self._following = True
         arrivals = _Arrivals(since - LOOK_BACK)
         statuses = _Arrivals(since - LOOK_BACK)  # a read wakes a step waiting for it
         serving: dict[str, asyncio.Task[None]] = {}
@@ -461,9 +463,9 @@ class Executor:
         """Sent before (and not refused afterwards for a closed window), or expired: final
         (sent later, an expired step would come after the steps that followed it)."""
         if record.state == "sent" and not self._refused_for_window(record):
-            self.summary.already += 1
-            if self._edited(item, record):
-                self.summary.changed += 1
+            if not self._following:  # (a --follow serve meets what this run sent)
+                self.summary.already += 1
+                self.summary.changed += self._edited(item, record)
             return True
         return record.state == "skipped" and record.error_title in FINAL_TITLES
 

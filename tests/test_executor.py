@@ -197,6 +197,7 @@ def test_readme_sandbox_run(tmp_path: Path) -> None:
     summary = follow.stdout.splitlines()[-2]
     assert "failed 0" in summary, follow.stdout
     assert "waiting" not in summary, follow.stdout
+    assert "sent before" not in follow.stderr  # what it sent itself is not "an earlier run's"
     report = subprocess.run(
         [
             sys.executable,
