@@ -382,20 +382,52 @@ class HeaderDocument(_Media):
     filename: TemplateText | None = Field(None, description="Name shown to the recipient.")
 
 
+# A number written in the flow, or a template that renders to one (checked after rendering)
+Number = Annotated[
+    float | TemplateText, Field(description="A number; may be a Jinja2 template that renders one.")
+]
+Whole = Annotated[
+    int | TemplateText,
+    Field(description="A whole number; may be a Jinja2 template that renders one."),
+]
+# A NAMED template's placeholder, as Meta allows them ({{first_name}})
+PARAMETER_NAME_PATTERN = r"^[a-z0-9_]{1,512}$"
+ParameterName = Annotated[str, Field(pattern=PARAMETER_NAME_PATTERN)]
+
+
+class HeaderLocation(_Strict):
+    """The map of a LOCATION header, given at send time
+    (docs/whatsapp-api.md#template-parameters)."""
+
+    latitude: Number = Field(description="Degrees, -90 to 90.")
+    longitude: Number = Field(description="Degrees, -180 to 180.")
+    name: TemplateText = Field(description="The place's name, shown under the map.")
+    address: TemplateText = Field(description="The place's address, shown under the map.")
+
+
 class TemplateHeader(_Strict):
-    """The header parameter of a template: one image, video, document or text."""
+    """The header parameter of a template: one image, video, document, text or location."""
 
     image: HeaderMedia | None = None
     video: HeaderMedia | None = None
     document: HeaderDocument | None = None
-    text: TemplateText | None = None
+    text: TemplateText | dict[ParameterName, TemplateText] | None = Field(
+        None,
+        description="The text header's parameter; for a NAMED template a mapping of its one"
+        " placeholder's name to the value, e.g. {sale_name: Summer sale}.",
+    )
+    location: HeaderLocation | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> TemplateHeader:
         given = [name for name in HEADER_KINDS if getattr(self, name) is not None]
         if len(given) != 1:
             found = f"found {' and '.join(given)}" if given else "found none"
-            raise ValueError(f"a header has exactly one of image, video, document, text ({found})")
+            raise ValueError(
+                f"a header has exactly one of image, video, document, text, location ({found})"
+            )
+        if isinstance(self.text, dict) and len(self.text) != 1:
+            raise ValueError("a named text header takes one parameter: {name: value}")
         return self
 
     @property
@@ -403,15 +435,46 @@ class TemplateHeader(_Strict):
         return next(name for name in HEADER_KINDS if getattr(self, name) is not None)
 
 
-HEADER_KINDS = ("image", "video", "document", "text")
+HEADER_KINDS = ("image", "video", "document", "text", "location")
+
+
+class Currency(_Strict):
+    """An amount of money (the API's currency object); the Cloud API shows `fallback_value`."""
+
+    fallback_value: TemplateText = Field(description="The text shown, e.g. '$12.50'.")
+    code: TemplateText = Field(description="ISO 4217 currency code, e.g. USD.")
+    amount_1000: Whole = Field(description="The amount times 1000: 12500 is 12.50.")
+
+
+class CurrencyParameter(_Strict):
+    currency: Currency
+
+
+class DateTime(_Strict):
+    """A date and time (the API's date_time object); the Cloud API shows `fallback_value`."""
+
+    fallback_value: TemplateText = Field(description="The text shown, e.g. 'March 3, 2027'.")
+
+
+class DateTimeParameter(_Strict):
+    date_time: DateTime
+
+
+BodyParameter = Annotated[
+    TemplateText | CurrencyParameter | DateTimeParameter,
+    Field(description="Text, or {currency: {...}} or {date_time: {...}}."),
+]
 
 
 class TemplateButton(_Strict):
-    """The parameter of one button: the end of a URL button's link, or a quick reply's
-    payload (what your webhook receives when it is pressed)."""
+    """The parameter of one button: the end of a URL button's link, a quick reply's payload
+    (what your webhook receives when it is pressed), or a copy code button's code."""
 
     url: TemplateText | None = Field(None, description="Text appended to the button's URL.")
     quick_reply: TemplateText | None = Field(None, description="Payload of a quick reply.")
+    copy_code: TemplateText | None = Field(
+        None, description="The code a copy code button copies (up to 15 characters)."
+    )
     index: int | None = Field(
         None,
         ge=0,
@@ -421,9 +484,33 @@ class TemplateButton(_Strict):
 
     @model_validator(mode="after")
     def _one_kind(self) -> TemplateButton:
-        if (self.url is None) == (self.quick_reply is None):
-            raise ValueError("a button has exactly one of url or quick_reply")
+        given = [name for name in BUTTON_KINDS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("a button has exactly one of url, quick_reply or copy_code")
         return self
+
+    @property
+    def kind(self) -> str:
+        """The send's sub_type: url, quick_reply or copy_code."""
+        return next(name for name in BUTTON_KINDS if getattr(self, name) is not None)
+
+    @property
+    def value(self) -> str:
+        value = getattr(self, self.kind)
+        assert isinstance(value, str)
+        return value
+
+
+BUTTON_KINDS = ("url", "quick_reply", "copy_code")
+
+
+class LimitedTimeOffer(_Strict):
+    """When a limited-time offer ends (the template's offer component, with an expiration)."""
+
+    expiration_time_ms: Whole = Field(
+        description="The offer's end as a UNIX timestamp in milliseconds; may be a template,"
+        " e.g. '{{ recipient.offer_ends_ms }}'."
+    )
 
 
 class Template(_Strict):
@@ -438,8 +525,13 @@ class Template(_Strict):
         " template (a language per recipient)."
     )
     header: TemplateHeader | None = Field(None, description="The header's parameter, if any.")
-    body: list[TemplateText] = Field(
-        default_factory=list, description="Body parameters {{1}}, {{2}}, ... in order."
+    body: list[BodyParameter] | dict[ParameterName, BodyParameter] = Field(
+        default_factory=list,
+        description="Body parameters: a list for {{1}}, {{2}}, ... in order; a mapping by name"
+        " for a template with named parameters ({first_name: ..., date: ...}).",
+    )
+    limited_time_offer: LimitedTimeOffer | None = Field(
+        None, description="A limited-time offer template's expiration."
     )
     buttons: list[TemplateButton] = Field(default_factory=list, description="Button parameters.")
 

@@ -90,16 +90,29 @@ class AfterPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class ParameterPlan:
+    """One body (or text header) parameter: its type (text, currency, date_time), the fields
+    that render it (text: one; currency: fallback_value, code, amount_1000; date_time:
+    fallback_value) and, for a NAMED template, its `parameter_name`."""
+
+    type: str
+    fields: tuple[FieldPlan, ...]
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TemplatePlan:
-    """A template step, compiled: its header, body and button parameters."""
+    """A template step, compiled: its header, body, offer and button parameters."""
 
     name: str
     language: FieldPlan
     header_kind: str | None
-    header: tuple[FieldPlan, ...]  # id/link/filename of a media header, or its text
+    header: tuple[FieldPlan, ...]  # id/link/filename of a media header, its text, or the map
     header_file: FieldPlan | None
-    body: tuple[FieldPlan, ...]
+    body: tuple[ParameterPlan, ...]
     buttons: tuple[tuple[str, int, FieldPlan], ...]  # (sub_type, index, parameter)
+    header_name: str | None = None  # a NAMED template's text header placeholder
+    offer: FieldPlan | None = None  # limited_time_offer.expiration_time_ms
 
 
 @dataclass
@@ -341,38 +354,96 @@ def _compile_step(loaded: LoadedFlow, step: Any, index: int, problems: Problems)
 def _compile_template(
     content: models.Template, base: YamlPath, compiled: Callable[[str, str, YamlPath], FieldPlan]
 ) -> TemplatePlan:
-    header: list[FieldPlan] = []
-    header_file = None
-    kind = None
-    if content.header is not None:
-        kind = content.header.kind
-        where: YamlPath = (*base, "header", kind)
-        media = getattr(content.header, kind)
-        if isinstance(media, str):
-            header.append(compiled("param", media, where))
-        else:
-            for name in ("id", "link", "filename"):
-                value = getattr(media, name, None)
-                if value is not None:
-                    header.append(compiled(name, value, (*where, name)))
-            if media.provider is not None:
-                header.append(compiled("provider", media.provider.name, (*where, "provider")))
-            if media.file is not None:
-                header_file = compiled("file", media.file, (*where, "file"))
-    body = tuple(compiled("param", text, (*base, "body", i)) for i, text in enumerate(content.body))
+    kind = content.header.kind if content.header is not None else None
+    header, header_file, header_name = _compile_header(content.header, base, compiled)
+    if isinstance(content.body, dict):
+        body = tuple(
+            _parameter(value, (*base, "body", key), compiled, key)
+            for key, value in content.body.items()
+        )
+    else:
+        body = tuple(
+            _parameter(value, (*base, "body", i), compiled) for i, value in enumerate(content.body)
+        )
     buttons = []
     for i, button in enumerate(content.buttons):
-        sub_type = "url" if button.url is not None else "quick_reply"
-        value = button.url if button.url is not None else button.quick_reply
-        assert value is not None  # the model requires one of them
         index = button.index if button.index is not None else i
-        buttons.append(
-            (sub_type, index, compiled("button", value, (*base, "buttons", i, sub_type)))
-        )
+        where = (*base, "buttons", i, button.kind)
+        buttons.append((button.kind, index, compiled(button.kind, button.value, where)))
+    offer = None
+    if content.limited_time_offer is not None:
+        ends = content.limited_time_offer.expiration_time_ms
+        where = (*base, "limited_time_offer", "expiration_time_ms")
+        offer = compiled("expiration_time_ms", str(ends), where)
     language = compiled("language", content.language, (*base, "language"))
     return TemplatePlan(
-        content.name, language, kind, tuple(header), header_file, body, tuple(buttons)
+        content.name,
+        language,
+        kind,
+        tuple(header),
+        header_file,
+        body,
+        tuple(buttons),
+        header_name,
+        offer,
     )
+
+
+def _compile_header(
+    given: models.TemplateHeader | None,
+    base: YamlPath,
+    compiled: Callable[[str, str, YamlPath], FieldPlan],
+) -> tuple[list[FieldPlan], FieldPlan | None, str | None]:
+    """A template header's fields, its local file (if any) and a named text header's name."""
+    header: list[FieldPlan] = []
+    if given is None:
+        return header, None, None
+    kind = given.kind
+    where: YamlPath = (*base, "header", kind)
+    media = getattr(given, kind)
+    if isinstance(media, str):
+        return [compiled("param", media, where)], None, None
+    if isinstance(media, dict):  # a NAMED text header: {name: value}
+        name, text = next(iter(media.items()))
+        return [compiled("param", text, (*where, name))], None, name
+    if isinstance(media, models.HeaderLocation):
+        places = ("latitude", "longitude", "name", "address")
+        return [compiled(n, str(getattr(media, n)), (*where, n)) for n in places], None, None
+    for name in ("id", "link", "filename"):
+        value = getattr(media, name, None)
+        if value is not None:
+            header.append(compiled(name, value, (*where, name)))
+    if media.provider is not None:
+        header.append(compiled("provider", media.provider.name, (*where, "provider")))
+    header_file = None
+    if media.file is not None:
+        header_file = compiled("file", media.file, (*where, "file"))
+    return header, header_file, None
+
+
+def _parameter(
+    value: Any,
+    where: YamlPath,
+    compiled: Callable[[str, str, YamlPath], FieldPlan],
+    name: str | None = None,
+) -> ParameterPlan:
+    """A body parameter compiled: text, or a currency or date_time object
+    (docs/whatsapp-api.md#template-parameters)."""
+    if isinstance(value, models.CurrencyParameter):
+        money = value.currency
+        at: YamlPath = (*where, "currency")
+        fields = (
+            compiled("fallback_value", money.fallback_value, (*at, "fallback_value")),
+            compiled("currency_code", money.code, (*at, "code")),
+            compiled("amount_1000", str(money.amount_1000), (*at, "amount_1000")),
+        )
+        return ParameterPlan("currency", fields, name)
+    if isinstance(value, models.DateTimeParameter):
+        at = (*where, "date_time", "fallback_value")
+        return ParameterPlan(
+            "date_time", (compiled("fallback_value", value.date_time.fallback_value, at),), name
+        )
+    return ParameterPlan("text", (compiled("param", value, where),), name)
 
 
 def _local_sources(step: StepPlan) -> Iterator[tuple[str, FieldPlan]]:

@@ -8,6 +8,7 @@ that WhatsApp would refuse is a located problem here, never a failed request lat
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +18,7 @@ from . import models
 from .conversation import NO_CONTACT, NOT_SENT, UNANSWERED, WAITS_ANSWER, Answer
 from .errors import Problem
 from .media import LocalMedia, MediaError
-from .plan import FieldPlan, Plan, StepPlan, TemplatePlan
+from .plan import FieldPlan, ParameterPlan, Plan, StepPlan, TemplatePlan
 from .recipients import Recipient
 from .templates import (
     RENDER_ERRORS,
@@ -30,6 +31,7 @@ from .yamldoc import YamlPath
 if TYPE_CHECKING:
     from .dialect import Dialect
 
+COUPON_CODE_MAX = 15  # copy code buttons (docs/whatsapp-api.md#template-parameters)
 UPLOAD_PLACEHOLDER = "@upload:"  # shown by `plan` where a media id will come from an upload
 
 
@@ -185,8 +187,15 @@ class Renderer:
         media_at: tuple[str | int, ...] = ()
         kind = plan.header_kind
         if kind == "text":
-            header = {"type": "text", "text": value(plan.header[0])}
+            header = _named({"type": "text", "text": value(plan.header[0])}, plan.header_name)
             components.append({"type": "header", "parameters": [header]})
+        elif kind == "location":
+            place: dict[str, Any] = {field.name: value(field) for field in plan.header}
+            for axis in ("latitude", "longitude"):
+                place[axis] = float(place[axis])  # checked by check_rendered
+            components.append(
+                {"type": "header", "parameters": [{"type": "location", "location": place}]}
+            )
         elif kind is not None:
             media: dict[str, Any] = {}
             for field in plan.header:
@@ -199,20 +208,24 @@ class Renderer:
                 media_at = ("components", 0, "parameters", 0, kind)
             components.append({"type": "header", "parameters": [{"type": kind, kind: media}]})
         if plan.body:
-            parameters = [{"type": "text", "text": value(field)} for field in plan.body]
+            parameters = [_body_parameter(parameter, value) for parameter in plan.body]
             components.append({"type": "body", "parameters": parameters})
-        for sub_type, index, field in plan.buttons:
-            parameter = (
-                {"type": "text", "text": value(field)}
-                if sub_type == "url"
-                else {"type": "payload", "payload": value(field)}
+        if plan.offer is not None:
+            offer = {"expiration_time_ms": int(value(plan.offer))}
+            components.append(
+                {
+                    "type": "limited_time_offer",
+                    "parameters": [{"type": "limited_time_offer", "limited_time_offer": offer}],
+                }
             )
+        for sub_type, index, field in plan.buttons:
+            kind_of, key = BUTTON_PARAMETERS[sub_type]
             components.append(
                 {
                     "type": "button",
                     "sub_type": sub_type,
                     "index": str(index),
-                    "parameters": [parameter],
+                    "parameters": [{"type": kind_of, key: value(field)}],
                 }
             )
         language = {"code": value(plan.language)}
@@ -260,6 +273,33 @@ class Renderer:
             ) from None
 
 
+# A button's parameter by its sub_type: (the parameter's type, the key of its value)
+BUTTON_PARAMETERS = {
+    "url": ("text", "text"),
+    "quick_reply": ("payload", "payload"),
+    "copy_code": ("coupon_code", "coupon_code"),
+}
+
+
+def _named(parameter: dict[str, Any], name: str | None) -> dict[str, Any]:
+    """A NAMED template's parameter carries its placeholder's name
+    (docs/whatsapp-api.md#template-parameters)."""
+    return parameter if name is None else {**parameter, "parameter_name": name}
+
+
+def _body_parameter(parameter: ParameterPlan, value: Callable[[FieldPlan], str]) -> dict[str, Any]:
+    """A body parameter as the API takes it: text, currency (amount_1000 a whole number) or
+    date_time (docs/whatsapp-api.md#template-parameters)."""
+    if parameter.type == "currency":
+        fallback, code, amount = (value(field) for field in parameter.fields)
+        money = {"fallback_value": fallback, "code": code, "amount_1000": int(amount)}
+        return _named({"type": "currency", "currency": money}, parameter.name)
+    if parameter.type == "date_time":
+        moment = {"fallback_value": value(parameter.fields[0])}
+        return _named({"type": "date_time", "date_time": moment}, parameter.name)
+    return _named({"type": "text", "text": value(parameter.fields[0])}, parameter.name)
+
+
 _VALUE_RULES: dict[str, Callable[[str], str]] = {
     "link": models.check_http_url,
     "language": models.check_language,
@@ -276,7 +316,10 @@ def check_rendered(name: str, text: str) -> str | None:
             return str(exc)
     if name == "param":
         return _check_parameter(text)
-    if name in ("id", "filename", "body", "file", "button") and not text.strip():
+    rule_of_kind = _KIND_RULES.get(name)
+    if rule_of_kind is not None:
+        return rule_of_kind(text)
+    if name in ("id", "filename", "body", "file", "url", "quick_reply") and not text.strip():
         return f"{name} is empty after rendering"
     if (name == "caption" and len(text) > models.CAPTION_MAX) or (
         name == "body" and len(text) > models.TEXT_BODY_MAX
@@ -284,6 +327,58 @@ def check_rendered(name: str, text: str) -> str | None:
         return _too_long(name, len(text))
     return None
 
+
+def _number_in(name: str, low: float, high: float) -> Callable[[str], str | None]:
+    def rule(text: str) -> str | None:
+        try:
+            number = float(text)
+        except ValueError:
+            return f"{name} {text!r} is not a number"
+        if not low <= number <= high:
+            return f"{name} {number:g} is not between {low:g} and {high:g}"
+        return None
+
+    return rule
+
+
+def _whole(name: str) -> Callable[[str], str | None]:
+    def rule(text: str) -> str | None:
+        if not re.fullmatch(r"\s*-?\d+\s*", text):
+            return f"{name} {text!r} is not a whole number"
+        return None
+
+    return rule
+
+
+def _filled(name: str, limit: int | None = None) -> Callable[[str], str | None]:
+    def rule(text: str) -> str | None:
+        if not text.strip():
+            return f"{name} is empty after rendering"
+        if limit is not None and len(text) > limit:
+            return f"{name} '{text}' is {len(text)} characters; WhatsApp allows {limit}"
+        return None
+
+    return rule
+
+
+def _currency_code(text: str) -> str | None:
+    if not re.fullmatch(r"[A-Z]{3}", text):
+        return f"currency code {text!r} is not three capital letters (ISO 4217, like USD)"
+    return None
+
+
+# Rules on template parameters other than text (docs/whatsapp-api.md#template-parameters)
+_KIND_RULES: dict[str, Callable[[str], str | None]] = {
+    "latitude": _number_in("latitude", -90, 90),
+    "longitude": _number_in("longitude", -180, 180),
+    "name": _filled("location name"),
+    "address": _filled("location address"),
+    "amount_1000": _whole("amount_1000"),
+    "expiration_time_ms": _whole("expiration_time_ms"),
+    "currency_code": _currency_code,
+    "fallback_value": _filled("fallback_value"),
+    "copy_code": _filled("coupon code", COUPON_CODE_MAX),
+}
 
 _LENGTH_LIMITS = {"caption": models.CAPTION_MAX, "body": models.TEXT_BODY_MAX}
 

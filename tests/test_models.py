@@ -425,7 +425,7 @@ def test_a_header_of_each_kind(header: dict[str, Any], kind: str) -> None:
 )
 def test_a_header_has_exactly_one_kind(header: dict[str, Any], found: str) -> None:
     assert problems(TemplateHeader, header) == [
-        f"-: a header has exactly one of image, video, document, text ({found})"
+        f"-: a header has exactly one of image, video, document, text, location ({found})"
     ]
 
 
@@ -450,7 +450,7 @@ def test_buttons() -> None:
     ]
 
 
-ONE_KIND = "a button has exactly one of url or quick_reply"
+ONE_KIND = "a button has exactly one of url, quick_reply or copy_code"
 
 
 @pytest.mark.parametrize(
