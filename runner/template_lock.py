@@ -20,9 +20,9 @@ The format (one JSON object):
          {"type": "BUTTONS", "buttons": [{"type": "QUICK_REPLY", "text": "Track my order"}]}]}]}
 
 `components` are the Graph API's template components (HEADER with `format` IMAGE, VIDEO,
-DOCUMENT, TEXT or LOCATION; BODY; FOOTER; BUTTONS of QUICK_REPLY, URL, PHONE_NUMBER,
-COPY_CODE); only `name`, `language` and `components` are required (`status` defaults to
-APPROVED, `parameter_format` to POSITIONAL).
+DOCUMENT, TEXT or LOCATION; LIMITED_TIME_OFFER with `has_expiration`; BODY; FOOTER; BUTTONS of
+QUICK_REPLY, URL, PHONE_NUMBER, COPY_CODE); only `name`, `language` and `components` are
+required (`status` defaults to APPROVED, `parameter_format` to POSITIONAL).
 """
 
 from __future__ import annotations
@@ -85,6 +85,9 @@ class Shape:
     header_parameters: tuple[str, ...]  # a TEXT header's placeholders ({{1}} or {{name}})
     body_parameters: tuple[str, ...]  # the body's placeholders, in order, each once
     buttons: tuple[Button, ...]
+    # a LIMITED_TIME_OFFER component: None without one; True when it shows an expiration
+    # (a send gives expiration_time_ms), False when it does not (a send gives nothing)
+    offer: bool | None = None
 
     @property
     def header_kind(self) -> str | None:
@@ -123,7 +126,16 @@ def shape_of(entry: Mapping[str, Any]) -> Shape:
         header_parameters=_placeholders(header_text),
         body_parameters=_placeholders(str(body.get("text", ""))),
         buttons=_buttons(by_type.get("BUTTONS", {}).get("buttons", [])),
+        offer=_offer(by_type.get("LIMITED_TIME_OFFER")),
     )
+
+
+def _offer(component: Mapping[str, Any] | None) -> bool | None:
+    """Whether a limited-time offer shows an expiration (`has_expiration`), None without one."""
+    if component is None:
+        return None
+    offer = component.get("limited_time_offer")
+    return bool(offer.get("has_expiration")) if isinstance(offer, dict) else False
 
 
 def _placeholders(text: str) -> tuple[str, ...]:
@@ -267,16 +279,19 @@ def _mismatches(step: models.Template, shapes: Mapping[tuple[str, str], Shape]) 
     if shape.status != "APPROVED":
         hint = STATUS_HINTS.get(shape.status, "only APPROVED templates can be sent")
         return [(("name",), f"template '{step.name}' is {shape.status}, not APPROVED", hint)]
-    return [*_header(step, shape), *_body(step, shape), *_buttons_mismatch(step, shape)]
+    return [
+        *_header(step, shape),
+        *_body(step, shape),
+        *_offer_mismatch(step, shape),
+        *_buttons_mismatch(step, shape),
+    ]
 
 
 def _header(step: models.Template, shape: Shape) -> list[Mismatch]:
     wanted = shape.header_kind
     given = step.header.kind if step.header is not None else None
     if wanted == given:
-        return []
-    if wanted == "location":
-        return [(("name",), f"template '{step.name}' has a location header", LOCATION_HINT)]
+        return _header_name(step, shape)
     if wanted is None:
         fixed = " (its text header is fixed)" if shape.header == "TEXT" else ""
         return [
@@ -304,7 +319,39 @@ def _header(step: models.Template, shape: Shape) -> list[Mismatch]:
     ]
 
 
-LOCATION_HINT = "flowrun cannot send a location header yet: use another template"
+def _header_name(step: models.Template, shape: Shape) -> list[Mismatch]:
+    """A text header's parameter: by name for a NAMED template, plain text otherwise."""
+    text = step.header.text if step.header is not None else None
+    if text is None or not shape.header_parameters:
+        return []
+    wanted = shape.header_parameters[0]
+    if not shape.named and isinstance(text, dict):
+        return [
+            (
+                ("header", "text"),
+                f"template '{step.name}' has positional parameters: its text header takes"
+                " plain text, not a name",
+                "write header: {text: ...}",
+            )
+        ]
+    if shape.named and not isinstance(text, dict):
+        return [
+            (
+                ("header", "text"),
+                f"template '{step.name}' has named parameters: its text header's is {wanted}",
+                f"write header: {{text: {{{wanted}: ...}}}}",
+            )
+        ]
+    given = next(iter(text)) if isinstance(text, dict) else wanted
+    if given != wanted:
+        return [
+            (
+                ("header", "text", given),
+                f"template '{step.name}' has no header parameter '{given}' (error 132000)",
+                f"did you mean '{wanted}'?",
+            )
+        ]
+    return []
 
 
 def _n(word: str) -> str:
@@ -312,36 +359,105 @@ def _n(word: str) -> str:
 
 
 def _body(step: models.Template, shape: Shape) -> list[Mismatch]:
-    declared = len(shape.body_parameters)
-    given = len(step.body)
+    """The body's parameters against the template's: as many as it declares, positional (a
+    list) or named (a mapping whose names are exactly its placeholders)."""
+    declared = shape.body_parameters
+    where: YamlPath = ("body",) if step.body else ("name",)
+    if isinstance(step.body, dict) and step.body:
+        if not shape.named:
+            return [
+                (
+                    where,
+                    f"template '{step.name}' takes positional parameters"
+                    f" ({_listed(declared) or 'none'}), this step gives named ones",
+                    _body_hint(shape),
+                )
+            ]
+        return _names(step.name, list(step.body), declared)
     if shape.named and declared:
-        names = ", ".join(shape.body_parameters)
         return [
             (
-                ("body",) if step.body else ("name",),
-                f"template '{step.name}' takes named parameters ({names}); flowrun sends"
-                " positional ones",
-                "use a template with positional parameters ({{1}}, {{2}}, ...) for now",
+                where,
+                f"template '{step.name}' takes named parameters ({', '.join(declared)}),"
+                f" this step gives {'a list' if step.body else 'none'}",
+                _body_hint(shape),
             )
         ]
-    if given == declared:
+    if len(step.body) == len(declared):
         return []
     return [
         (
-            ("body",) if step.body else ("name",),
-            f"template '{step.name}' ({shape.language}) takes {declared} body parameter(s),"
-            f" this step gives {given} (error 132000)",
+            where,
+            f"template '{step.name}' ({shape.language}) takes {len(declared)} body"
+            f" parameter(s), this step gives {len(step.body)} (error 132000)",
             _body_hint(shape),
         )
     ]
 
 
+def _names(template: str, given: Sequence[str], declared: Sequence[str]) -> list[Mismatch]:
+    """A mapping's names against a NAMED template's placeholders: each unknown one at its
+    place, with the closest missing name; the missing ones together."""
+    found: list[Mismatch] = []
+    missing = [name for name in declared if name not in given]
+    for name in given:
+        if name in declared:
+            continue
+        close = difflib.get_close_matches(name, missing or declared, 1, 0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"its parameters: {', '.join(declared)}"
+        found.append(
+            (
+                ("body", name),
+                f"template '{template}' has no parameter '{name}' (error 132000)",
+                hint,
+            )
+        )
+    if missing:
+        found.append(
+            (
+                ("body",),
+                f"template '{template}' needs {', '.join(missing)}, this step does not give"
+                f" {'it' if len(missing) == 1 else 'them'} (error 132000)",
+                "body: names each of " + ", ".join(declared),
+            )
+        )
+    return found
+
+
+def _listed(placeholders: Sequence[str]) -> str:
+    return ", ".join("{{" + p + "}}" for p in placeholders)
+
+
 def _body_hint(shape: Shape) -> str:
     if not shape.body_parameters:
         return "remove body:"
-    return "body: is a list, one value for each of " + ", ".join(
-        "{{" + p + "}}" for p in shape.body_parameters
-    )
+    if shape.named:
+        return "body: is a mapping, {" + ", ".join(f"{p}: ..." for p in shape.body_parameters) + "}"
+    return "body: is a list, one value for each of " + _listed(shape.body_parameters)
+
+
+def _offer_mismatch(step: models.Template, shape: Shape) -> list[Mismatch]:
+    """A limited-time offer that shows an expiration needs one; any other template takes none."""
+    given = step.limited_time_offer is not None
+    if shape.offer and not given:
+        return [
+            (
+                ("name",),
+                f"template '{step.name}' is a limited-time offer with an expiration, this step"
+                " gives none",
+                "add limited_time_offer: {expiration_time_ms: ...} (UNIX time in milliseconds)",
+            )
+        ]
+    if given and not shape.offer:
+        what = "shows no expiration" if shape.offer is False else "is not a limited-time offer"
+        return [
+            (
+                ("limited_time_offer",),
+                f"template '{step.name}' {what}",
+                "remove limited_time_offer:",
+            )
+        ]
+    return []
 
 
 def _buttons_mismatch(step: models.Template, shape: Shape) -> list[Mismatch]:
@@ -349,7 +465,7 @@ def _buttons_mismatch(step: models.Template, shape: Shape) -> list[Mismatch]:
     given: set[int] = set()
     for i, button in enumerate(step.buttons):
         index = button.index if button.index is not None else i
-        sub_type = "url" if button.url is not None else "quick_reply"
+        sub_type = button.kind
         given.add(index)
         where: YamlPath = ("buttons", i)
         if index >= len(shape.buttons):
@@ -406,19 +522,31 @@ def body_texts(path: Path) -> dict[tuple[str, str], str]:
     return texts
 
 
-_PLACEHOLDER = re.compile(r"\{\{\s*(\d+)\s*\}\}")
-
-
-def fill(text: str, parameters: Sequence[str]) -> str:
-    """A template's text with `{{1}}`, `{{2}}`, ... replaced by the parameters (1-based, as
-    WhatsApp numbers them: docs/whatsapp-api.md#templates); a placeholder with no parameter
-    stays as written, so a mismatch shows."""
+def fill(text: str, parameters: Sequence[str] | Mapping[str, str]) -> str:
+    """A template's text with its placeholders replaced: `{{1}}`, `{{2}}`, ... by a list of
+    parameters (1-based, as WhatsApp numbers them: docs/whatsapp-api.md#templates), or
+    `{{first_name}}` by a mapping of a NAMED template's; a placeholder with no parameter stays
+    as written, so a mismatch shows."""
 
     def one(match: re.Match[str]) -> str:
-        index = int(match.group(1))
+        key = match.group(1)
+        if isinstance(parameters, Mapping):
+            return parameters.get(key, match.group(0))
+        index = int(key) if key.isdigit() else 0
         return parameters[index - 1] if 1 <= index <= len(parameters) else match.group(0)
 
-    return _PLACEHOLDER.sub(one, text)
+    return PLACEHOLDER.sub(one, text)
+
+
+def shown(parameter: Mapping[str, Any]) -> str:
+    """What the customer reads of one sent parameter: its text, or a currency's or a
+    date_time's fallback_value, which the Cloud API shows
+    (docs/whatsapp-api.md#template-parameters)."""
+    kind = str(parameter.get("type", "text"))
+    value = parameter.get(kind)
+    if isinstance(value, dict):
+        return str(value.get("fallback_value", ""))
+    return str(parameter.get("text", ""))
 
 
 def words(content: Mapping[str, Any], texts: Mapping[tuple[str, str], str]) -> str | None:
@@ -429,8 +557,12 @@ def words(content: Mapping[str, Any], texts: Mapping[tuple[str, str], str]) -> s
     text = texts.get((str(content.get("name")), str(code)))
     if not text:
         return None
-    parameters: list[str] = []
+    parameters: list[str] | dict[str, str] = []
     for component in content.get("components", []):
         if component.get("type") == "body":
-            parameters = [str(p.get("text", "")) for p in component.get("parameters", [])]
+            sent = component.get("parameters", [])
+            if any("parameter_name" in p for p in sent):
+                parameters = {str(p.get("parameter_name")): shown(p) for p in sent}
+            else:
+                parameters = [shown(p) for p in sent]
     return fill(text, parameters)

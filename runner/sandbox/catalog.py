@@ -3,8 +3,9 @@
 
 The templates are the example flows' and the tests' (checks.py derives what a send must give
 from them: `TEMPLATES`), written as Meta returns them: components HEADER (format IMAGE, VIDEO,
-DOCUMENT or TEXT, with an example), BODY (text with {{1}}.. or, for parameter_format NAMED,
-{{first_name}}), FOOTER, BUTTONS (QUICK_REPLY, URL); a status and a category each. Paging: a
+DOCUMENT, TEXT or LOCATION, with an example), LIMITED_TIME_OFFER, BODY (text with {{1}}.. or,
+for parameter_format NAMED, {{first_name}}), FOOTER, BUTTONS (QUICK_REPLY, URL, COPY_CODE); a
+status and a category each. Paging: a
 page of `limit` templates, `paging.cursors.before/after` (opaque cursors), and `paging.next`,
 an absolute URL to the next page, only while there is one (Graph's cursor-based pagination).
 """
@@ -220,6 +221,72 @@ CATALOG: tuple[dict[str, Any], ...] = (
                     ]
                 },
             }
+        ],
+        parameter_format="NAMED",
+    ),
+    _template(  # a LOCATION header: the map is given at send time
+        "pickup_point",
+        "en_US",
+        "UTILITY",
+        [
+            {"type": "HEADER", "format": "LOCATION"},
+            _body("Your parcel {{1}} is ready for pickup here.", "PKG-1001"),
+        ],
+    ),
+    _template(  # currency and date_time parameters are sent for {{2}} and {{3}}
+        "order_total",
+        "en_US",
+        "UTILITY",
+        [_body("Hi {{1}}, your total is {{2}}, due on {{3}}.", "Ann", "$12.50", "March 3")],
+    ),
+    _template(  # Meta's limited-time offer example: an expiration, a copy code and a URL
+        "summer_offer",
+        "en_US",
+        "MARKETING",
+        [
+            {
+                "type": "LIMITED_TIME_OFFER",
+                "limited_time_offer": {"text": "Expiring offer!", "has_expiration": True},
+            },
+            _body("Good news, {{1}}! Use code {{2}} to get 25% off.", "Ann", "SUMMER25"),
+            {
+                "type": "BUTTONS",
+                "buttons": [
+                    {"type": "COPY_CODE", "example": "SUMMER25"},
+                    {
+                        "type": "URL",
+                        "text": "Book now!",
+                        "url": "https://example.com/offer?code={{1}}",
+                        "example": ["https://example.com/offer?code=SUMMER25"],
+                    },
+                ],
+            },
+        ],
+    ),
+    _template(  # NAMED, with a named text header and a copy code button
+        "sale_announcement",
+        "en_US",
+        "MARKETING",
+        [
+            {
+                "type": "HEADER",
+                "format": "TEXT",
+                "text": "{{sale_name}} is here!",
+                "example": {
+                    "header_text_named_params": [{"param_name": "sale_name", "example": "Sale"}]
+                },
+            },
+            {
+                "type": "BODY",
+                "text": "Save big with code {{discount_code}}. Offer ends {{end_date}}.",
+                "example": {
+                    "body_text_named_params": [
+                        {"param_name": "discount_code", "example": "BF2024"},
+                        {"param_name": "end_date", "example": "November 30th"},
+                    ]
+                },
+            },
+            {"type": "BUTTONS", "buttons": [{"type": "COPY_CODE", "example": "BF2024"}]},
         ],
         parameter_format="NAMED",
     ),

@@ -103,6 +103,8 @@ class TemplateSpec:
     labels: tuple[str, ...] = ()  # each button's text as approved (what a tap sends back)
     status: str = "APPROVED"  # only APPROVED ones can be sent
     names: tuple[str, ...] = ()  # parameter_format NAMED: the body's parameter names
+    header_name: str | None = None  # parameter_format NAMED: the text header's parameter name
+    offer: bool | None = None  # a limited-time offer: True when a send gives its expiration
 
     @classmethod
     def from_graph(cls, entry: dict[str, Any]) -> TemplateSpec:
@@ -116,6 +118,10 @@ class TemplateSpec:
             labels=tuple(b.text for b in shape.buttons),
             status=shape.status,
             names=shape.body_parameters if shape.named else (),
+            header_name=shape.header_parameters[0]
+            if shape.named and shape.header_parameters
+            else None,
+            offer=shape.offer,
         )
 
 
@@ -243,7 +249,7 @@ def _check_template(
     by_type: dict[str, list[dict[str, Any]]] = {}
     for component in components:
         by_type.setdefault(str(component.get("type")), []).append(component)
-    if set(by_type) - {"header", "body", "button"}:
+    if set(by_type) - {"header", "body", "button", "limited_time_offer"}:
         raise ApiError("invalid", f"unknown component types {sorted(by_type)}")
     _check_header(spec, by_type.get("header", []), media, dialect)
     body = by_type.get("body", [])
@@ -253,23 +259,47 @@ def _check_template(
             "template_params", f"body expects {spec.body} parameter(s), got {len(parameters)}"
         )
     for parameter in parameters:
-        _check_text_parameter(parameter)
-    _check_names(spec, parameters)
+        _check_body_parameter(parameter)
+    _check_names(spec.names, parameters)
+    _check_offer(spec, by_type.get("limited_time_offer", []))
     _check_buttons(spec, by_type.get("button", []))
 
 
-def _check_names(spec: TemplateSpec, parameters: list[dict[str, Any]]) -> None:
+def _check_names(names: tuple[str, ...], parameters: list[dict[str, Any]]) -> None:
     """A NAMED template's parameters each carry `parameter_name`, one for each of its names; a
-    positional one's carry none (docs/whatsapp-api.md#templates)."""
+    positional one's carry none (docs/whatsapp-api.md#template-parameters). A missing name is
+    refused with 100 "Parameter name is missing or empty", as the Cloud API answers it; a name
+    the template lacks counts as a wrong set of parameters (132000)."""
     given = [p.get("parameter_name") for p in parameters]
-    if spec.names and sorted(map(str, given)) != sorted(spec.names):
+    if names and any(not isinstance(name, str) or not name for name in given):
+        raise ApiError("extra", "Parameter name is missing or empty")
+    if names and sorted(map(str, given)) != sorted(names):
         raise ApiError(
             "template_params",
-            f"the template's parameters are named {', '.join(spec.names)}: give each one's"
-            " parameter_name",
+            f"the template's parameters are named {', '.join(names)}, got"
+            f" {', '.join(map(str, given))}",
         )
-    if not spec.names and any(name is not None for name in given):
+    if not names and any(name is not None for name in given):
         raise ApiError("template_params", "the template's parameters are positional")
+
+
+def _check_offer(spec: TemplateSpec, offers: list[dict[str, Any]]) -> None:
+    """A limited-time offer with an expiration takes one `limited_time_offer` parameter with
+    `expiration_time_ms` (UNIX milliseconds); any other template takes none."""
+    if not spec.offer:
+        if offers:
+            raise ApiError("template_params", "the template has no offer expiration to fill")
+        return
+    parameters = _parameters(offers[0]) if len(offers) == 1 else []
+    offer = parameters[0].get("limited_time_offer") if len(parameters) == 1 else None
+    ends = offer.get("expiration_time_ms") if isinstance(offer, dict) else None
+    if parameters[:1] and parameters[0].get("type") != "limited_time_offer":
+        ends = None
+    if not isinstance(ends, int) or isinstance(ends, bool):
+        raise ApiError(
+            "template_params",
+            "the limited-time offer takes one limited_time_offer parameter with expiration_time_ms",
+        )
 
 
 def _parameters(component: dict[str, Any]) -> list[dict[str, Any]]:
@@ -293,12 +323,27 @@ def _check_header(
         raise ApiError("template_params", f"the header takes one {spec.header} parameter")
     if spec.header == "text":
         _check_text_parameter(parameters[0])
+        _check_names((spec.header_name,) if spec.header_name else (), parameters)
     elif spec.header == "location":
-        location = parameters[0].get("location")
-        if not isinstance(location, dict) or not {"latitude", "longitude"} <= set(location):
-            raise ApiError("template_params", "a location header needs latitude and longitude")
+        _check_location(parameters[0].get("location"))
     else:
         check_media(spec.header, parameters[0].get(spec.header), media, dialect)
+
+
+def _check_location(location: Any) -> None:
+    """A location header: latitude and longitude (numbers in range), name and address."""
+    if not isinstance(location, dict):
+        raise ApiError("template_params", "a location header needs a location object")
+    for axis, limit in (("latitude", 90), ("longitude", 180)):
+        value = location.get(axis)
+        if not isinstance(value, int | float) or isinstance(value, bool) or abs(value) > limit:
+            raise ApiError("invalid", f"location.{axis} must be a number from -{limit} to {limit}")
+    for key in ("name", "address"):
+        if not isinstance(location.get(key), str) or not location[key].strip():
+            raise ApiError("missing", f"location.{key} is required")
+    extra = set(location) - {"latitude", "longitude", "name", "address"}
+    if extra:
+        raise ApiError("extra", f"location does not take {sorted(extra)}")
 
 
 def _check_text_parameter(parameter: dict[str, Any]) -> None:
@@ -309,6 +354,31 @@ def _check_text_parameter(parameter: dict[str, Any]) -> None:
         raise ApiError(
             "invalid", "param text cannot have new-line/tab characters or more than 4 spaces"
         )
+
+
+def _check_body_parameter(parameter: dict[str, Any]) -> None:
+    """A body parameter: text, currency or date_time, with only its own keys."""
+    kind = parameter.get("type")
+    extra = set(parameter) - {"type", str(kind), "parameter_name"}
+    if extra:
+        raise ApiError("extra", f"a {kind} parameter does not take {sorted(extra)}")
+    if kind == "text":
+        _check_text_parameter(parameter)
+        return
+    if kind not in ("currency", "date_time"):
+        raise ApiError("invalid", f"a body parameter is text, currency or date_time, not {kind!r}")
+    value = parameter.get(kind)
+    keys = {"fallback_value", "code", "amount_1000"} if kind == "currency" else {"fallback_value"}
+    if not isinstance(value, dict) or set(value) != keys:
+        raise ApiError("template_params", f"a {kind} parameter takes {', '.join(sorted(keys))}")
+    if not isinstance(value["fallback_value"], str) or not value["fallback_value"].strip():
+        raise ApiError("template_params", f"{kind}.fallback_value must be non-empty text")
+    if kind == "currency":
+        code, amount = value["code"], value["amount_1000"]
+        if not isinstance(code, str) or len(code) != 3 or not code.isalpha() or not code.isupper():
+            raise ApiError("invalid", f"currency.code {code!r} is not an ISO 4217 code")
+        if not isinstance(amount, int) or isinstance(amount, bool):
+            raise ApiError("invalid", "currency.amount_1000 must be a whole number")
 
 
 def _check_buttons(spec: TemplateSpec, buttons: list[dict[str, Any]]) -> None:
@@ -333,6 +403,8 @@ def _check_buttons(spec: TemplateSpec, buttons: list[dict[str, Any]]) -> None:
             or not parameters[0][kind]
         ):
             raise ApiError("template_params", f"button {position} takes one {kind} parameter")
+        if kind == "coupon_code" and len(parameters[0][kind]) > COUPON_CODE_MAX:
+            raise ApiError("invalid", f"a coupon code has at most {COUPON_CODE_MAX} characters")
     needed = sum(1 for sub_type in spec.buttons if sub_type)
     if len(seen) != needed:
         raise ApiError("template_params", f"the template's {needed} button(s) need parameters")
@@ -340,6 +412,7 @@ def _check_buttons(spec: TemplateSpec, buttons: list[dict[str, Any]]) -> None:
 
 # A button's parameter, by its sub_type: the type, which is also the key of its value
 BUTTON_PARAMETERS = {"url": "text", "quick_reply": "payload", "copy_code": "coupon_code"}
+COUPON_CODE_MAX = 15  # docs/whatsapp-api.md#template-parameters
 
 
 def quick_replies(body: dict[str, Any]) -> list[tuple[str, str]]:
