@@ -405,6 +405,8 @@ def _names(template: str, given: Sequence[str], declared: Sequence[str]) -> list
             continue
         close = difflib.get_close_matches(name, missing or declared, 1, 0.5)
         hint = f"did you mean '{close[0]}'?" if close else f"its parameters: {', '.join(declared)}"
+        if close and close[0] in missing:
+            missing.remove(close[0])  # a misspelling: said once, at the name written
         found.append(
             (
                 ("body", name),
