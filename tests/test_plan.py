@@ -136,6 +136,7 @@ def test_schema_knows_the_format() -> None:
         "language",
         "header",
         "body",
+        "limited_time_offer",
         "buttons",
     }
     assert set(schema["required"]) == {"version", "api", "recipients", "messages"}
