@@ -457,8 +457,8 @@ def test_error_codes_are_classified(
         (
             "cloud",
             "  - template: {name: hi, language: en, header: {image: {id: x}, text: y}}\n",
-            "flow.yaml:16:40: a header has exactly one of image, video, document, text (found"
-            " image and text)",
+            "flow.yaml:16:40: a header has exactly one of image, video, document, text,"
+            " location (found image and text)",
         ),
         (
             "cloud",
