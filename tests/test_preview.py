@@ -32,9 +32,8 @@ import pytest
 from click.testing import CliRunner
 
 from runner.cli import cli
-from runner.commands.preview import template_words
 from runner.ledger import Inbound, SqliteLedger
-from runner.template_lock import fill
+from runner.template_lock import fill, words
 
 BUSINESS = "106540352242922"
 HOSTILE = '<script>console.error("pwned")</script><img src=x onerror=alert(1)>'
@@ -166,8 +165,8 @@ def test_the_page_holds_each_step_escaped_and_locked_down(clinic: Path) -> None:
     page = Page(html)
     text = page.text
     # the recipients, their filled-in parameters, captions, file names, buttons
-    for words in ("Ann", "Bob", "+15550100001", "Monday", "Tuesday", "checkup_reminder · en_US"):
-        assert words in text
+    for said in ("Ann", "Bob", "+15550100001", "Monday", "Tuesday", "checkup_reminder · en_US"):
+        assert said in text
     assert "Dear Ann,\nsee you on Monday." in html  # shown as written (pre-wrap)
     assert "The way to room 12" in text
     assert "Directions 12.pdf" in text
@@ -258,11 +257,26 @@ def test_a_step_with_after_waits_and_holds_the_rest(clinic: Path) -> None:
 
 def test_template_words_come_from_the_lock_file_when_it_knows_the_template() -> None:
     texts = {("checkup_reminder", "en_US"): "Hi {{1}}, your check-up is on {{2}}."}
-    words = template_words("checkup_reminder", "en_US", ["Ann", "Monday"], texts)
-    assert words.parameters == ("Ann", "Monday")
-    assert words.text == "Hi Ann, your check-up is on Monday."
-    assert template_words("checkup_reminder", "de", ["Ann"], texts).text is None
-    assert template_words("checkup_reminder", "en_US", ["Ann"], {}).text is None
+    sent = {
+        "name": "checkup_reminder",
+        "language": {"code": "en_US"},
+        "components": [
+            {"type": "body", "parameters": [{"type": "text", "text": t} for t in ("Ann", "Monday")]}
+        ],
+    }
+    assert words(sent, texts) == "Hi Ann, your check-up is on Monday."
+    assert words({**sent, "language": {"code": "de"}}, texts) is None
+    assert words(sent, {}) is None
+    named = {
+        **sent,
+        "components": [
+            {
+                "type": "body",
+                "parameters": [{"type": "text", "parameter_name": "first_name", "text": "Ann"}],
+            }
+        ],
+    }
+    assert words(named, {("checkup_reminder", "en_US"): "Hi {{first_name}}"}) == "Hi Ann"
     assert fill("Hi {{1}}, see you {{ 2 }}; {{3}}", ["Ann", "Monday"]) == (
         "Hi Ann, see you Monday; {{3}}"
     )
@@ -404,8 +418,8 @@ def test_chromium_renders_the_page(browser: str, watch: Watch, clinic: Path) -> 
     dom = chromium(browser, watch, page, "--dump-dom")
     assert console(dom.stderr) == []
     rendered = Page(dom.stdout)
-    for words in ("Ann", "Bob", "Monday", "Friday", "The way to room 7", "Directions 3.pdf"):
-        assert words in rendered.text
+    for said in ("Ann", "Bob", "Monday", "Friday", "The way to room 7", "Directions 3.pdf"):
+        assert said in rendered.text
     assert HOSTILE in rendered.text  # as text, after the browser parsed it
     assert rendered.all("script") == []
     shot = page.parent / "page.png"

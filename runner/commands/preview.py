@@ -44,7 +44,7 @@ from runner.media import LocalMedia
 from runner.plan import AfterPlan, Plan
 from runner.recipients import Recipient, normalize_phone
 from runner.render import Item, Message, Renderer, Waiting
-from runner.template_lock import body_texts, fill, lock_path
+from runner.template_lock import body_texts, lock_path, shown, words
 from runner.timeline import Timeline
 
 from .checking import check
@@ -173,16 +173,6 @@ class TemplateWords:
 
 # (template name, language) → its approved body text, from the flow's template lock file
 Texts = Mapping[tuple[str, str], str]
-
-
-def template_words(
-    name: str, language: str, parameters: Sequence[str], texts: Texts
-) -> TemplateWords:
-    """The words to show for a template step (`name` in `language`, body parameters as
-    rendered for one recipient): the approved text with them filled in when the flow's
-    template lock file knows it (`flowrun templates pull`), else the parameters alone."""
-    text = texts.get((name, language))
-    return TemplateWords(fill(text, parameters) if text else None, tuple(parameters))
 
 
 # --- what a bubble shows ----------------------------------------------------------------------
@@ -362,7 +352,7 @@ def _template_bubble(
                 media_kind = str(first.get("type"))
                 media = _media(media_kind, first.get(media_kind, {}), upload)
         elif kind == "body":
-            body = [str(p.get("text", "")) for p in parameters]
+            body = [shown(p) for p in parameters]
         elif kind == "button" and parameters:
             sub_type = str(component.get("sub_type"))
             value = parameters[0].get("text" if sub_type == "url" else "payload")
@@ -372,7 +362,7 @@ def _template_bubble(
         header=header_text,
         media=media,
         template=f"{name} · {language}",
-        words=template_words(name, language, body, texts),
+        words=TemplateWords(words(content, texts), tuple(body)),
         buttons=tuple(buttons),
     )
 
