@@ -74,7 +74,7 @@ def option_warning(plan: Plan, *, offline: bool = False) -> Problem | None:
     if not offline and lock_path(plan.loaded.path).is_file():
         return None
     return Problem(
-        plan.loaded.locate(("api", "marketing_messages")),
+        plan.loaded.locate(("api", "marketing_messages"), key=True),
         "api.marketing_messages: without the template lock flowrun cannot tell which templates"
         " are MARKETING, so every step goes through /messages",
         f"run flowrun templates pull {plan.loaded.path.name} (it writes"
