@@ -646,8 +646,9 @@ class Executor:
     async def _attempt(self, message: Message, body: bytes, attempt: int) -> bool | ApiFailure:
         """One request for a marked message: True sent, False uncertain (recorded), or the
         API's failure for `_send` to decide on."""
+        path = self.dialect.path_for(message.step.kind, message.content)  # (marketing API?)
         try:
-            response = await self.transport.post_json(self.dialect.messages_path, body)
+            response = await self.transport.post_json(path, body)
         except NotDelivered as exc:  # never reached the API: always safe to try again
             return ApiFailure(0, None, "not delivered", str(exc), Verdict.RETRY)
         except MaybeDelivered as exc:  # the API may have it: never sent again blindly

@@ -107,7 +107,16 @@ class CloudApi(_Strict):
         description="Graph API root; change it for a proxy, a provider or a sandbox.",
     )
     version: str = Field(
-        "v23.0", pattern=VERSION_PATTERN, description="Graph API version, e.g. v23.0."
+        "v26.0",
+        pattern=VERSION_PATTERN,
+        description="Graph API version, e.g. v26.0 (the default): pin the one you tested with.",
+    )
+    marketing_messages: bool = Field(
+        False,
+        description="Send the steps whose template is of category MARKETING (as the template"
+        " lock beside the flow says: flowrun templates pull) through the Marketing Messages"
+        " API, POST /{version}/{phone_number_id}/marketing_messages, with the same body; other"
+        " messages keep /messages. Without a lock no step uses it (a warning says so).",
     )
     timeout: float = Field(
         30.0, gt=0, le=600, description="Seconds to wait for an answer to one request."
@@ -248,6 +257,13 @@ class Settings(_Strict):
         description="Country (two letters of ISO 3166: GB, DE, US) of phones written without"
         " a country code, in the CSV or the flow: with GB, 07700 900456 is +44 7700 900456."
         " Without it, every phone needs its country code (+44 ..., 0044 ..., or 44...).",
+    )
+    messaging_limit: Literal[250, 2000, 10000, 100000, "unlimited"] | None = Field(
+        None,
+        description="Your business portfolio's messaging limit: how many distinct customers"
+        " may get a message outside their 24-hour window per rolling 24 hours (250, 2000,"
+        " 10000, 100000 or unlimited; WhatsApp Manager shows it). plan and a run warn when"
+        " more would get a template now. Unset: not checked.",
     )
     expires: Duration = Field(
         "7d",

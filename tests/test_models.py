@@ -137,7 +137,7 @@ def test_cloud_is_the_default_api_with_its_defaults() -> None:
     assert (api.kind, api.base_url, api.version, api.timeout) == (
         "cloud",
         "https://graph.facebook.com",
-        "v23.0",
+        "v26.0",
         30.0,
     )
 

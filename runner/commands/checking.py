@@ -14,6 +14,7 @@ from runner import dialect as dialects
 from runner.errors import FlowInvalid, FlowrunError
 from runner.ledger import default_path
 from runner.loader import load_flow, missing_csv
+from runner.marketing import option_warning
 from runner.plan import Plan, compile_plan
 from runner.render import Message, Survey, survey
 from runner.target import ApiTarget, api_target
@@ -33,27 +34,34 @@ def check(
     *,
     api: bool = True,
     offline: bool = False,
+    on_message: Callable[[Message], None] | None = None,
 ) -> Checked:
     """Load, compile and render a flow for every recipient (passing each message's body to
     `on_body`); the problems found are raised together (warnings are printed and let pass).
 
     `api` False: the flow's api section is not rendered (a run renders it once, itself, or
     uses the sandbox's), so its secrets are not asked for. `offline`: the template lock beside
-    the flow is not read (runner/template_lock.py)."""
+    the flow is not read (runner/template_lock.py). `on_message`: called with every message
+    rendered (plan counts what it needs from them: runner/marketing.py `PlusOne`)."""
     plan = compile_plan(load_flow(flow_file), offline=offline)
     missing = missing_csv(plan.loaded)  # said at the flow's line, before the CSV is read
     if missing is not None:
         plan.problems.add(missing)
         raise FlowInvalid(plan.problems)
     target = api_target(plan, for_run=False) if api else ApiTarget(plan.flow.api.kind, None)
-    on_message = None
+    marketing_option = option_warning(plan, offline=offline)
+    if marketing_option is not None:
+        plan.problems.add(marketing_option)
+    each = on_message
     if on_body is not None:
         dialect = dialects.build(target)
 
-        def on_message(message: Message) -> None:
+        def each(message: Message) -> None:
             on_body(message.body(dialect))
+            if on_message is not None:
+                on_message(message)
 
-    result = survey(plan, sample, on_message)
+    result = survey(plan, sample, each)
     for line in plan.problems.lines("warning"):
         click.echo(line, err=True)
     if plan.problems.has_errors():

@@ -133,6 +133,9 @@ class Outlook:
     recipients: int = 0
     open_now: int = 0  # recipients whose window is open now (trusted aside)
     from_csv: int = 0  # recipients whose CSV row says when they last wrote
+    # recipients a run now sends a template while their window is closed: business-initiated,
+    # what the portfolio's messaging limit counts (runner/commands/limits.py)
+    business_initiated: int = 0
     steps: dict[str, StepCounts] = field(default_factory=dict)
     samples: dict[tuple[str, str], Fate] = field(default_factory=dict)  # (phone, step) → fate
 
@@ -222,6 +225,9 @@ def outlook(
                 fates = list(timeline(renderer, line, contact, dialect, opens))
             except RenderFailure:
                 continue  # `check` reported it already
+            found.business_initiated += not window.open_at(now) and any(
+                step.kind == "template" and fate.state == "due" for step, fate in fates
+            )
             for step, fate in fates:
                 _count(found.steps[step.key], fate)
                 if found.recipients <= sample:

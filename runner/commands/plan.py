@@ -11,17 +11,18 @@ from typing import Any
 import click
 
 from runner import clock
-from runner import dialect as dialects
 from runner.conversation import WAITS_ANSWER, WAITS_EVENT, WAITS_QUIET, WAITS_TIME, WAITS_WINDOW
 from runner.dialect import Dialect
 from runner.errors import EXIT_OK, FlowrunError
 from runner.ledger import default_path
+from runner.marketing import PlusOne, dialect_for
 from runner.pacing import run_pace
 from runner.recipients import normalize_phone
 from runner.render import Item, Skipped, Waiting
 from runner.template_lock import body_texts, lock_path, words
 
 from .checking import Checked, check
+from .limits import over_limit
 from .outlook import HELD, MARKETING, STOPPED, Fate, Outlook, due_in, outlook
 from .preview import conversations, pick
 
@@ -51,13 +52,19 @@ def plan(
     of the first `sample` recipients'."""
     if jsonl:
         return _jsonl(flow_file, only)
-    checked = check(flow_file, sample)
+    plus_one = PlusOne.beside(Path(flow_file))  # +1 numbers a marketing template goes to
+    checked = check(flow_file, sample, on_message=plus_one.collect)
     loaded = checked.plan.loaded
     ledger = Path(ledger_path) if ledger_path else default_path(loaded.path, use_sandbox)
-    dialect = dialects.build(checked.target)
+    dialect = dialect_for(checked.plan, checked.target)
     moment = clock.now()
     chosen = pick(checked.plan, flow_file, only, sample) if only else []
     now = outlook(checked.plan, dialect, ledger, moment, sample)
+    for problem in plus_one.problems(checked.plan):
+        click.echo(problem.format(), err=True)
+    limit = over_limit(checked.plan, now.business_initiated)
+    if limit is not None:
+        click.echo(limit, err=True)
     texts = body_texts(lock_path(loaded.path))
     _show(flow_file, checked, sample, now, texts=texts, chosen=bool(only))
     if only:
@@ -103,7 +110,7 @@ def _show(
 ) -> None:
     plan, result, target = checked.plan, checked.survey, checked.target
     flow = plan.flow
-    dialect = dialects.build(target)
+    dialect = dialect_for(plan, target)
     click.echo(f"Flow {plan.loaded.name} ({flow_file})")
     click.echo(f"  API          {target.base_url or flow.api.base_url} ({dialect.label})")
     click.echo(
@@ -162,6 +169,9 @@ def _show_sample(
         said = words(item.content, texts) if item.step.kind == "template" else None
         if said is not None:
             click.echo(f"# reads: {said}")
+        path = dialect.path_for(item.step.kind, item.content)
+        if path != dialect.messages_path:  # api.marketing_messages: a MARKETING template
+            click.echo(f"# POST {path} (Marketing Messages API)")
         click.echo(json.dumps(item.body(dialect), ensure_ascii=False, indent=2))
 
 

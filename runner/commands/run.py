@@ -14,11 +14,13 @@ from pathlib import Path
 
 import click
 
+from runner import clock
 from runner import dialect as dialects
 from runner.conversation import WAITS_EVENT, WAITS_QUIET, WAITS_TIME
 from runner.errors import FlowInvalid, FlowrunError
 from runner.executor import ANSWER, WINDOW_WAIT, Executor, RunOptions, Summary
 from runner.ledger import RunLedger, default_path, now, open_for_run
+from runner.marketing import dialect_for
 from runner.pacing import run_pace
 from runner.plan import Plan
 from runner.progress import Progress
@@ -28,6 +30,7 @@ from runner.template_lock import lock_path, read_entries
 from runner.transport import HttpTransport
 
 from .checking import check
+from .limits import before_run
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +62,7 @@ def run(flow_file: str, request: RunRequest) -> int:
         raise FlowrunError(f"--only {request.only}: {flow_file} has no recipient with this phone")
     with contextlib.ExitStack() as stack:
         target = _target(plan, stack, request.use_sandbox, request.base_url)
-        dialect = dialects.build(target)
+        dialect = dialect_for(plan, target)  # MARKETING templates: api.marketing_messages
         settings = plan.flow.settings
         rate, interval = run_pace(settings, dialect, sandbox=request.use_sandbox)
         options = RunOptions(
@@ -80,6 +83,9 @@ def run(flow_file: str, request: RunRequest) -> int:
             if request.ledger_path
             else default_path(plan.loaded.path, elsewhere)
         )
+        limit = before_run(plan, dialect, path, clock.now())  # read before the run locks it
+        if limit is not None:
+            click.echo(limit, err=True)
         ledger = stack.enter_context(contextlib.closing(open_for_run(path, plan.loaded.name)))
         _check_renamed(ledger, path, chosen=request.ledger_path is not None)
         if request.use_sandbox and request.follow:

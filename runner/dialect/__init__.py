@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import TEMPLATE_HINT, ApiFailure, Dialect, LoginFailed, Verdict, first
+from .base import TEMPLATE_HINT, ApiFailure, Dialect, LoginFailed, Verdict, first, template_key
 
 if TYPE_CHECKING:
     from runner.errors import Problems
@@ -27,12 +27,14 @@ __all__ = [
     "build",
     "check_flow",
     "first",
+    "template_key",
 ]
 
 
-def build(target: ApiTarget) -> Dialect:
+def build(target: ApiTarget, marketing: frozenset[tuple[str, str]] = frozenset()) -> Dialect:
     """The dialect that speaks to `target` (placeholders where values are unknown, so that
-    `plan` shows bodies in CI without secrets)."""
+    `plan` shows bodies in CI without secrets). `marketing`: the (name, language) of the
+    templates a Cloud run sends through the Marketing Messages API (runner/marketing.py)."""
     if target.kind == "cloud":
         from .cloud import BASE_URL, VERSION, Cloud
 
@@ -40,6 +42,7 @@ def build(target: ApiTarget) -> Dialect:
             target.base_url or BASE_URL,
             target.version or VERSION,
             target.phone_number_id or "PHONE_NUMBER_ID",
+            marketing,
         )
     from .onprem import Credentials, OnPrem
 

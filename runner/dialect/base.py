@@ -101,6 +101,12 @@ class Dialect(Protocol):
     @property
     def messages_path(self) -> str: ...
 
+    def path_for(self, kind: str, content: dict[str, Any]) -> str:
+        """Where a message of this kind (`content`: the object under `kind`) is POSTed: the
+        messages path, or on Cloud the Marketing Messages API's for a MARKETING template when
+        the flow asks for it (docs/whatsapp-api.md#marketing-messages-api)."""
+        ...
+
     @property
     def media_path(self) -> str: ...
 
@@ -157,6 +163,13 @@ class Dialect(Protocol):
 
 class LoginFailed(Exception):
     """The API refused the flow's username and password, or could not be reached to log in."""
+
+
+def template_key(content: dict[str, Any]) -> tuple[str, str]:
+    """(name, language code) of a rendered `template` object, as the lock keys templates."""
+    language = content.get("language")
+    code = language.get("code") if isinstance(language, dict) else None
+    return str(content.get("name")), str(code)
 
 
 def first(data: Any, *keys: str | int) -> Any:

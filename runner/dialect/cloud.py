@@ -15,7 +15,7 @@ from runner.errors import Problem, Problems
 from runner.transport import Upload, public_url
 from runner.untrusted import printable_or_none
 
-from .base import TEMPLATE_HINT, ApiFailure, Verdict, first, media_objects
+from .base import TEMPLATE_HINT, ApiFailure, Verdict, first, media_objects, template_key
 
 if TYPE_CHECKING:
     from runner.loader import LoadedFlow
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from runner.transport import Transport
 
 BASE_URL = "https://graph.facebook.com"
-VERSION = "v23.0"  # May 2025; Graph versions are served about two years: pin yours in the flow
+VERSION = "v26.0"  # July 2026 (docs/whatsapp-api.md#graph-api-versions): pin yours in the flow
 RATE = 80.0  # messages/s per phone number by default; 130429 above it
 # One message every 6 seconds to one user: Meta's documented pair rate (bursts are allowed but
 # borrow from later, so a flow that paces its steps never meets 131056).
@@ -49,13 +49,17 @@ RESEND_WAIT = {131049: timedelta(hours=24), 130472: timedelta.max}
 # The template cannot be used as sent: parameters that do not match it, missing in that
 # language, paused, disabled (docs/whatsapp-api.md#cloud-api-errors)
 TEMPLATE_CODES = (132000, 132001, 132015, 132016)
+# Marketing templates may not go through /messages for this account (the Marketing Messages API
+# must carry them): the same for every recipient of the step, so it stops the step once, as an
+# unusable template does (docs/whatsapp-api.md#marketing-messages-api; the code is unconfirmed)
+MARKETING_DISABLED_CODE = 131063
 # Refusals a code alone explains (once the status said nothing more urgent)
 _BY_CODE = {
     SPAM_LIMIT_CODE: Verdict.SPAM_LIMIT,
     MEDIA_CODE: Verdict.MEDIA_GONE,
     MARKETING_STOPPED_CODE: Verdict.MARKETING_STOPPED,
     WINDOW_CODE: Verdict.WINDOW_CLOSED,
-    **dict.fromkeys(TEMPLATE_CODES, Verdict.TEMPLATE_UNUSABLE),
+    **dict.fromkeys((*TEMPLATE_CODES, MARKETING_DISABLED_CODE), Verdict.TEMPLATE_UNUSABLE),
 }
 HINTS = {
     131047: TEMPLATE_HINT,
@@ -69,6 +73,9 @@ HINTS = {
     130472: "the number is part of one of Meta's experiments: the API will not take it",
     132015: "the template is paused (its quality fell): edit it in WhatsApp Manager",
     132016: "the template is disabled: make a new one in WhatsApp Manager",
+    MARKETING_DISABLED_CODE: "this account may not send marketing templates through the Cloud"
+    " API's /messages: set api.marketing_messages: true to send MARKETING templates through"
+    " the Marketing Messages API (docs/whatsapp-api.md#marketing-messages-api)",
 }
 
 
@@ -79,6 +86,9 @@ class Cloud:
     base_url: str
     version: str
     phone_number_id: str
+    # (name, language) of the templates sent through the Marketing Messages API: the lock's
+    # MARKETING ones when the flow says api.marketing_messages (runner/marketing.py)
+    marketing: frozenset[tuple[str, str]] = frozenset()
 
     name = "cloud"
     label = "Cloud API"
@@ -90,6 +100,16 @@ class Cloud:
     @property
     def messages_path(self) -> str:
         return f"/{self.version}/{self.phone_number_id}/messages"
+
+    @property
+    def marketing_path(self) -> str:
+        """The Marketing Messages API: marketing templates only, same body as /messages."""
+        return f"/{self.version}/{self.phone_number_id}/marketing_messages"
+
+    def path_for(self, kind: str, content: dict[str, Any]) -> str:
+        if kind == "template" and self.marketing and template_key(content) in self.marketing:
+            return self.marketing_path
+        return self.messages_path
 
     @property
     def media_path(self) -> str:

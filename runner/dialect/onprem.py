@@ -65,6 +65,9 @@ class OnPrem:
     default_rate = RATE
     default_interval = 0.0  # no documented per-recipient limit
 
+    def path_for(self, kind: str, content: dict[str, Any]) -> str:
+        return MESSAGES_PATH  # one path for every message: /v1 has no Marketing Messages API
+
     @property
     def credentials_from(self) -> str:
         return "api.token" if self.credentials is None else "api.login"

@@ -32,6 +32,10 @@ Control endpoints (not part of the WhatsApp API) live under /sandbox/:
   simulated customers (customers.py); GET: what every customer did
 - POST /sandbox/inbound {"from", "text" | "button" + "context" | "user_preferences", "at"}: one
   customer message now (or written at `at`), to the webhook if one is configured
+- POST /sandbox/marketing {"cloud_api_disabled": true}: the Cloud API's /messages refuses
+  MARKETING templates with 131063 (use the Marketing Messages API, /marketing_messages, which
+  the sandbox serves with /messages' checks, marketing templates only); GET: the setting and
+  the ids the Marketing Messages API accepted (marketing.py)
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from .catalog import CATALOG, WABA_ID, PagingError, page
 from .checks import NAMESPACE, TEMPLATES, WINDOW_DETAILS, ApiError, TemplateSpec, check_message
 from .checks import specs as template_specs
 from .customers import Customers, Inbound, Refused, Simulation
+from .marketing import Marketing, categories
 from .webhooks import Webhook
 
 __all__ = ["LOGIN", "NAMESPACE", "PHONE_NUMBER_ID", "TOKEN", "SandboxState", "running", "serve"]
@@ -112,6 +117,8 @@ class SandboxState:
     # the account's templates: listed by message_templates, sends checked against them
     catalog: list[dict[str, Any]] = field(default_factory=lambda: list(CATALOG))
     templates: dict[tuple[str, str], TemplateSpec] = field(default_factory=lambda: TEMPLATES)
+    categories: dict[tuple[str, str], str] = field(default_factory=lambda: categories(CATALOG))
+    marketing: Marketing = field(default_factory=Marketing)  # marketing.py
 
     def __post_init__(self) -> None:
         self.customers.webhook = lambda: self.webhook  # customers write to the webhook of now
@@ -121,6 +128,7 @@ class SandboxState:
         so `--sandbox` refuses what the account would."""
         self.catalog = list(catalog)
         self.templates = template_specs(catalog)
+        self.categories = categories(catalog)
 
 
 STATE = web.AppKey("state", SandboxState)
@@ -157,6 +165,7 @@ def build_app(state: SandboxState | None = None) -> web.Application:
     app.router.add_post("/v1/messages", _send)
     app.router.add_post(f"/{VERSION_PATH}/{{number}}/media", _cloud_upload)
     app.router.add_post(f"/{VERSION_PATH}/{{number}}/messages", _send)
+    app.router.add_post(f"/{VERSION_PATH}/{{number}}/marketing_messages", _send_marketing)
     app.router.add_get(f"/{VERSION_PATH}/{{waba}}/message_templates", _message_templates)
     app.router.add_get("/sandbox/inbox", _inbox)
     app.router.add_delete("/sandbox/inbox", _reset)
@@ -173,6 +182,8 @@ def build_app(state: SandboxState | None = None) -> web.Application:
     app.router.add_post("/sandbox/customers", _set_customers)
     app.router.add_get("/sandbox/customers", _customers)
     app.router.add_post("/sandbox/inbound", _inbound)
+    app.router.add_post("/sandbox/marketing", _set_marketing)
+    app.router.add_get("/sandbox/marketing", _marketing)
     app.on_cleanup.append(_stop_callbacks)
     return app
 
@@ -314,6 +325,15 @@ def _store_media(state: SandboxState, mime: str, content: bytes, media_id: str) 
 
 
 async def _send(request: web.Request) -> web.Response:
+    return await _accept(request, marketing_api=False)
+
+
+async def _send_marketing(request: web.Request) -> web.Response:
+    """The Marketing Messages API: /messages' body and checks, marketing templates only."""
+    return await _accept(request, marketing_api=True)
+
+
+async def _accept(request: web.Request, *, marketing_api: bool) -> web.Response:
     _authorize(request)
     dialect = _dialect(request)
     if dialect == "cloud":
@@ -324,6 +344,8 @@ async def _send(request: web.Request) -> web.Response:
         raise ApiError("invalid", "the body is not JSON") from None
     state: SandboxState = request.app[STATE]
     check_message(body, state.media, dialect, templates=state.templates)
+    if dialect == "cloud":
+        state.marketing.check(body, state.categories, marketing_api=marketing_api)
     _injected_failure(state, body["to"])
     business = _business_number(request)
     closed = _window_closed(state, business, body)
@@ -337,12 +359,17 @@ async def _send(request: web.Request) -> web.Response:
     if closed:
         state.refused.append(_refusal(message_id, body, dialect, "async"))
     _accepted(state, message_id, business, body, dialect, closed=closed)
+    if marketing_api:
+        state.marketing.sent.append(message_id)
     if dialect == "cloud":
+        accepted: dict[str, Any] = {"id": message_id}
+        if marketing_api:  # the MM API's answer adds it (docs/whatsapp-api.md)
+            accepted["message_status"] = "accepted"
         return web.json_response(
             {
                 "messaging_product": "whatsapp",
                 "contacts": [{"input": body["to"], "wa_id": body["to"]}],
-                "messages": [{"id": message_id}],
+                "messages": [accepted],
             }
         )
     return web.json_response(
@@ -460,6 +487,7 @@ async def _reset(request: web.Request) -> web.Response:
     state.faults = Faults()
     state.requests = 0
     state.refused.clear()
+    state.marketing.sent.clear()
     state.customers.reset()
     return web.json_response({})
 
@@ -655,6 +683,24 @@ async def _inbound(request: web.Request) -> web.Response:
         raise _refused(str(exc)) from None
     action = await request.app[STATE].customers.inject(inbound, PHONE_NUMBER_ID, dialect)
     return web.json_response(action)
+
+
+async def _set_marketing(request: web.Request) -> web.Response:
+    """{"cloud_api_disabled": true}: /messages refuses MARKETING templates with 131063 (an
+    account that must use the Marketing Messages API); false undoes it."""
+    spec = await _control_body(request)
+    if set(spec) - {"cloud_api_disabled"}:
+        raise _refused(f"unknown fields {sorted(set(spec) - {'cloud_api_disabled'})}")
+    disabled = spec.get("cloud_api_disabled", request.app[STATE].marketing.cloud_api_disabled)
+    if not isinstance(disabled, bool):
+        raise _refused("cloud_api_disabled must be true or false")
+    request.app[STATE].marketing.cloud_api_disabled = disabled
+    return await _marketing(request)
+
+
+async def _marketing(request: web.Request) -> web.Response:
+    """The setting, and the ids of the messages the Marketing Messages API accepted."""
+    return web.json_response(request.app[STATE].marketing.said())
 
 
 async def _control_body(
