@@ -50,12 +50,25 @@ class Postgres:
         return f"postgresql://{USER}:{self.password}@127.0.0.1:{self.port}/{database}"
 
     def fresh(self) -> str:
-        """A new, empty database: a fresh ledger, as a new CI job would find."""
-        self._databases += 1
-        name = f"ledger{self._databases}"
+        """A fresh, empty ledger: a schema of its own in the server's `postgres` database,
+        named in the URL as a user would (libpq's `options`). A schema costs 0.2 ms where a
+        database costs 220 ms (measured here), and a test of the store needs a dozen."""
+        name = self._next("ledger")
+        with psycopg.connect(self.url(), autocommit=True) as admin:
+            admin.execute(f"CREATE SCHEMA {name}")
+        return f"{self.url()}?options=-csearch_path%3D{name}"
+
+    def fresh_database(self) -> str:
+        """A new, empty database (its `public` schema holds the ledger), as a CI job's
+        service container would offer."""
+        name = self._next("db")
         with psycopg.connect(self.url(), autocommit=True) as admin:
             admin.execute(f"CREATE DATABASE {name}")
         return self.url(name)
+
+    def _next(self, prefix: str) -> str:
+        self._databases += 1
+        return f"{prefix}{self._databases}"
 
 
 def binaries() -> Path | None:
