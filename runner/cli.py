@@ -77,7 +77,10 @@ def cli() -> None:
 @cli.command()
 @click.argument("flow", type=click.Path(dir_okay=False))
 @click.option(
-    "--ledger", "ledger_path", help="Ledger file (default: FLOW.ledger.sqlite beside it)."
+    "--ledger",
+    "ledger_path",
+    help="Ledger file, or a postgresql://USER:PASSWORD@HOST/DB URL (default: FLOWRUN_LEDGER,"
+    " else FLOW.ledger.sqlite beside it).",
 )
 @click.option("--concurrency", type=click.IntRange(1, 1000), help="Override settings.concurrency.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N recipients: a test send.")

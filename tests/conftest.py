@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 
 from runner.cli import cli
 from runner.sandbox import TOKEN, SandboxState, running
+from tests import pg
 
 # Property tests: derandomized in CI (a failure reproduces), HYPOTHESIS_PROFILE=long to dig.
 # No deadline and no "too slow" check: these machines are shared and noisy, and a property
@@ -147,3 +148,19 @@ def _no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.lower().endswith("_proxy"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pg.Postgres]:
+    """A real PostgreSQL server for the whole session (tests/pg.py), started by the first test
+    that asks for it. Without PostgreSQL's binaries the test is skipped, outside CI only: in CI
+    (`CI=true`, .ci/run installs Debian's postgresql) a missing server fails."""
+    bin_dir = pg.binaries()
+    if bin_dir is None:
+        reason = "PostgreSQL is not installed (Debian: apt-get install postgresql)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI must run the PostgreSQL ledger's tests", pytrace=False)
+        pytest.skip(reason)
+    with pg.running(bin_dir) as server:
+        print(f"\nPostgreSQL started in {server.started_in:.2f} s on port {server.port}")
+        yield server

@@ -1,25 +1,30 @@
 """The ledger package on real files: the store's methods, migrations, the writer's wire format,
 the group commit, the run lock and the reader reports use.
 
-The store tests take a `store` fixture so that every backend runs the same tests (SQLite
-today; a PostgreSQL store joins the parametrisation).
+The store tests take a `store` fixture (or `location`) so that every backend runs the same
+tests: SQLite, and PostgreSQL on a real server the session starts (tests/pg.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from runner.ledger import (
     Batch,
     Batcher,
+    GroupCommit,
+    Inbound,
     LedgerError,
     LedgerReader,
     Mark,
@@ -27,29 +32,54 @@ from runner.ledger import (
     Preference,
     SqliteLedger,
     Status,
+    Store,
     Uploaded,
     default_path,
+    is_postgres,
+    open_for_run,
+    open_for_writing,
+    shown,
 )
 from runner.ledger.schema import VERSION
 from runner.ledger.wire import batch_from_wire, to_wire
+from tests import pg
 
-OpenStore = Callable[[str], SqliteLedger]
+OpenStore = Callable[[str], Store]
 
 
-@pytest.fixture(params=["sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
-    """Opens a run's ledger of the given flow on a fresh store of the parametrised backend;
-    every one opened is closed at the end."""
-    opened: list[SqliteLedger] = []
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh ledger of the parametrised backend: a file, or a new database on the session's
+    PostgreSQL (its URL holds a password)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.sqlite")
+    server: pg.Postgres = request.getfixturevalue("postgres")
+    return server.fresh()
 
-    def open_store(flow: str) -> SqliteLedger:
-        ledger = SqliteLedger.for_run(tmp_path / "ledger.sqlite", flow)
+
+@pytest.fixture
+def store(location: str) -> Iterator[OpenStore]:
+    """Opens a run's ledger of the given flow on the fresh store (chosen by its location, as
+    flowrun chooses it); every one opened is closed at the end."""
+    opened: list[Store] = []
+
+    def open_store(flow: str) -> Store:
+        ledger = open_for_run(location, flow)
         opened.append(ledger)
         return ledger
 
     yield open_store
     for ledger in opened:
         ledger.close()
+
+
+def query_ledger(location: str, sql: str) -> list[tuple[Any, ...]]:
+    """Read a ledger of either backend as a person would, with a connection of its own."""
+    if is_postgres(location):
+        with psycopg.connect(location) as db:
+            return db.execute(sql).fetchall()
+    with contextlib.closing(sqlite3.connect(location)) as lite:
+        return lite.execute(sql).fetchall()
 
 
 def marks(*who: str, step: str = "welcome") -> Batch:
@@ -70,17 +100,19 @@ def test_outcomes_are_recorded(store: OpenStore) -> None:
     assert ledger.has_rows()
 
 
-def test_attempts_add_up_and_a_mark_keeps_the_first_attempt(store: OpenStore) -> None:
+def test_attempts_add_up_and_a_mark_keeps_the_first_attempt(
+    store: OpenStore, location: str
+) -> None:
     ledger = store("f")
     ledger.commit(marks("15550100001"))
     ledger.commit(Batch(outcomes=[Outcome("welcome", "15550100001", "failed")]))
     ledger.commit(marks("15550100001"))
     ledger.commit(Batch(outcomes=[Outcome("welcome", "15550100001", "sent", message_id="m")]))
-    with LedgerReader(Path(ledger.location)) as reader:
-        row = dict(zip(reader.columns, next(reader.rows("f")), strict=True))
-    assert row["attempts"] == 2
-    assert row["state"] == "sent"
-    assert str(row["first_attempt"]) <= str(row["last_attempt"])
+    [(attempts, state, first, last)] = query_ledger(
+        location, "SELECT attempts, state, first_attempt, last_attempt FROM messages"
+    )
+    assert (attempts, state) == (2, "sent")
+    assert first <= last
 
 
 def test_sending_rows_of_a_dead_run_become_uncertain(store: OpenStore) -> None:
@@ -114,23 +146,66 @@ def test_upload_cache_per_api_and_its_age(store: OpenStore) -> None:
     assert ledger.media_id("http://127.0.0.1:1", "abc", timedelta(days=3), at=later) == "media-1"
 
 
-def test_statuses_move_forward_only_and_keep_their_first_time(tmp_path: Path) -> None:
-    path = tmp_path / "l.sqlite"
-    with SqliteLedger.for_run(path, "f") as run:
-        run.commit(Batch(outcomes=[Outcome("s", "15550100001", "sent", message_id="wamid.A")]))
-    with SqliteLedger.for_writer(path) as receiver:
-        receiver.record_webhooks([Status("wamid.A", "read", "2026-01-01T00:00:03+00:00")])
+def test_statuses_move_forward_only_and_keep_their_first_time(
+    store: OpenStore, location: str
+) -> None:
+    run = store("f")
+    run.commit(Batch(outcomes=[Outcome("s", "15550100001", "sent", message_id="wamid.A")]))
+    receiver = open_for_writing(location)
+    try:
+        read = Status("wamid.A", "read", "2026-01-01T00:00:03+00:00", recipient="15550100001")
+        receiver.record_webhooks([read])
         receiver.record_webhooks(
             [
                 Status("wamid.A", "delivered", "2026-01-01T00:00:02+00:00"),
                 Status("wamid.A", "delivered", "2026-01-01T00:00:01+00:00"),  # earlier repeat
+                Status("wamid.B", "sent", "2026-01-01T00:00:04+00:00", "1555", billable=True),
             ]
         )
-    with LedgerReader(path) as reader:
-        row = dict(zip(reader.columns, next(reader.rows("f")), strict=True))
-    assert row["delivery"] == "read"
-    assert row["delivered_at"] == "2026-01-01T00:00:01+00:00"
-    assert row["read_at"] == "2026-01-01T00:00:03+00:00"
+    finally:
+        receiver.close()
+    step = run.history("15550100001")["s"]
+    assert step.delivery == "read"
+    assert step.delivered_at == "2026-01-01T00:00:01+00:00"
+    assert step.read_at == "2026-01-01T00:00:03+00:00"
+    assert [m for _who, m, _at in run.statuses_since("2000")] == ["wamid.A", "wamid.B"]
+    assert run.statuses_since("9999") == []
+
+
+def test_what_customers_said_is_read_back_per_customer_and_by_arrival(
+    store: OpenStore, location: str
+) -> None:
+    run = store("f")
+    assert not run.has_heard("biz")
+    first = Inbound("wamid.IN1", "biz", "15550100001", "2026-01-01T00:00:05+00:00", "text", "hi")
+    tap = Inbound("wamid.IN2", "biz", "15550100001", "2026-01-01T00:00:06+00:00", "button", "Yes")
+    stop = Preference("biz", "15550100002", "2026-01-01T00:00:07+00:00", "stop")
+    receiver = open_for_writing(location)
+    try:
+        receiver.record_webhooks([tap, first, stop])
+        receiver.record_webhooks([first, stop])  # Meta repeats itself: nothing changes
+    finally:
+        receiver.close()
+    assert run.has_heard("biz")
+    assert not run.has_heard("other")
+    assert run.heard_from("biz", "15550100001") == ([first, tap], [])
+    assert run.heard_from("biz", "15550100002") == ([], [stop])
+    assert run.customers_heard("biz") == ["15550100001", "15550100002"]
+    arrived = run.inbound_since("biz", "2000")
+    assert sorted(m for _who, m, _at in arrived) == ["wamid.IN1", "wamid.IN2"]
+    assert run.inbound_since("other", "2000") == []
+    assert run.inbound_since("biz", "9999") == []
+
+
+def test_a_failure_and_its_time_are_read_back(store: OpenStore) -> None:
+    ledger = store("f")
+    failed = Outcome("s", "15550100001", "failed", http_status=400, error_code=131049)
+    ledger.commit(Batch(outcomes=[failed], preferences=[Preference("b", "c", "t", "stop")]))
+    code, at = ledger.failure_of("s", "15550100001")
+    assert code == 131049
+    assert at is not None
+    assert ledger.failure_of("s", "15550100009") == (None, None)
+    assert ledger.heard_from("b", "c") == ([], [Preference("b", "c", "t", "stop")])
 
 
 def test_records_cross_the_writer_pipe_by_name() -> None:
@@ -225,24 +300,104 @@ def test_the_ledger_file_is_durable_wal(tmp_path: Path) -> None:
     db.close()
 
 
-def test_second_run_on_one_ledger_refuses(tmp_path: Path) -> None:
-    path = tmp_path / "l.sqlite"
-    with SqliteLedger.for_run(path, "f"):
+def test_second_run_on_one_ledger_refuses(store: OpenStore, location: str) -> None:
+    with store("f"):
         script = (
-            "import sys; from pathlib import Path\n"
+            "import sys\n"
             "from runner.ledger import LedgerError, open_for_run\n"
-            "try:\n    open_for_run(Path(sys.argv[1]), 'f')\n"
+            "try:\n    open_for_run(sys.argv[1], 'f')\n"
             "except LedgerError as e:\n    print(e); sys.exit(2)\n"
         )
         other = subprocess.run(
-            [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=False
+            [sys.executable, "-c", script, location], capture_output=True, text=True, check=False
         )
         assert other.returncode == 2
         assert "another flowrun is using this ledger" in other.stdout
-        # the receiver and the reports work beside a run
-        SqliteLedger.for_writer(path).close()
-        LedgerReader(path).close()
-    SqliteLedger.for_run(path, "f").close()  # free again once the first run is done
+        # the receiver works beside a run
+        open_for_writing(location).close()
+    store("f").close()  # free again once the first run is done
+
+
+def test_a_postgresql_ledger_runs_two_flows_at_once(postgres: pg.Postgres) -> None:
+    """The run lock is the flow's (SQLite's is the file's): campaigns share a database."""
+    url = postgres.fresh()
+    with open_for_run(url, "a"), open_for_run(url, "b"):
+        with pytest.raises(LedgerError, match="another flowrun is using this ledger for flow"):
+            open_for_run(url, "a")
+        # a schema of its own is a ledger of its own (?options=-csearch_path=...)
+        with open_for_run(postgres.fresh(), "a") as elsewhere:
+            assert not elsewhere.has_rows()
+
+
+def test_a_postgresql_ledger_from_a_newer_flowrun_is_refused(postgres: pg.Postgres) -> None:
+    url = postgres.fresh()
+    open_for_run(url, "f").close()
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("UPDATE flowrun_schema SET version = version + 1")
+    with pytest.raises(LedgerError, match="written by a newer flowrun"):
+        open_for_run(url, "f")
+
+
+def test_a_postgresql_database_of_another_program_is_refused(postgres: pg.Postgres) -> None:
+    url = postgres.fresh()
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("CREATE TABLE messages (id integer)")
+    with pytest.raises(LedgerError, match="not a flowrun ledger"):
+        open_for_run(url, "f")
+    with psycopg.connect(url, autocommit=True) as db:
+        tables = db.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema")
+        assert [name for (name,) in tables] == ["messages"]
+
+
+def test_two_runners_migrating_at_once_migrate_once(postgres: pg.Postgres) -> None:
+    """CI jobs of two pushes may start together on a new database."""
+    url = postgres.fresh()
+    script = (
+        "import sys\nfrom runner.ledger import open_for_writing\n"
+        "open_for_writing(sys.argv[1]).close()\n"
+    )
+    runners = [
+        subprocess.Popen([sys.executable, "-c", script, url], stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    for runner in runners:
+        _out, err = runner.communicate(timeout=60)
+        assert runner.returncode == 0, err
+    assert query_ledger(url, "SELECT version FROM flowrun_schema") == [(1,)]
+
+
+def test_the_password_is_never_shown(
+    postgres: pg.Postgres, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The location people see is the URL without its password; the writer process gets the
+    password in its environment, never on its command line (which `ps` shows everyone), and
+    a refused password is reported without it."""
+    url = postgres.fresh_database()
+    password = postgres.password
+    assert password in url
+    with open_for_run(url, "f") as ledger:
+        assert password not in ledger.location
+        assert ledger.location == url.replace(f":{password}@", "@")
+
+        async def through_the_writer() -> list[str]:
+            commits = await GroupCommit.start(ledger.location, "f")
+            command = Path(f"/proc/{commits._writer.pid}/cmdline").read_bytes()
+            await commits.mark("s", "15550100001", "h")
+            await commits.close()
+            return command.decode().split("\0")
+
+        command = asyncio.run(through_the_writer())
+        assert ledger.location in command
+        assert not any(password in part for part in command)
+        assert ledger.states() == {("s", "15550100001"): "sending"}
+    wrong = url.replace(password, "not-" + password)
+    with pytest.raises(LedgerError) as refused:
+        open_for_run(wrong, "f")
+    assert "password authentication failed" in str(refused.value)
+    assert password not in str(refused.value)
+    keyed = url.replace(f":{password}@", "@") + f"?password={password}&sslmode=disable"
+    assert shown(keyed) == url.replace(f":{password}@", "@") + "?sslmode=disable"
+    assert password not in capfd.readouterr().err
 
 
 def test_unwritable_place_is_a_clear_error(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from runner import dialect as dialects
 from runner.conversation import WAITS_EVENT, WAITS_QUIET, WAITS_TIME
 from runner.errors import FlowInvalid, FlowrunError
 from runner.executor import ANSWER, WINDOW_WAIT, Executor, RunOptions, Summary
-from runner.ledger import RunLedger, default_path, now, open_for_run
+from runner.ledger import RunLedger, default_path, is_postgres, now, open_for_run
 from runner.marketing import dialect_for
 from runner.pacing import run_pace
 from runner.plan import Plan
@@ -78,16 +78,20 @@ def run(flow_file: str, request: RunRequest) -> int:
         # Sent elsewhere than the flow's API (a sandbox, by --base-url): a ledger of its own,
         # as --sandbox keeps, so that trying a flow never marks a real message as sent.
         elsewhere = request.use_sandbox or request.base_url is not None
-        path = (
-            Path(request.ledger_path)
-            if request.ledger_path
-            else default_path(plan.loaded.path, elsewhere)
-        )
-        limit = before_run(plan, dialect, path, clock.now())  # read before the run locks it
-        if limit is not None:
-            click.echo(limit, err=True)
-        ledger = stack.enter_context(contextlib.closing(open_for_run(path, plan.loaded.name)))
-        _check_renamed(ledger, path, chosen=request.ledger_path is not None)
+        location = _ledger_location(request.ledger_path, elsewhere)
+        path = Path(location) if location else default_path(plan.loaded.path, elsewhere)
+        chosen = location or path
+        if not is_postgres(chosen):  # (the messaging limit reads a file ledger, before the lock)
+            limit = before_run(plan, dialect, path, clock.now())
+            if limit is not None:
+                click.echo(limit, err=True)
+        ledger = stack.enter_context(contextlib.closing(open_for_run(chosen, plan.loaded.name)))
+        _check_renamed(ledger, ledger.location, chosen=location is not None)
+        if is_postgres(chosen) and (request.follow or request.listen_port is not None):
+            raise FlowrunError(
+                "--listen and --follow record webhooks in a SQLite ledger only for now; run"
+                " flowrun listen beside a run with a file --ledger"
+            )
         if request.use_sandbox and request.follow:
             _live_sandbox(stack, target, path, request.listen_port)
         elif request.follow and request.listen_port is None:
@@ -118,8 +122,19 @@ def run(flow_file: str, request: RunRequest) -> int:
 
             # (an interrupted run stops now: waiting is for a run that finished)
             await_statuses(path, plan.loaded.name, started)
-    _print_summary(flow_file, summary, path)
+    _print_summary(flow_file, summary, ledger.location)
     return summary.exit_code
+
+
+def _ledger_location(option: str | None, elsewhere: bool) -> str | None:
+    """--ledger, else FLOWRUN_LEDGER (a CI secret: a postgresql:// URL, or a path), else None
+    (the default file beside the flow). FLOWRUN_LEDGER is the flow's real ledger, so a run
+    sent elsewhere (--sandbox, --base-url) keeps its own unless --ledger says otherwise."""
+    if option:
+        return option
+    if elsewhere:
+        return None
+    return os.environ.get("FLOWRUN_LEDGER") or None
 
 
 def _live_sandbox(
@@ -179,7 +194,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def _check_renamed(ledger: RunLedger, path: Path, chosen: bool) -> None:
+def _check_renamed(ledger: RunLedger, path: str, chosen: bool) -> None:
     """A ledger knows messages by flow name: a renamed flow would send everything again.
 
     The default ledger belongs to one flow file, so other names in it mean a rename: refused.
@@ -236,7 +251,7 @@ async def _execute(
         progress.close()
 
 
-def _print_summary(flow_file: str, summary: Summary, ledger_path: Path) -> None:
+def _print_summary(flow_file: str, summary: Summary, ledger_path: str) -> None:
     rate = summary.sent / summary.seconds if summary.seconds > 0 else 0.0
     for line in _advice(summary):
         click.echo(line, err=True)

@@ -3,10 +3,11 @@
 This package owns every byte of SQL in flowrun. The rest of flowrun sees the records
 (records.py), a store's methods (`RunLedger`: what a run reads and writes), the group commit
 (batcher.py) and the reader for reports (reading.py). SQLite is the store today (sqlite.py,
-schema.py); a second store (PostgreSQL, for runners on several machines) is one more module
-with the same methods, and the ledger tests run against each.
+schema.py), or PostgreSQL (postgres.py, pg_schema.py) for campaigns run from CI or cron;
+both have the same methods, and the ledger tests run against each.
 
-Where a flow's ledger lives is decided here too (`default_path`).
+Where a flow's ledger lives is decided here too (`default_path`), and which store a location
+means (`open_for_run`, `open_for_writing`: a postgresql:// URL, or a file path).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Protocol
 
 from .batcher import Batcher, GroupCommit
+from .locations import is_postgres, shown
+from .postgres import PostgresLedger
 from .reading import LedgerReader
 from .records import (
     DONE_STATES,
@@ -49,18 +52,24 @@ __all__ = [
     "LedgerWrites",
     "Mark",
     "Outcome",
+    "PostgresLedger",
     "Preference",
     "RunLedger",
     "SqliteLedger",
     "State",
     "Status",
     "StepRecord",
+    "Store",
     "Uploaded",
     "default_path",
+    "is_postgres",
     "now",
     "open_for_run",
     "open_for_writing",
+    "shown",
 ]
+
+Store = SqliteLedger | PostgresLedger
 
 
 class RunLedger(Protocol):
@@ -72,8 +81,7 @@ class RunLedger(Protocol):
 
     @property
     def location(self) -> str:
-        """How people and the writer process find it: a path (or, later, a URL without its
-        password)."""
+        """How people and the writer process find it: a path, or a URL without its password."""
 
     def recover(self) -> int:
         """`sending` rows of a dead run → `uncertain`; how many."""
@@ -117,17 +125,22 @@ class LedgerWrites(Protocol):
     def close(self) -> None: ...
 
 
-# The one place a store is chosen by where the ledger is (a PostgreSQL URL joins here).
+# The one place a store is chosen by where the ledger is.
 
 
-def open_for_run(location: Path, flow: str) -> SqliteLedger:
-    """A run's ledger, locked against a second run of it."""
-    return SqliteLedger.for_run(location, flow)
+def open_for_run(location: str | Path, flow: str) -> Store:
+    """A run's ledger, locked against a second run of it: a postgresql:// URL (its password
+    kept out of sight: locations.py), or a file path."""
+    if is_postgres(location):
+        return PostgresLedger.for_run(str(location), flow)
+    return SqliteLedger.for_run(Path(location), flow)
 
 
 def open_for_writing(location: str, flow: str = "") -> LedgerWrites:
     """The writing side of a ledger: the run's writer process, or the webhook receiver (which
     takes no lock: a run may hold it, and statuses are no run's rows)."""
+    if is_postgres(location):
+        return PostgresLedger.for_writer(location, flow)
     return SqliteLedger.for_writer(Path(location), flow)
 
 

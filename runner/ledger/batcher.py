@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 
 import orjson
 
+from .locations import child_environment
 from .records import Batch, LedgerError, Mark, Outcome, Preference, Uploaded
 from .wire import HEADER, frame, to_wire
 
@@ -129,6 +130,9 @@ class GroupCommit:
             flow,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            # a PostgreSQL ledger's password, in the writer's environment, never on its command
+            # line (locations.py)
+            env=child_environment(location),
         )
         return cls(location, writer)
 

@@ -38,8 +38,8 @@ def main() -> None:
     # pipe is how it tells this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    path, flow = sys.argv[1], sys.argv[2]
-    ledger = open_for_writing(path, flow)
+    location, flow = sys.argv[1], sys.argv[2]  # a URL's password comes as PGPASSWORD
+    ledger = open_for_writing(location, flow)
     try:
         serve(ledger, sys.stdin.buffer, sys.stdout.buffer)
     finally:
