@@ -105,6 +105,11 @@ def cli() -> None:
     " messages come through --listen, or a flowrun listen on the same ledger); Ctrl-C stops.",
 )
 @click.option(
+    "--new-ledger",
+    is_flag=True,
+    help="In CI (CI=true): the ledger file is new on purpose (the campaign's first run).",
+)
+@click.option(
     "--sandbox",
     "use_sandbox",
     is_flag=True,
@@ -130,6 +135,7 @@ def run(
     retry_uncertain: bool,
     listen_port: int | None,
     follow: bool,
+    new_ledger: bool,
     use_sandbox: bool,
     base_url: str | None,
 ) -> None:
@@ -153,6 +159,7 @@ def run(
         listen_port=listen_port,
         follow=follow,
         base_url=base_url or None,
+        new_ledger=new_ledger,
     )
     sys.exit(_handled(lambda: run_flow(flow, request)))
 

@@ -150,6 +150,18 @@ def _no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+# Whether this suite runs in CI (.ci/run exports CI=true): a tool a test needs and does not find
+# fails the test there instead of skipping it. Read once, here: flowrun itself reads CI too (a new
+# ledger in CI is refused), so the tests' runs see no CI unless a test sets it (_not_in_ci).
+IN_CI = os.environ.get("CI") == "true"
+
+
+@pytest.fixture(autouse=True)
+def _not_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flows the tests run are new ledgers on purpose; a test of the CI refusal sets CI."""
+    monkeypatch.delenv("CI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[pg.Postgres]:
     """A real PostgreSQL server for the whole session (tests/pg.py), started by the first test
@@ -158,7 +170,7 @@ def postgres() -> Iterator[pg.Postgres]:
     bin_dir = pg.binaries()
     if bin_dir is None:
         reason = "PostgreSQL is not installed (Debian: apt-get install postgresql)"
-        if os.environ.get("CI") == "true":
+        if IN_CI:
             pytest.fail(f"{reason}; CI must run the PostgreSQL ledger's tests", pytrace=False)
         pytest.skip(reason)
     with pg.running(bin_dir) as server:

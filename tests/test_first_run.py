@@ -310,3 +310,22 @@ def test_validate_strict_fails_a_flow_with_warnings(folder: Path) -> None:
     code, _, err = flowrun("validate", "--strict", "flow.yaml")
     assert code == 2
     assert "warning(s), which --strict counts as errors" in err
+
+
+def test_a_new_ledger_in_ci_is_refused_unless_meant(
+    api: tuple[str, SandboxState], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two fresh CI checkouts of one playbook each sent every message (issue 16): in CI a run
+    on a ledger that does not exist yet is refused with the fix; --new-ledger means it."""
+    base, state = api
+    write_flow(folder, base, "  - text: {body: hi}\n", people=2)
+    monkeypatch.setenv("CI", "true")
+    code, _, err = flowrun("flow.yaml")
+    assert code == 2
+    assert "a new, empty ledger in CI: every message would be sent as if for the first time" in err
+    assert "FLOWRUN_LEDGER=postgresql://" in err
+    assert state.inbox == []
+    assert flowrun("flow.yaml", "--new-ledger")[0] == 0
+    assert len(state.inbox) == 2
+    assert flowrun("flow.yaml")[0] == 0  # the ledger exists now: an ordinary run
+    assert flowrun("flow.yaml", "--sandbox")[0] == 0  # a try is never refused

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 import shutil
 import socket
@@ -34,6 +33,7 @@ from click.testing import CliRunner
 from runner.cli import cli
 from runner.ledger import Inbound, SqliteLedger
 from runner.template_lock import fill, words
+from tests.conftest import IN_CI
 
 BUSINESS = "106540352242922"
 HOSTILE = '<script>console.error("pwned")</script><img src=x onerror=alert(1)>'
@@ -335,7 +335,7 @@ QUIET = (  # no first-run pages, no background fetches, no updates, no sync
 def browser() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        if os.environ.get("CI") == "true":
+        if IN_CI:
             pytest.fail("chromium is missing in CI: .ci/run installs Debian's chromium")
         pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
     return found

@@ -47,6 +47,7 @@ class RunRequest:
     listen_port: int | None = None
     follow: bool = False
     base_url: str | None = None  # instead of the flow's api.base_url (--base-url)
+    new_ledger: bool = False  # in CI: a new, empty ledger is meant (--new-ledger)
 
 
 def run(flow_file: str, request: RunRequest) -> int:
@@ -81,6 +82,8 @@ def run(flow_file: str, request: RunRequest) -> int:
         location = _ledger_location(request.ledger_path, elsewhere)
         path = Path(location) if location else default_path(plan.loaded.path, elsewhere)
         chosen = location or path
+        if not elsewhere:
+            _refuse_a_fresh_ledger_in_ci(chosen, request.new_ledger)
         if not is_postgres(chosen):  # (the messaging limit reads a file ledger, before the lock)
             limit = before_run(plan, dialect, path, clock.now())
             if limit is not None:
@@ -124,6 +127,25 @@ def run(flow_file: str, request: RunRequest) -> int:
             await_statuses(path, plan.loaded.name, started)
     _print_summary(flow_file, summary, ledger.location)
     return summary.exit_code
+
+
+def _refuse_a_fresh_ledger_in_ci(location: str | Path, meant: bool) -> None:
+    """In CI (`CI=true`, as GitHub Actions, GitLab and most others set it), a ledger file that
+    does not exist yet almost always means the job's machine is new and the campaign's history
+    is elsewhere: every message would go again, to real customers. A warning in a CI log is read
+    after the fact; so the run is refused with the fix, unless the first run is meant
+    (--new-ledger). Not for PostgreSQL (it lives outside the job) nor for tries (sandbox)."""
+    if meant or is_postgres(location) or os.environ.get("CI", "").lower() not in ("true", "1"):
+        return
+    path = Path(location)
+    if path.exists() and path.stat().st_size > 0:
+        return
+    raise FlowrunError(
+        f"{path}: a new, empty ledger in CI: every message would be sent as if for the first"
+        " time. Keep the ledger where the next job finds it (FLOWRUN_LEDGER=postgresql://...,"
+        " see README, 'Running from CI and cron'), or pass --new-ledger if this is the"
+        " campaign's first run"
+    )
 
 
 def _ledger_location(option: str | None, elsewhere: bool) -> str | None:
