@@ -1,6 +1,7 @@
 """`flowrun ledger copy SRC DST` (issue 16, item 4): a history moved from SQLite to PostgreSQL and
 back keeps every row; a destination that holds rows is refused; after a real run's ledger is
-copied to PostgreSQL, a run on it sends nothing again. PostgreSQL is the session's real server
+copied to PostgreSQL, a run on it sends nothing again, and `flowrun report --ledger URL` says
+what the report of the file said. PostgreSQL is the session's real server
 (tests/pg.py), a fresh schema per test."""
 
 from __future__ import annotations
@@ -195,14 +196,7 @@ def test_a_run_after_copying_its_ledger_to_postgresql_sends_nothing_again(
     assert len(state.inbox) == 200
 
     url = postgres.fresh()
-    copying = subprocess.run(
-        [sys.executable, "-m", "runner", "ledger", "copy", "flow.ledger.sqlite", url],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    copying = flowrun(folder, "ledger", "copy", "flow.ledger.sqlite", url)
     assert copying.returncode == 0, copying.stderr
     assert f"copied flow.ledger.sqlite -> {shown(url)}" in copying.stdout
     assert "messages 200," in copying.stdout
@@ -213,3 +207,27 @@ def test_a_run_after_copying_its_ledger_to_postgresql_sends_nothing_again(
     assert again.returncode == 0, err
     assert "nothing to send: 200 message(s) were sent before" in out
     assert len(state.inbox) == 200
+
+    # the report reads the PostgreSQL ledger as it reads the file it came from
+    on_file = flowrun(folder, "report", "flow.yaml")
+    on_pg = flowrun(folder, "report", "flow.yaml", "--ledger", url)
+    assert on_pg.returncode == 0, on_pg.stderr
+    assert on_pg.stdout.splitlines()[0] == f"ledger: {shown(url)}"
+    assert on_pg.stdout.splitlines()[1:] == on_file.stdout.splitlines()[1:]
+    assert "sent" in on_pg.stdout
+    assert postgres.password not in on_pg.stdout + on_pg.stderr
+    rows_pg = flowrun(folder, "report", "flow.yaml", "--ledger", url, "--csv")
+    rows_file = flowrun(folder, "report", "flow.yaml", "--csv")
+    assert rows_pg.stdout == rows_file.stdout
+    assert len(rows_pg.stdout.splitlines()) == 201
+
+
+def flowrun(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
