@@ -70,6 +70,7 @@ def cli() -> None:
     flowrun preview FLOW       the chats recipients would see, as one HTML page
     flowrun contacts FLOW      who opted out; --import FILE.csv adds a list
     flowrun templates pull FLOW  the account's templates into FLOW.templates.json
+    flowrun ledger copy SRC DST  a ledger's history into another (SQLite, PostgreSQL)
     flowrun schema             print the JSON Schema of the flow format
     """
 
@@ -353,6 +354,23 @@ def templates_pull(flow: str, use_sandbox: bool, page_size: int) -> None:
     from .commands.templates import pull
 
     sys.exit(_handled(lambda: pull(flow, use_sandbox=use_sandbox, page_size=page_size)))
+
+
+@cli.group()
+def ledger() -> None:
+    """Ledgers themselves: move a campaign's history between a SQLite file and PostgreSQL."""
+
+
+@ledger.command("copy")
+@click.argument("source", metavar="SRC")
+@click.argument("destination", metavar="DST")
+def ledger_copy(source: str, destination: str) -> None:
+    """Copy every row of the ledger SRC into the new, empty ledger DST (each a SQLite file or
+    a postgresql://USER:PASSWORD@HOST/DB URL), in one transaction; SRC is only read. A DST
+    holding any row is refused: nothing is merged."""
+    from .commands.ledger import copy
+
+    sys.exit(_handled(lambda: copy(source, destination)))
 
 
 @cli.command()

@@ -38,7 +38,8 @@ import click
 from runner import models
 from runner.contacts import IMPORTED, Keywords, keyword
 from runner.errors import EXIT_OK, FlowrunError
-from runner.ledger import LedgerReader, default_path
+from runner.ledger import LedgerReader, default_path, is_postgres, shown
+from runner.ledger.copy import sqlite_snapshot
 from runner.ledger.reading import Count, Heard
 from runner.loader import LoadedFlow, load_flow
 from runner.recipients import CsvError, parse_phone, read_csv, with_phone
@@ -59,19 +60,36 @@ def report(
     excel: bool = False,
 ) -> int:
     loaded = load_flow(flow_file) if flow_file is not None else None
-    path = _ledger(loaded, ledger_path, use_sandbox)
     name = loaded.name if loaded is not None else None
     order = step_order(loaded.flow) if loaded is not None else None
     fmt = "csv" if excel and fmt is None else fmt
-    with _opened(output, excel) as out:
+    with (
+        _readable(loaded, ledger_path, use_sandbox) as (path, label),
+        _opened(output, excel) as out,
+    ):
         if fmt is not None:
             people = recipient_columns(loaded) if loaded is not None else None
             write_rows(path, name, fmt, out, order=order, people=people, excel=excel)
         else:
             words = _words(loaded.flow if loaded is not None else None)
-            for line in summary_lines(path, name, words, order):
+            for line in summary_lines(path, name, words, order, label=label):
                 out.write(line + "\n")
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _readable(
+    loaded: LoadedFlow | None, ledger_path: str | None, use_sandbox: bool
+) -> Iterator[tuple[Path, str]]:
+    """The ledger file to read and how to name it: a PostgreSQL ledger is read from a
+    temporary SQLite copy of it (runner/ledger/copy.py `sqlite_snapshot` says why), and named
+    by its URL without the password."""
+    if ledger_path is not None and is_postgres(ledger_path):
+        with sqlite_snapshot(ledger_path) as path:
+            yield path, shown(ledger_path)
+        return
+    path = _ledger(loaded, ledger_path, use_sandbox)
+    yield path, str(path)
 
 
 def _ledger(loaded: LoadedFlow | None, ledger_path: str | None, use_sandbox: bool) -> Path:
@@ -317,6 +335,8 @@ def summary_lines(
     flow: str | None,
     words: Keywords | None = None,
     order: Mapping[str, int] | None = None,
+    *,
+    label: str | None = None,
 ) -> list[str]:
     """Counts per step and state, failures grouped by the API's error, uncertain recipients,
     the delivery funnel, and what customers did after each step (stop words: `words`, else
@@ -324,7 +344,7 @@ def summary_lines(
     else by name."""
     with LedgerReader(path) as ledger:
         counts = ledger.state_counts(flow)
-        lines = [f"ledger: {path}"]
+        lines = [f"ledger: {label or path}"]
         if not counts:
             return [*lines, "no messages recorded yet"]
         lines += _table(counts, STATES, 10, extra=12, order=order)

@@ -20,7 +20,7 @@ its URL without the password (locations.py).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,7 +40,9 @@ from .records import (
     Status,
     StepRecord,
     now,
+    refuse_filled,
 )
+from .schema import TABLES
 
 CONNECT_TIMEOUT = 10  # seconds: a database that does not answer is an error, not a hang
 
@@ -92,6 +94,7 @@ ON CONFLICT (message_id) DO UPDATE SET
 """
 
 Connection = psycopg.Connection[tuple[Any, ...]]
+Row = tuple[object, ...]  # one row of a table, in TABLES' column order
 
 
 def _pg(query: str) -> str:
@@ -316,6 +319,35 @@ class PostgresLedger:
                 if rows:
                     cursor.executemany(query, rows)
 
+    # Filling a new ledger (`flowrun ledger copy`: copy.py)
+
+    def held(self) -> dict[str, int]:
+        """table → its number of rows, for the tables that hold any."""
+        with self._writing(), self._writes().cursor() as cursor:
+            return _held(cursor)
+
+    def fill(self, tables: Iterable[tuple[str, Iterable[Sequence[Row]]]]) -> dict[str, int]:
+        """Every table's rows (batches of TABLES' columns) in one transaction, into a ledger
+        that holds none: refused (LedgerError, nothing written) if it holds any. table → rows
+        written. COPY FROM STDIN streams the rows (the fastest way in:
+        https://www.postgresql.org/docs/current/populate.html#POPULATE-COPY-FROM); the tables
+        are locked against other writers first, so two copies at once cannot both find the
+        ledger empty."""
+        db = self._writes()
+        written: dict[str, int] = {}
+        with self._writing(), db.transaction(), db.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {', '.join(TABLES)} IN SHARE ROW EXCLUSIVE MODE")
+            refuse_filled(self.shown, _held(cursor))
+            for table, batches in tables:
+                written[table] = 0
+                copy_in = f"COPY {table} ({', '.join(TABLES[table])}) FROM STDIN"
+                with cursor.copy(copy_in) as copy:
+                    for batch in batches:
+                        for row in batch:
+                            copy.write_row(row)
+                        written[table] += len(batch)
+        return written
+
     # Plumbing
 
     def _connect(self) -> Connection:
@@ -361,6 +393,14 @@ class PostgresLedger:
         """The driver's message on one line, without the password should it hold it."""
         text = " ".join(str(exc).split()) or type(exc).__name__
         return locations.scrub(text, self._url)
+
+
+def _held(cursor: psycopg.Cursor[tuple[Any, ...]]) -> dict[str, int]:
+    counts = {}
+    for table in TABLES:
+        row = cursor.execute(f"SELECT count(*) FROM {table}").fetchone()
+        counts[table] = int(row[0]) if row else 0
+    return {table: n for table, n in counts.items() if n}
 
 
 def run_lock_key(schema: str, flow: str) -> int:

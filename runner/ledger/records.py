@@ -144,3 +144,13 @@ class Batch:
 def now() -> str:
     """The ledger's time stamps: UTC ISO 8601 to the millisecond (they sort as text)."""
     return clock.now().isoformat(timespec="milliseconds")
+
+
+def refuse_filled(location: str, held: dict[str, int]) -> None:
+    """A copy goes into an empty ledger only (copy.py says why)."""
+    if held:
+        rows = ", ".join(f"{table} {n}" for table, n in held.items())
+        raise LedgerError(
+            f"{location}: already holds rows ({rows}); ledger copy only fills an empty ledger,"
+            " so nothing was copied: name a new file, database or schema"
+        )

@@ -159,6 +159,41 @@ MESSAGE_COLUMNS = (
     "last_attempt",
     "body_hash",
 )
+# Every table's columns, in the order `flowrun ledger copy` reads and writes them (copy.py).
+# The PostgreSQL tables have the same columns (pg_schema.py); statuses.billable is an INTEGER
+# 0/1 here and a boolean there, which each driver converts (Python's bool is an int).
+TABLES: dict[str, tuple[str, ...]] = {
+    "messages": MESSAGE_COLUMNS,
+    "uploads": ("api", "sha256", "media_id", "uploaded_at"),
+    "statuses": (
+        "message_id",
+        "status",
+        "rank",
+        "recipient",
+        "error_code",
+        "error_title",
+        "error_details",
+        "sent_at",
+        "delivered_at",
+        "read_at",
+        "failed_at",
+        "received_at",
+        "pricing_category",
+        "billable",
+    ),
+    "inbound": (
+        "message_id",
+        "business",
+        "customer",
+        "at",
+        "kind",
+        "text",
+        "payload",
+        "context",
+        "received_at",
+    ),
+    "preferences": ("business", "customer", "category", "at", "value", "received_at"),
+}
 # What the status webhooks added, per message (report --csv's last columns).
 DELIVERY_COLUMNS = (
     "delivery",

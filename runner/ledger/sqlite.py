@@ -19,7 +19,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,10 +36,12 @@ from .records import (
     Status,
     StepRecord,
     now,
+    refuse_filled,
 )
-from .schema import MIGRATIONS, VERSION
+from .schema import MIGRATIONS, TABLES, VERSION
 
 BUSY_TIMEOUT_MS = 10_000  # a report or receiver holding the file briefly: wait, not fail
+Row = tuple[object, ...]  # one row of a table, in TABLES' column order
 
 _MARK = (
     "INSERT INTO messages (flow, step, recipient, state, attempts, first_attempt,"
@@ -302,6 +304,32 @@ class SqliteLedger:
             db.executemany(_INBOUND, inbound)
             db.executemany(_PREFERENCE, preferences)
 
+    # Filling a new ledger (`flowrun ledger copy`: copy.py)
+
+    def held(self) -> dict[str, int]:
+        """table → its number of rows, for the tables that hold any."""
+        return _held(self._writes())
+
+    def fill(self, tables: Iterable[tuple[str, Iterable[Sequence[Row]]]]) -> dict[str, int]:
+        """Every table's rows (batches of TABLES' columns) in one transaction, into a ledger
+        that holds none: refused (LedgerError, nothing written) if it holds any. table → rows
+        written."""
+        db = self._writes()
+        written: dict[str, int] = {}
+        with self._writing(), _transaction(db):
+            refuse_filled(self.location, _held(db))  # again, under the write lock
+            for table, batches in tables:
+                columns = TABLES[table]
+                insert = (
+                    f"INSERT INTO {table} ({', '.join(columns)})"
+                    f" VALUES ({', '.join('?' * len(columns))})"
+                )
+                written[table] = 0
+                for batch in batches:
+                    db.executemany(insert, batch)
+                    written[table] += len(batch)
+        return written
+
     # Plumbing
 
     def _read(self, query: str, args: tuple[str, ...]) -> list[Any]:
@@ -324,6 +352,11 @@ class SqliteLedger:
             if is_damage(exc):
                 raise damaged(self.path, exc) from None
             raise LedgerError(f"{self.path}: cannot write the ledger: {exc}") from None
+
+
+def _held(db: sqlite3.Connection) -> dict[str, int]:
+    counts = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+    return {table: n for table, n in counts.items() if n}
 
 
 def is_damage(exc: sqlite3.DatabaseError) -> bool:
