@@ -34,7 +34,6 @@ from .records import (
     Batch,
     Inbound,
     LedgerError,
-    Outcome,
     Preference,
     State,
     Status,
@@ -42,6 +41,7 @@ from .records import (
     now,
     refuse_filled,
 )
+from .rows import TIMES, inbound_row, outcome_row, preference_row, status_row
 from .schema import TABLES
 
 CONNECT_TIMEOUT = 10  # seconds: a database that does not answer is an error, not a hang
@@ -71,9 +71,8 @@ _UPLOAD = (
 _INBOUND = "INSERT INTO inbound VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
 _PREFERENCE = "INSERT INTO preferences VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
 
-_TIMES = ("sent_at", "delivered_at", "read_at", "failed_at")
 # the earliest time seen of each status (least() skips nulls): repeats change nothing
-_FIRST_TIME = ",\n".join(f"{c} = least(statuses.{c}, excluded.{c})" for c in _TIMES)
+_FIRST_TIME = ",\n".join(f"{c} = least(statuses.{c}, excluded.{c})" for c in TIMES)
 # Idempotent and monotonic: any order, any repetition, the same row (as sqlite.py's).
 _STATUS = f"""
 INSERT INTO statuses (message_id, status, rank, recipient, error_code, error_title,
@@ -285,12 +284,12 @@ class PostgresLedger:
         stamp = now()
         db = self._writes()
         with self._writing(), db.transaction(), db.cursor() as cursor:
-            outcomes = [_outcome_row(self.flow, o, stamp) for o in batch.outcomes]
+            outcomes = [outcome_row(self.flow, o, stamp) for o in batch.outcomes]
             marks = [
                 (self.flow, m.step, m.recipient, stamp, stamp, m.body_hash) for m in batch.marks
             ]
             uploads = [(u.api, u.sha256, u.media_id, stamp) for u in batch.uploads]
-            preferences = [_preference_row(p, stamp) for p in batch.preferences]
+            preferences = [preference_row(p, stamp) for p in batch.preferences]
             for query, rows in (
                 (_OUTCOME, outcomes),
                 (_MARK, marks),
@@ -307,11 +306,11 @@ class PostgresLedger:
         statuses, inbound, preferences = [], [], []
         for item in heard:
             if isinstance(item, Status):
-                statuses.append(_status_row(item, received))
+                statuses.append(status_row(item, received))
             elif isinstance(item, Inbound):
-                inbound.append(_inbound_row(item, received))
+                inbound.append(inbound_row(item, received))
             else:
-                preferences.append(_preference_row(item, received))
+                preferences.append(preference_row(item, received))
         db = self._writes()
         with self._writing(), db.transaction(), db.cursor() as cursor:
             writes = ((_STATUS, statuses), (_INBOUND, inbound), (_PREFERENCE, preferences))
@@ -449,46 +448,3 @@ def _version(db: Connection, shown: str) -> int | None:
             f" {PG_VERSION}); upgrade flowrun, or use a new --ledger"
         )
     return version
-
-
-def _outcome_row(flow: str, o: Outcome, stamp: str) -> tuple[object, ...]:
-    return (
-        flow,
-        o.step,
-        o.recipient,
-        o.state,
-        o.message_id,
-        o.http_status,
-        o.error_code,
-        o.error_title,
-        o.error_details,
-        o.attempts,
-        stamp,
-        stamp,
-    )
-
-
-def _status_row(s: Status, received: str) -> tuple[object, ...]:
-    times = tuple(s.at if column == f"{s.status}_at" else None for column in _TIMES)
-    return (
-        s.message_id,
-        s.status,
-        s.rank,
-        s.recipient,
-        s.code,
-        s.title,
-        s.details,
-        s.category,
-        s.billable,
-        *times,
-        received,
-    )
-
-
-def _preference_row(p: Preference, received: str) -> tuple[object, ...]:
-    return (p.business, p.customer, p.category, p.at, p.value, received)
-
-
-def _inbound_row(m: Inbound, received: str) -> tuple[object, ...]:
-    row = (m.message_id, m.business, m.customer, m.at, m.kind, m.text, m.payload, m.context)
-    return (*row, received)

@@ -30,7 +30,6 @@ from .records import (
     Batch,
     Inbound,
     LedgerError,
-    Outcome,
     Preference,
     State,
     Status,
@@ -38,6 +37,7 @@ from .records import (
     now,
     refuse_filled,
 )
+from .rows import TIMES, inbound_row, outcome_row, preference_row, status_row
 from .schema import MIGRATIONS, TABLES, VERSION
 
 BUSY_TIMEOUT_MS = 10_000  # a report or receiver holding the file briefly: wait, not fail
@@ -65,10 +65,9 @@ _UPLOAD = "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?)"
 _INBOUND = "INSERT OR IGNORE INTO inbound VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _PREFERENCE = "INSERT OR IGNORE INTO preferences VALUES (?, ?, ?, ?, ?, ?)"
 
-_TIMES = ("sent_at", "delivered_at", "read_at", "failed_at")
 _FIRST_TIME = ",\n".join(  # the earliest time seen of each status: repeats change nothing
     f"{c} = min(coalesce(statuses.{c}, excluded.{c}), coalesce(excluded.{c}, statuses.{c}))"
-    for c in _TIMES
+    for c in TIMES
 )
 # Idempotent and monotonic: any order, any repetition, the same row.
 _STATUS = f"""
@@ -278,13 +277,13 @@ class SqliteLedger:
         stamp = now()
         db = self._writes()
         with self._writing(), _transaction(db):
-            db.executemany(_OUTCOME, [_outcome_row(self.flow, o, stamp) for o in batch.outcomes])
+            db.executemany(_OUTCOME, [outcome_row(self.flow, o, stamp) for o in batch.outcomes])
             db.executemany(
                 _MARK,
                 [(self.flow, m.step, m.recipient, stamp, stamp, m.body_hash) for m in batch.marks],
             )
             db.executemany(_UPLOAD, [(u.api, u.sha256, u.media_id, stamp) for u in batch.uploads])
-            db.executemany(_PREFERENCE, [_preference_row(p, stamp) for p in batch.preferences])
+            db.executemany(_PREFERENCE, [preference_row(p, stamp) for p in batch.preferences])
 
     def record_webhooks(self, heard: Sequence[Status | Inbound | Preference]) -> None:
         """What the webhooks said (delivery statuses, customers' messages and preferences), in
@@ -293,11 +292,11 @@ class SqliteLedger:
         statuses, inbound, preferences = [], [], []
         for item in heard:
             if isinstance(item, Status):
-                statuses.append(_status_row(item, received))
+                statuses.append(status_row(item, received))
             elif isinstance(item, Inbound):
-                inbound.append(_inbound_row(item, received))
+                inbound.append(inbound_row(item, received))
             else:
-                preferences.append(_preference_row(item, received))
+                preferences.append(preference_row(item, received))
         db = self._writes()
         with self._writing(), _transaction(db):
             db.executemany(_STATUS, statuses)
@@ -375,49 +374,6 @@ def damaged(path: Path, exc: sqlite3.DatabaseError) -> LedgerError:
         f" rebuild it: sqlite3 {path} .recover | sqlite3 REPAIRED.sqlite (and run with"
         f" --ledger REPAIRED.sqlite){stray if wal.exists() else ''}"
     )
-
-
-def _outcome_row(flow: str, o: Outcome, stamp: str) -> tuple[object, ...]:
-    return (
-        flow,
-        o.step,
-        o.recipient,
-        o.state,
-        o.message_id,
-        o.http_status,
-        o.error_code,
-        o.error_title,
-        o.error_details,
-        o.attempts,
-        stamp,
-        stamp,
-    )
-
-
-def _status_row(s: Status, received: str) -> tuple[object, ...]:
-    times = tuple(s.at if column == f"{s.status}_at" else None for column in _TIMES)
-    return (
-        s.message_id,
-        s.status,
-        s.rank,
-        s.recipient,
-        s.code,
-        s.title,
-        s.details,
-        s.category,
-        s.billable,
-        *times,
-        received,
-    )
-
-
-def _preference_row(p: Preference, received: str) -> tuple[object, ...]:
-    return (p.business, p.customer, p.category, p.at, p.value, received)
-
-
-def _inbound_row(m: Inbound, received: str) -> tuple[object, ...]:
-    row = (m.message_id, m.business, m.customer, m.at, m.kind, m.text, m.payload, m.context)
-    return (*row, received)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
