@@ -145,7 +145,10 @@ def run(
         from .commands.plan import plan as show_plan
 
         chosen = (only,) if only else ()
-        sys.exit(_handled(lambda: show_plan(flow, 2, False, ledger_path, use_sandbox, only=chosen)))
+        shown = limit or 2  # --limit N: the first N recipients, as the run would send them
+        sys.exit(
+            _handled(lambda: show_plan(flow, shown, False, ledger_path, use_sandbox, only=chosen))
+        )
     from .commands.run import RunRequest
     from .commands.run import run as run_flow
 

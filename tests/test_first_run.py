@@ -329,3 +329,12 @@ def test_a_new_ledger_in_ci_is_refused_unless_meant(
     assert len(state.inbox) == 2
     assert flowrun("flow.yaml")[0] == 0  # the ledger exists now: an ordinary run
     assert flowrun("flow.yaml", "--sandbox")[0] == 0  # a try is never refused
+
+
+def test_dry_run_limit_shows_that_many_recipients(folder: Path) -> None:
+    """`flowrun FLOW --dry-run --limit N` used to ignore --limit (issue 17)."""
+    write_flow(folder, "http://127.0.0.1:9", "  - text: {body: hi}\n", people=5)
+    code, out, err = flowrun("flow.yaml", "--dry-run", "--limit", "4")
+    assert code == 0, err
+    assert "First 4 recipient(s)" in out
+    assert out.count("# 1555010") == 4
