@@ -139,6 +139,7 @@ class Summary:
     expired: int = 0  # skipped: they waited `expires` in vain
     refused_window: int = 0  # of the waiting: the API refused them for a closed window
     next_due: datetime | None = None  # the earliest time a waiting step becomes due
+    gives_up: datetime | None = None  # the earliest time a wait for a customer expires
     trusted_window: bool = False  # settings.window: open
     already: int = 0  # sent by an earlier run
     changed: int = 0  # of those, how many the flow now words differently
@@ -483,6 +484,8 @@ class Executor:
         self._waits[phone] = title
         if until is not None:
             self.summary.next_due = min(filter(None, (self.summary.next_due, until)))
+        else:  # a wait for the customer: when it gives up, the flow goes on
+            self.summary.gives_up = min(filter(None, (self.summary.gives_up, deadline)))
         record = line.history.get(step.key)
         if record is None or record.state != "waiting" or record.error_title != title:
             ends = f"until {_stamp(until)}" if until else f"expires {_stamp(deadline)}"

@@ -106,6 +106,7 @@ def test_free_form_steps_wait_for_the_customer_to_write(
     assert sent_to(state) == {ANN: ["template", "text"], BOB: ["template"], CAROL: ["template"]}
     assert "sent 4, failed 0" in out
     assert "2 step(s) wait for the customer to write" in err
+    assert "the first wait for a customer gives up " in err  # 7 days on: expires' default
     found = rows(folder)
     assert found[("note", BOB)][0] == "waiting"
     assert found[("note", BOB)][1] == "window"

@@ -336,6 +336,12 @@ def _conversation(summary: Summary) -> list[str]:
             f"next message due {summary.next_due.strftime('%Y-%m-%d %H:%M')} UTC: run again"
             " then (from cron, say), or keep one running with --follow"
         )
+    gives_up = summary.gives_up
+    if gives_up is not None and (summary.next_due is None or gives_up < summary.next_due):
+        lines.append(
+            f"the first wait for a customer gives up {gives_up.strftime('%Y-%m-%d %H:%M')} UTC"
+            " (expires:); a run then skips that step and goes on with the flow"
+        )
     if summary.expired:
         lines.append(
             f"{summary.expired:,} step(s) waited until they expired and were skipped; the flows"
