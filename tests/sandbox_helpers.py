@@ -180,7 +180,7 @@ def _accepting(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def listening(ledger: Path) -> Iterator[int]:
+def listening(ledger: Path | str) -> Iterator[int]:
     """`flowrun listen --ledger LEDGER` on a free port, in a process of its own as in
     production (in the tests' process, a run's closing of the ledger file would drop the
     receiver's SQLite locks: runner/ledger/sqlite.py, _take_lock); the port."""

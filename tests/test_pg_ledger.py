@@ -18,7 +18,7 @@ import pytest
 from runner.ledger import shown
 from runner.sandbox import SandboxState
 from tests import pg
-from tests.sandbox_helpers import post, start, write_flow
+from tests.sandbox_helpers import APP_SECRET, listening, post, start, wait_until, write_flow
 from tests.test_hardening import TWO_STEPS, kill_mid_run
 
 
@@ -110,3 +110,46 @@ def test_kill_9_mid_run_on_postgresql_duplicates_nothing(
     # every message is sent, or in doubt, or waits behind its recipient's first one in doubt
     assert set(ledger.values()) <= {"sent", "uncertain"}
     assert len(ledger) >= 2000 - len(uncertain)
+
+
+def test_customers_heard_through_flowrun_listen_on_postgresql(
+    api: tuple[str, SandboxState], folder: Path, postgres: pg.Postgres
+) -> None:
+    """`flowrun listen --ledger URL` records what customers write in the database; a one-pass
+    run then sends the step that waited for them, and `--follow` does it as they write."""
+    base, state = api
+    url = postgres.fresh()
+    post(f"{base}/sandbox/window", {"everyone_wrote": None, "window_errors": "sync"})
+    steps = (
+        "  - name: hello\n    template: {name: hello_world, language: en_US}\n"
+        "  - name: note\n    text: {body: thanks}\n"
+    )
+    write_flow(folder, base, steps, people=2, kind="cloud", window="check")
+    with listening(url) as port:
+        post(f"{base}/sandbox/webhook", {"url": f"http://127.0.0.1:{port}/", "secret": APP_SECRET})
+        first = start(folder, "--ledger", url)
+        out, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+        assert "waiting 2" in out
+        post(f"{base}/sandbox/inbound", {"from": "15550100000", "text": "hi"})
+        wait_until(lambda: rows(url).get(("15550100000", "note")) == "waiting")
+        wait_until(lambda: _inbound(url) == 1)
+        second = start(folder, "--ledger", url)
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 0, err
+        assert rows(url)[("15550100000", "note")] == "sent"
+        follow = start(folder, "--ledger", url, "--follow")
+        try:
+            post(f"{base}/sandbox/inbound", {"from": "15550100001", "text": "me too"})
+            wait_until(lambda: rows(url).get(("15550100001", "note")) == "sent", 30)
+        finally:
+            follow.terminate()
+            _out, err = follow.communicate(timeout=30)
+    assert postgres.password not in err
+    assert state.refused == []
+
+
+def _inbound(url: str) -> int:
+    with psycopg.connect(url) as db:
+        found: Any = db.execute("SELECT count(*) FROM inbound").fetchone()
+    return int(found[0])

@@ -349,7 +349,7 @@ def test_a_large_callback_is_read_one_at_a_time_others_told_to_come_back(
     padding = "p" * 3000
     payload = {**cloud(status("wamid.LARGE", "read", 9)), "padding": padding}
     assert post(url, payload) == 200
-    assert [row[:2] for row in table(receiver.ledger)] == [("wamid.LARGE", "read")]
+    assert [row[:2] for row in table(Path(receiver.ledger))] == [("wamid.LARGE", "read")]
 
     body = json.dumps(payload).encode()
     host, port = url.removeprefix("http://").split(":")
@@ -408,7 +408,7 @@ def test_a_sender_that_expects_100_continue_gets_it_after_the_checks(
         assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
     unsigned = head.replace(b"X-Hub-Signature-256", b"X-Other")
     assert exchange(url, unsigned)[0] == 401
-    assert [row[:2] for row in table(receiver.ledger)] == [("wamid.CONT", "read")]
+    assert [row[:2] for row in table(Path(receiver.ledger))] == [("wamid.CONT", "read")]
 
 
 @pytest.mark.parametrize("pause", [0.0, 0.3])

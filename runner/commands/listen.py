@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
 from runner.errors import EXIT_OK
+from runner.ledger import is_postgres
 
 from .checking import ledger_for
 
@@ -14,9 +16,13 @@ from .checking import ledger_for
 def listen(flow_file: str | None, ledger_path: str | None, host: str, port: int) -> int:
     from runner.receiver import Receiver, serve
 
-    path, _ = ledger_for(flow_file, ledger_path, use_sandbox=False)
+    location: str | Path
+    if ledger_path is not None and is_postgres(ledger_path):
+        location = ledger_path  # (shown without its password: the receiver's banner)
+    else:
+        location, _ = ledger_for(flow_file, ledger_path, use_sandbox=False)
     secret = os.environ.get("WA_APP_SECRET") or None
-    receiver = Receiver(path, secret, os.environ.get("WA_VERIFY_TOKEN") or None)
+    receiver = Receiver(location, secret, os.environ.get("WA_VERIFY_TOKEN") or None)
     try:
         # the banner once the port is ours: said before, it would be a promise
         serve(receiver, host, port, lambda: click.echo(receiver.banner(host, port)))

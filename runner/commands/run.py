@@ -90,17 +90,17 @@ def run(flow_file: str, request: RunRequest) -> int:
                 click.echo(limit, err=True)
         ledger = stack.enter_context(contextlib.closing(open_for_run(chosen, plan.loaded.name)))
         _check_renamed(ledger, ledger.location, chosen=location is not None)
-        if is_postgres(chosen) and (request.follow or request.listen_port is not None):
+        if is_postgres(chosen) and request.listen_port is not None:
             raise FlowrunError(
-                "--listen and --follow record webhooks in a SQLite ledger only for now; run"
-                " flowrun listen beside a run with a file --ledger"
+                "--listen records webhooks beside a run in a file ledger only for now; with a"
+                " PostgreSQL ledger run flowrun listen --ledger URL beside the runs"
             )
         if request.use_sandbox and request.follow:
             _live_sandbox(stack, target, path, request.listen_port)
         elif request.follow and request.listen_port is None:
             click.echo(
                 f"flowrun: following without --listen: customers' messages are heard only if a"
-                f" flowrun listen records them in {path}",
+                f" flowrun listen records them in {ledger.location}",
                 err=True,
             )
         elif request.listen_port is not None:

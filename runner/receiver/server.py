@@ -35,7 +35,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from runner.errors import FlowrunError
-from runner.ledger import Batcher, Inbound, Preference, Status, open_for_writing
+from runner.ledger import Batcher, Inbound, Preference, Status, open_for_writing, shown
 
 from . import callbacks
 from .callbacks import Heard
@@ -99,7 +99,7 @@ class _Refused(Exception):
 
 @dataclass
 class Receiver:
-    ledger: Path
+    ledger: Path | str  # a file, or a postgresql:// URL (shown without its password)
     secret: str | None = field(default=None, repr=False)
     verify_token: str | None = field(default=None, repr=False)
     limits: Limits = field(default_factory=Limits)
@@ -233,7 +233,7 @@ class Receiver:
         )
         return (
             f"listening on http://{host}:{port} for status webhooks ({checked});"
-            f" ledger: {self.ledger}"
+            f" ledger: {shown(str(self.ledger))}"
         )
 
     def close(self) -> None:
