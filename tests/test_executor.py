@@ -530,3 +530,4 @@ def test_every_example_runs_against_the_sandbox(tmp_path: Path, name: str) -> No
     assert result.returncode == 0, result.stderr
     assert ", failed 0," in result.stdout
     assert "warning" not in result.stderr
+    assert "after the API said so" not in result.stderr  # no free-form to a closed window
