@@ -72,6 +72,10 @@ SPAM_PAUSE = 60.0
 SPAM_STOP_AFTER = 3
 ON_TIME = 0.001  # seconds: a pacing slot this close is now (not worth a tick's wait)
 FOLLOW_POLL = 0.25  # seconds between two looks at the ledger for customers' new messages
+# Recipients claimed at once from a ledger other runs may share (ledger/postgres.py): one query
+# per batch; a runner killed leaves at most this many (and those in progress) to take over.
+CLAIM_BATCH = 200
+TAKE_OVER_EVERY = 10.0  # seconds between two looks, while following, for a dead run's recipients
 LOOK_BACK = timedelta(seconds=5)  # a receiver's row may commit after a later-stamped one
 # The reasons a step is not sent yet, or no more (the ledger's error_title of its row)
 WINDOW_WAIT = WAITS_WINDOW  # waits for the customer to write: their window is closed
@@ -149,6 +153,8 @@ class Summary:
     upload_failed: dict[str, int] = field(default_factory=dict)
     uploads: int = 0
     recovered: int = 0  # `sending` rows of a dead run, now uncertain
+    elsewhere: int = 0  # recipients another run served at the same time (a shared ledger)
+    taken_over: int = 0  # recipients of a run that ended before getting through them
     throttled: int = 0  # times the API asked the whole run to slow down
     logins: int = 0  # On-Premises logins, the first included
     interrupted: bool = False
@@ -232,6 +238,7 @@ class Executor:
         self._waiting: dict[str, tuple[Recipient, datetime]] = {}
         self._waits: dict[str, str] = {}  # phone → what their waiting step waits for, now
         self._following = False  # past the first pass of a --follow run
+        self._got_through: list[str] = []  # served since the last claim: the ledger is told
         self.summary.trusted_window = self._trust_window
 
     def window(self) -> int:
@@ -247,16 +254,20 @@ class Executor:
         started = time.monotonic()
         _started = clock.now()
         self.summary.recovered = self.ledger.recover()
-        self.commits = await GroupCommit.start(self.ledger.location, self.ledger.flow)
+        self.commits = await GroupCommit.start(
+            self.ledger.location, self.ledger.flow, self.ledger.runner
+        )
         self._install_signals()
         try:
             await self._login()
-            await self._serve_all()
+            await self._serve_all(self._claimed(self._recipients()))
+            await self._take_over()
             if self.options.follow and not self._stopping:
                 await self._follow(_started)
         finally:
             self.ticker.close()
             await self.commits.close()
+            self._tell_served()
             self._remove_signals()
             self.summary.seconds = time.monotonic() - started
             self.summary.waiting = dict(collections.Counter(self._waits.values()))
@@ -265,18 +276,66 @@ class Executor:
             raise self._stop_error
         return self.summary
 
-    async def _serve_all(self) -> None:
+    async def _serve_all(self, recipients: Iterator[tuple[Recipient, bool]]) -> None:
         """`window()` servers, each taking the next recipient from one shared stream until it
         runs dry: at most that many recipients in progress, and no task per recipient."""
-        recipients = self._recipients()
 
         async def server() -> None:
-            for recipient in recipients:  # next() never awaits: safe to share
+            for recipient, new in recipients:  # next() never awaits: safe to share
                 if self._stopping:
                     return
-                await self._guarded(recipient)
+                await self._guarded(recipient, new)
 
         await asyncio.gather(*(server() for _ in range(self.window())))
+
+    def _claimed(self, recipients: Iterator[Recipient]) -> Iterator[tuple[Recipient, bool]]:
+        """The recipients this run serves, with whether nobody ever claimed them (nothing of
+        theirs is on record): claimed from the ledger CLAIM_BATCH at a time, since other runs
+        of the flow may share it and serve the rest (ledger/postgres.py)."""
+        batch: list[Recipient] = []
+        for recipient in recipients:
+            batch.append(recipient)
+            if len(batch) == CLAIM_BATCH:
+                yield from self._claim(batch)
+                batch = []
+        if batch:
+            yield from self._claim(batch)
+
+    def _claim(self, batch: list[Recipient]) -> Iterator[tuple[Recipient, bool]]:
+        self._tell_served()
+        mine = self.ledger.claim([recipient.phone for recipient in batch])
+        for recipient in batch:
+            new = mine.get(recipient.phone)
+            if new is None:
+                self.summary.elsewhere += 1  # a live run of the flow serves them
+            else:
+                yield recipient, new
+
+    def _tell_served(self) -> None:
+        """Tell the ledger who got through, so that nobody takes them over should this run
+        die (a hint: a recipient taken over needlessly only costs a look at their rows)."""
+        if self._got_through:
+            got_through, self._got_through = self._got_through, []
+            self.ledger.served(got_through)
+
+    async def _take_over(self) -> None:
+        """Serve the recipients of runs of the flow that ended (killed, stopped) before they
+        got through them, so that the campaign finishes with the runs still going. Their
+        in-flight messages are uncertain, as after any crash."""
+        if self._stopping:
+            return
+        recovered, phones = self.ledger.take_over()
+        self.summary.recovered += recovered
+        if not phones:
+            return
+        self._history = True  # another run wrote rows of theirs
+        self.summary.taken_over += len(phones)
+        self.progress.line(
+            f"flowrun: serving {len(phones):,} recipient(s) of a run that ended before it got"
+            " through them"
+        )
+        left = (recipient for recipient in self._recipients() if recipient.phone in phones)
+        await self._serve_all((recipient, False) for recipient in left)
 
     async def _follow(self, since: datetime) -> None:
         """`--follow`: after the pass, serve a waiting recipient again as soon as they write
@@ -291,7 +350,11 @@ class Executor:
         self.progress.line(
             f"flowrun: following {len(self._waiting):,} recipient(s) who wait; Ctrl-C stops"
         )
+        look_again = time.monotonic() + TAKE_OVER_EVERY
         while (self._waiting or serving) and await self._pause(FOLLOW_POLL):
+            if time.monotonic() >= look_again:  # a follower beside this one may have died
+                await self._take_over()
+                look_again = time.monotonic() + TAKE_OVER_EVERY
             due |= self._expired_waits()
             new = arrivals.new(self.ledger.inbound_since(self.dialect.business, arrivals.since))
             if new:
@@ -315,7 +378,7 @@ class Executor:
         try:
             recipient, _ = self._waiting.pop(phone)
             await self.commits.flush()
-            await self._guarded(recipient)
+            await self._guarded(recipient, False)
         finally:
             serving.pop(phone, None)
 
@@ -353,25 +416,29 @@ class Executor:
             "(Ctrl-C again to stop at once)"
         )
 
-    async def _guarded(self, recipient: Recipient) -> None:
-        """Serve one recipient; an error stops the run (raised once everything in progress
-        has drained and the ledger is written). With --follow, one who waits is kept."""
+    async def _guarded(self, recipient: Recipient, new: bool) -> None:
+        """Serve one recipient (`new`: nobody ever claimed them, so nothing of theirs is on
+        record); an error stops the run (raised once everything in progress has drained and
+        the ledger is written). With --follow, one who waits is kept."""
         try:
-            deadline = await self._serve(recipient)
+            deadline = await self._serve(recipient, new)
         except Exception as exc:
             self._stop(exc)
             return
         if deadline is not None and self.options.follow:
             self._waiting[recipient.phone] = (recipient, deadline)
+        elif not self._stopping:
+            self._got_through.append(recipient.phone)
 
-    async def _serve(self, recipient: Recipient) -> datetime | None:
+    async def _serve(self, recipient: Recipient, new: bool = False) -> datetime | None:
         """Send this recipient's due steps, in order; when one must wait (for the customer to
         write, or to answer), when that wait expires (`--follow` serves them again then, or
         when they write)."""
         self._waits.pop(recipient.phone, None)  # served again: waits anew, or no more
-        # A ledger that held nothing of this flow when the run began has nothing on anyone:
-        # the first run of a campaign skips a query per recipient.
-        history = self.ledger.history(recipient.phone) if self._history else {}
+        # A ledger that held nothing of this flow when the run began has nothing on anyone
+        # nobody claimed before: the first run of a campaign skips a query per recipient.
+        known = self._history or not new
+        history = self.ledger.history(recipient.phone) if known else {}
         contact, inbound = self._contact(recipient)
         window = Window(
             latest(ledger_time(contact.wrote), recipient.wrote),

@@ -8,6 +8,8 @@ ledger is read), and the messages an earlier run sent are taken off it as the ru
 of them the flow still sends (a step renamed, a recipient gone from the CSV, a `when` now
 false, --only and --limit), and it learns them at once: a recipient whose messages were all
 sent costs no request and no wait, so the executor passes them before the first line shows.
+Recipients another run serves at the same time (a shared PostgreSQL ledger) are taken off too,
+at the flow's average number of messages per recipient.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any, TextIO
 
 
 class Progress:
-    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+    def __init__(self, total: int, stream: TextIO | None = None, recipients: int = 0) -> None:
         self.total = total
+        self.per_recipient = total / recipients if recipients else 0.0
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty()
         self.interval = 0.2 if self.live else 5.0
@@ -35,10 +38,13 @@ class Progress:
         done = summary.sent + summary.failed + summary.uncertain
         elapsed = max(now - self.started, 1e-6)
         rate = summary.sent / elapsed
-        due = max(self.total - summary.already, summary.sent)
+        elsewhere = round(getattr(summary, "elsewhere", 0) * self.per_recipient)
+        due = max(self.total - summary.already - elsewhere, summary.sent)
         left = max(due - done - summary.skipped - summary.blocked, 0)
         eta = f", {left / rate:,.0f} s left" if rate > 0 and left else ""
         before = f" ({summary.already:,} sent before)" if summary.already else ""
+        if elsewhere:
+            before += f" ({summary.elsewhere:,} recipients served by another run)"
         text = (
             f"sent {summary.sent:,}/{due:,}, failed {summary.failed:,}, "
             f"{rate:,.0f} msg/s{eta}{before}"

@@ -117,6 +117,7 @@ def run(flow_file: str, request: RunRequest) -> int:
                 ledger,
                 options,
                 total=total,
+                recipients=checked.survey.recipients,
                 proxies=not request.use_sandbox,  # the sandbox is this process, on loopback
             )
             summary = runner.run(execute)
@@ -251,10 +252,11 @@ async def _execute(
     options: RunOptions,
     *,
     total: int,
+    recipients: int,
     proxies: bool,
 ) -> Summary:
     assert target.base_url is not None
-    progress = Progress(total)
+    progress = Progress(total, recipients=recipients)
     transport = HttpTransport(
         target.base_url, target.token, plan.flow.api.timeout, options.concurrency, proxies=proxies
     )
@@ -298,6 +300,22 @@ def _print_summary(flow_file: str, summary: Summary, ledger_path: str) -> None:
         + (" (settings.window: open, trusted)" if summary.trusted_window else "")
     )
     click.echo(f"ledger: {ledger_path}")
+
+
+def _shared(summary: Summary) -> list[str]:
+    """What other runs of the flow on the same ledger did (PostgreSQL: they share the work)."""
+    lines = []
+    if summary.elsewhere:
+        lines.append(
+            f"{summary.elsewhere:,} recipient(s) were served by another run of this flow on the"
+            " same ledger at the same time (the counts below are this run's)"
+        )
+    if summary.taken_over:
+        lines.append(
+            f"{summary.taken_over:,} recipient(s) of a run that ended before it got through them"
+            " were served by this one"
+        )
+    return lines
 
 
 def _conversation(summary: Summary) -> list[str]:
@@ -352,7 +370,7 @@ def _conversation(summary: Summary) -> list[str]:
 
 def _advice(summary: Summary) -> list[str]:
     """What the operator should know, and do, after this run."""
-    lines = []
+    lines = _shared(summary)
     if summary.recovered:
         lines.append(
             f"{summary.recovered:,} message(s) of an interrupted run are uncertain (the API may"

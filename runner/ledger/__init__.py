@@ -83,8 +83,23 @@ class RunLedger(Protocol):
     def location(self) -> str:
         """How people and the writer process find it: a path, or a URL without its password."""
 
+    @property
+    def runner(self) -> int | None:
+        """This run's id among the runners sharing the campaign (PostgreSQL), for its writer."""
+
     def recover(self) -> int:
         """`sending` rows of a dead run → `uncertain`; how many."""
+
+    def claim(self, recipients: Sequence[str]) -> dict[str, bool]:
+        """Those of these recipients this run serves now (the rest are another live run's):
+        phone → whether nobody ever claimed them before (so nothing of theirs is on record)."""
+
+    def served(self, recipients: Sequence[str]) -> None:
+        """These got through this run: another run need not take them over."""
+
+    def take_over(self) -> tuple[int, set[str]]:
+        """The recipients of runs that ended without getting through them (and how many of
+        their `sending` rows became uncertain), to serve now."""
 
     def recipient_states(self, recipient: str) -> dict[str, tuple[State, str | None]]: ...
 
@@ -136,11 +151,12 @@ def open_for_run(location: str | Path, flow: str) -> Store:
     return SqliteLedger.for_run(Path(location), flow)
 
 
-def open_for_writing(location: str, flow: str = "") -> LedgerWrites:
-    """The writing side of a ledger: the run's writer process, or the webhook receiver (which
-    takes no lock: a run may hold it, and statuses are no run's rows)."""
+def open_for_writing(location: str, flow: str = "", runner: int | None = None) -> LedgerWrites:
+    """The writing side of a ledger: the run's writer process (writing as the run's `runner`
+    on PostgreSQL), or the webhook receiver (which takes no lock: a run may hold it, and
+    statuses are no run's rows)."""
     if is_postgres(location):
-        return PostgresLedger.for_writer(location, flow)
+        return PostgresLedger.for_writer(location, flow, runner)
     return SqliteLedger.for_writer(Path(location), flow)
 
 

@@ -123,11 +123,13 @@ class GroupCommit:
         self._batches: Batcher[Mark | Outcome | Uploaded | Preference] = Batcher(self._commit)
 
     @classmethod
-    async def start(cls, location: str, flow: str) -> GroupCommit:
+    async def start(cls, location: str, flow: str, runner: int | None = None) -> GroupCommit:
+        runs_as = () if runner is None else (str(runner),)
         writer = await asyncio.create_subprocess_exec(
             *cls.COMMAND,
             location,
             flow,
+            *runs_as,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             # a PostgreSQL ledger's password, in the writer's environment, never on its command

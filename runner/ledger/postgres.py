@@ -8,10 +8,28 @@ The same methods as the SQLite store (sqlite.py) and the same guarantees:
   disk could be lost by a crash of the server, and a sent message would then look unsent:
   https://www.postgresql.org/docs/current/wal-async-commit.html);
 - a dead run's `sending` rows become `uncertain` (`recover`) when the next run starts;
-- one run of a flow at a time: a run holds a session-level advisory lock keyed by the flow
-  (and the schema), taken with pg_try_advisory_lock, so a second run is refused at once, as
-  SQLite's file lock refuses it; the server drops the lock when the run's connection ends,
-  however the run ends (kill -9 included).
+- nothing sent twice, also when several runs of one flow share the work (below).
+
+Several runners (issue 16, item 2): runs of one flow on one database, on one machine or many,
+share its recipients instead of refusing each other (a SQLite file still takes one run).
+- **Who is alive.** A run registers in `runners` and holds a session-level advisory lock on
+  its id (`pg_advisory_lock`, in the namespace of the ledger's schema) for as long as it runs.
+  The server drops the lock the moment the run's connection ends, kill -9 included, so
+  `pg_locks` says exactly which runners are alive, with no lease to wait out and no clock to
+  trust (https://www.postgresql.org/docs/current/explicit-locking.html#ADVISORY-LOCKS,
+  https://www.postgresql.org/docs/current/view-pg-locks.html).
+- **Who serves whom.** A runner claims recipients in batches (`claim`: one INSERT ... ON
+  CONFLICT per batch) before serving them; a recipient whose claim is held by a live runner
+  is that runner's. Claims stay after a run (`served` says it got through its recipient), so
+  a claim that is new proves nobody ever wrote anything of that recipient in this flow: a first
+  run keeps skipping its history read per recipient.
+- **A runner that died.** The first runner to notice (`recover`, at the start of a run, and
+  `take_over` after its pass) fences it (`ended_at`, `fenced`), turns its `sending` rows (every
+  mark holds its runner's id) into `uncertain`, and takes its unserved claims. The fence is what
+  makes this safe whatever the timing: every commit of a run's writer first takes a share lock
+  on its own `runners` row and refuses to write once it is fenced, and fencing takes that row's
+  lock, so a late batch from the dead run (its writer outlives it for a moment) either
+  committed before the fence, and is recovered with the rest, or is refused.
 
 Like the SQLite store, no token or password is stored; the location it shows (`location`) is
 its URL without the password (locations.py).
@@ -19,7 +37,10 @@ its URL without the password (locations.py).
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import os
+import socket
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -45,9 +66,10 @@ CONNECT_TIMEOUT = 10  # seconds: a database that does not answer is an error, no
 
 _MARK = (
     "INSERT INTO messages (flow, step, recipient, state, attempts, first_attempt,"
-    " last_attempt, body_hash) VALUES (%s, %s, %s, 'sending', 0, %s, %s, %s)"
+    " last_attempt, body_hash, runner) VALUES (%s, %s, %s, 'sending', 0, %s, %s, %s, %s)"
     " ON CONFLICT (flow, recipient, step) DO UPDATE SET state = 'sending',"
-    " last_attempt = excluded.last_attempt, body_hash = excluded.body_hash"
+    " last_attempt = excluded.last_attempt, body_hash = excluded.body_hash,"
+    " runner = excluded.runner"
 )
 _OUTCOME = (
     "INSERT INTO messages (flow, step, recipient, state, message_id, http_status,"
@@ -89,6 +111,41 @@ ON CONFLICT (message_id) DO UPDATE SET
     received_at = excluded.received_at
 """
 
+# The runners alive: those whose session holds its advisory lock (two int4 keys: classid is
+# the first, objid the second, objsubid 2), in this database.
+_LIVE = (
+    "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND objsubid = 2 AND classid::bigint = %s"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+# Runners of the flow that are gone without saying so (not ended, lock not held): fenced.
+_FENCE = (
+    "UPDATE runners SET ended_at = %s, fenced = true WHERE flow = %s AND ended_at IS NULL"
+    f" AND id <> %s AND id NOT IN ({_LIVE})"
+)
+# `sending` rows of runners that ended (or are unknown: rows of an older flowrun, or copied)
+_RECOVER = (
+    "UPDATE messages SET state = 'uncertain' WHERE flow = %s AND state = 'sending'"
+    " AND (runner IS NULL OR NOT EXISTS (SELECT 1 FROM runners AS r"
+    " WHERE r.id = messages.runner AND r.ended_at IS NULL))"
+)
+# A batch of recipients for this runner: new ones, and those of runners that ended. Sorted, so
+# that two runners claiming overlapping batches lock rows in one order (no deadlock). `xmax =
+# 0` tells a row inserted from one updated by ON CONFLICT
+# (https://www.postgresql.org/docs/current/ddl-system-columns.html).
+_CLAIM = """
+INSERT INTO claims (flow, recipient, runner)
+SELECT %s, phone, %s FROM unnest(%s::text[]) AS phone ORDER BY phone
+ON CONFLICT (flow, recipient) DO UPDATE SET runner = excluded.runner, served = false
+WHERE NOT EXISTS (SELECT 1 FROM runners AS r WHERE r.id = claims.runner AND r.ended_at IS NULL)
+RETURNING recipient, claims.xmax = 0
+"""
+_TAKE_OVER = (
+    "UPDATE claims SET runner = %s WHERE flow = %s AND NOT served AND runner <> %s"
+    " AND NOT EXISTS (SELECT 1 FROM runners AS r WHERE r.id = claims.runner"
+    " AND r.ended_at IS NULL) RETURNING recipient"
+)
+
 Connection = psycopg.Connection[tuple[Any, ...]]
 Row = tuple[object, ...]  # one row of a table, in TABLES' column order
 
@@ -102,8 +159,14 @@ class PostgresLedger(Reads):
     """One flow's view of a PostgreSQL ledger (the receiver's view spans every flow: `flow`
     ""). `url` may hold a password; it is kept for the writer process only (locations.py)."""
 
-    def __init__(self, url: str, flow: str, *, lock: bool, reads: bool) -> None:
+    def __init__(
+        self, url: str, flow: str, *, lock: bool, reads: bool, runner: int | None = None
+    ) -> None:
         self.flow = flow
+        # a run's id among the flow's runners (module docstring); its writer is given it
+        self.runner = runner
+        self._space = 0  # the advisory lock namespace of this ledger's runners
+        self._registered = False  # a run's: says when it ends (close)
         self._url = url
         self.shown = locations.remember(url)
         self._db: Connection | None = None
@@ -117,7 +180,7 @@ class PostgresLedger(Reads):
                 # reads (and the run's lock) on a connection of their own
                 self._reader = self._connect()
             if lock:
-                self._take_lock()
+                self._register()
         except psycopg.Error as exc:
             self.close()
             raise LedgerError(f"{self.shown}: cannot use the ledger: {self._say(exc)}") from None
@@ -132,9 +195,10 @@ class PostgresLedger(Reads):
         return cls(url, flow, lock=True, reads=True)
 
     @classmethod
-    def for_writer(cls, url: str, flow: str = "") -> PostgresLedger:
-        """The writing side only: the run's writer process, or the webhook receiver."""
-        return cls(url, flow, lock=False, reads=False)
+    def for_writer(cls, url: str, flow: str = "", runner: int | None = None) -> PostgresLedger:
+        """The writing side only: the run's writer process (writing as `runner`, and refusing
+        to once that runner is fenced), or the webhook receiver."""
+        return cls(url, flow, lock=False, reads=False, runner=runner)
 
     @classmethod
     def for_customers(cls, url: str) -> PostgresLedger:
@@ -147,6 +211,15 @@ class PostgresLedger(Reads):
         return self.shown
 
     def close(self) -> None:
+        """A run's ledger says the run ended (its unserved claims go to whoever runs next);
+        the connections close, and with them the run's lock."""
+        if self._registered and self._db is not None:
+            with contextlib.suppress(psycopg.Error):  # (gone: the server dropped the lock)
+                self._db.execute(
+                    "UPDATE runners SET ended_at = %s WHERE id = %s AND ended_at IS NULL",
+                    (now(), self.runner),
+                )
+        self._registered = False
         for connection in (self._reader, self._db):
             if connection is not None:
                 connection.close()
@@ -161,14 +234,41 @@ class PostgresLedger(Reads):
     # Writes
 
     def recover(self) -> int:
-        """Turn the `sending` rows a dead run left behind into `uncertain`; how many. Only a
-        run holding the flow's lock calls it, so no live run's rows are touched."""
-        with self._writing():
-            cursor = self._writes().execute(
-                "UPDATE messages SET state = 'uncertain' WHERE flow = %s AND state = 'sending'",
-                (self.flow,),
-            )
+        """Fence the flow's runners that died, and turn the `sending` rows of every runner
+        that ended into `uncertain`; how many. A live runner's rows are never touched."""
+        db = self._writes()
+        with self._writing(), db.transaction():
+            db.execute(_FENCE, (now(), self.flow, self.runner or 0, self._space))
+            cursor = db.execute(_RECOVER, (self.flow,))
         return cursor.rowcount
+
+    def claim(self, recipients: Sequence[str]) -> dict[str, bool]:
+        """Which of these recipients are this run's to serve now (the rest are a live
+        runner's): phone → whether the claim is new, so that nothing of theirs can be in the
+        ledger (module docstring)."""
+        with self._writing():
+            unique = sorted(set(recipients))  # (ON CONFLICT may touch a row once per statement)
+            rows = self._writes().execute(_CLAIM, (self.flow, self.runner, unique))
+            return {phone: bool(new) for phone, new in rows.fetchall()}
+
+    def served(self, recipients: Sequence[str]) -> None:
+        """These recipients got through this run: nobody needs to take them over."""
+        if recipients:
+            with self._writing():
+                self._writes().execute(
+                    "UPDATE claims SET served = true WHERE flow = %s AND runner = %s"
+                    " AND recipient = ANY(%s)",
+                    (self.flow, self.runner, list(recipients)),
+                )
+
+    def take_over(self) -> tuple[int, set[str]]:
+        """After a pass: fence the runners that died meanwhile (`recover`: how many of their
+        rows became uncertain), and take the recipients runners that ended did not get
+        through. Their rows say what is left to do."""
+        recovered = self.recover()
+        with self._writing():
+            rows = self._writes().execute(_TAKE_OVER, (self.runner, self.flow, self.runner))
+            return recovered, {phone for (phone,) in rows.fetchall()}
 
     def commit(self, batch: Batch) -> None:
         """Marks, outcomes and uploads in one durable transaction (the run's group commit)."""
@@ -178,8 +278,10 @@ class PostgresLedger(Reads):
         db = self._writes()
         with self._writing(), db.transaction(), db.cursor() as cursor:
             outcomes = [outcome_row(self.flow, o, stamp) for o in batch.outcomes]
+            self._check_fence(cursor)
             marks = [
-                (self.flow, m.step, m.recipient, stamp, stamp, m.body_hash) for m in batch.marks
+                (self.flow, m.step, m.recipient, stamp, stamp, m.body_hash, self.runner)
+                for m in batch.marks
             ]
             uploads = [(u.api, u.sha256, u.media_id, stamp) for u in batch.uploads]
             preferences = [preference_row(p, stamp) for p in batch.preferences]
@@ -250,17 +352,38 @@ class PostgresLedger(Reads):
             application_name=f"flowrun {self.flow}".strip(),
         )
 
-    def _take_lock(self) -> None:
-        """The flow's run lock (module docstring), on the reading connection, which lives as
-        long as the run."""
+    def _register(self) -> None:
+        """Join the flow's runners (module docstring): the lock on the new id is held before
+        the id is in `runners`, so no other runner ever sees it there unlocked."""
         assert self._reader is not None
+        db = self._writes()
         schema = self._reader.execute("SELECT current_schema()").fetchone()
-        key = run_lock_key(str(schema[0] if schema else ""), self.flow)
-        taken = self._reader.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-        if not (taken and taken[0]):
+        self._space = runner_space(str(schema[0] if schema else ""))
+        row = db.execute("SELECT nextval(pg_get_serial_sequence('runners', 'id'))").fetchone()
+        assert row is not None
+        self.runner = int(row[0])
+        self._reader.execute(
+            "SELECT pg_advisory_lock(%s::integer, %s::integer)", (self._space, self.runner)
+        )
+        db.execute(
+            "INSERT INTO runners (id, flow, host, pid, started_at) VALUES (%s, %s, %s, %s, %s)",
+            (self.runner, self.flow, socket.gethostname(), os.getpid(), now()),
+        )
+        self._registered = True
+
+    def _check_fence(self, cursor: psycopg.Cursor[tuple[Any, ...]]) -> None:
+        """A run's writer writes only while its runner is not fenced; the share lock on its
+        row holds off a fence until this commit is done (module docstring)."""
+        if self.runner is None:
+            return  # the receiver: writes no run's rows
+        row = cursor.execute(
+            "SELECT ended_at FROM runners WHERE id = %s FOR SHARE", (self.runner,)
+        ).fetchone()
+        if row is None or row[0] is not None:
             raise LedgerError(
-                f"{self.shown}: another flowrun is using this ledger for flow {self.flow!r};"
-                " wait for it to finish (or stop it) before running again"
+                f"{self.shown}: this run lost its connection to the database long enough for"
+                " another runner to take its recipients over; it stops (what it had in flight"
+                " is reported uncertain)"
             )
 
     def _read(self, query: str, args: tuple[str, ...]) -> list[Any]:
@@ -295,11 +418,11 @@ def _held(cursor: psycopg.Cursor[tuple[Any, ...]]) -> dict[str, int]:
     return {table: n for table, n in counts.items() if n}
 
 
-def run_lock_key(schema: str, flow: str) -> int:
-    """pg_try_advisory_lock's bigint for one flow's runs in one schema (advisory locks are
-    per database already)."""
-    digest = hashlib.sha256(f"flowrun run\0{schema}\0{flow}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
+def runner_space(schema: str) -> int:
+    """The first key of the runners' advisory locks in one schema (advisory locks are per
+    database already; each schema holds a ledger with runner ids of its own): a positive
+    int4, as pg_locks shows it."""
+    return zlib.crc32(f"flowrun runners\0{schema}".encode()) & 0x7FFFFFFF
 
 
 def migrate(db: Connection, shown: str) -> None:

@@ -89,6 +89,9 @@ ON CONFLICT (message_id) DO UPDATE SET
 class SqliteLedger(Reads):
     """One flow's view of a SQLite ledger (the receiver's view spans every flow: `flow` "")."""
 
+    # One run at a time (the file lock): no runner ids, and every recipient is the run's.
+    runner: int | None = None
+
     def __init__(self, path: Path, flow: str, *, lock: bool, reads: bool) -> None:
         self.path = path
         self.flow = flow
@@ -160,6 +163,17 @@ class SqliteLedger(Reads):
                 (self.flow,),
             )
         return cursor.rowcount
+
+    def claim(self, recipients: Sequence[str]) -> dict[str, bool]:
+        """Every recipient is this run's: the file admits one run (postgres.py shares)."""
+        return dict.fromkeys(recipients, True)
+
+    def served(self, recipients: Sequence[str]) -> None:
+        """Nothing to say: no other runner could take them over."""
+
+    def take_over(self) -> tuple[int, set[str]]:
+        """No other runner: nothing to take over."""
+        return 0, set()
 
     def commit(self, batch: Batch) -> None:
         """Marks, outcomes and uploads in one durable transaction (the run's group commit)."""

@@ -8,7 +8,8 @@ its own interpreter; the run and this process talk over a pipe.
 
 It reads batches from stdin and answers each on stdout (the protocol: wire.py); at the end of
 input the last batch is finished, then the process exits. Run as `python -m
-runner.ledger.writer LOCATION FLOW`; nothing imports this module.
+runner.ledger.writer LOCATION FLOW [RUNNER]` (RUNNER: the run's id among the runners of a
+PostgreSQL ledger); nothing imports this module.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     location, flow = sys.argv[1], sys.argv[2]  # a URL's password comes as PGPASSWORD
-    ledger = open_for_writing(location, flow)
+    runner = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    ledger = open_for_writing(location, flow, runner)
     try:
         serve(ledger, sys.stdin.buffer, sys.stdout.buffer)
     finally:

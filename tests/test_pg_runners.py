@@ -1,0 +1,323 @@
+"""Several runs of one flow on one PostgreSQL ledger (issue 16, item 2): the store's side.
+
+Runners claim recipients, a live runner's claims and `sending` rows are never touched, a dead
+one's are taken over, and a writer whose runner was fenced writes nothing. Each test talks to
+the session's real server (tests/pg.py); a runner that dies is a real process killed with
+SIGKILL, so the server, not the test, decides that its lock is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from runner.ledger import (
+    Batch,
+    LedgerError,
+    Mark,
+    Outcome,
+    PostgresLedger,
+    SqliteLedger,
+    open_for_run,
+)
+from runner.ledger.pg_schema import INITIAL
+from runner.ledger.postgres import runner_space
+from runner.sandbox import SandboxState
+from tests import pg
+from tests.sandbox_helpers import children, post, start, wait_until, write_flow
+from tests.test_hardening import TWO_STEPS, gone
+from tests.test_pg_ledger import delivered, rows
+
+PHONES = [f"1555010{n:04d}" for n in range(8)]
+
+
+@pytest.fixture
+def url(postgres: pg.Postgres) -> str:
+    return postgres.fresh()
+
+
+@pytest.fixture
+def runs(url: str) -> Iterator[list[PostgresLedger]]:
+    """Runs opened in a test, closed at its end."""
+    opened: list[PostgresLedger] = []
+    yield opened
+    for ledger in opened:
+        ledger.close()
+
+
+def run_of(url: str, runs: list[PostgresLedger], flow: str = "f") -> PostgresLedger:
+    ledger = open_for_run(url, flow)
+    assert isinstance(ledger, PostgresLedger)
+    runs.append(ledger)
+    return ledger
+
+
+def query(url: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as db:
+        return db.execute(sql, args).fetchall()
+
+
+def writer_of(url: str, run: PostgresLedger) -> PostgresLedger:
+    """The run's writer process's side, as runner/ledger/writer.py opens it."""
+    return PostgresLedger.for_writer(url, run.flow, run.runner)
+
+
+def _locked(url: str, survivor: PostgresLedger) -> bool:
+    """Whether a runner other than `survivor` still holds its lock."""
+    held = query(
+        url,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
+        " AND objid::bigint <> %s AND classid::bigint = %s",
+        survivor.runner,
+        runner_space(query(url, "SELECT current_schema()")[0][0]),
+    )
+    return bool(held[0][0])
+
+
+def marks(*phones: str, step: str = "a") -> Batch:
+    return Batch(marks=[Mark(step, phone, "h") for phone in phones])
+
+
+@contextlib.contextmanager
+def doomed_run(url: str, claim: list[str], mark: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """A run in a process of its own: it claims `claim`, marks `mark` through its writer's
+    connection, says `ready`, and waits to be killed."""
+    script = (
+        "import sys, time\n"
+        "from runner.ledger import Batch, Mark, PostgresLedger, open_for_run\n"
+        "url, claim, mark = sys.argv[1], sys.argv[2].split(','), sys.argv[3].split(',')\n"
+        "run = open_for_run(url, 'f')\n"
+        "run.claim(claim)\n"
+        "writer = PostgresLedger.for_writer(url, 'f', run.runner)\n"
+        "writer.commit(Batch(marks=[Mark('a', p, 'h') for p in mark if p]))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, url, ",".join(claim), ",".join(mark)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        yield process
+    finally:
+        process.kill()
+        process.communicate()
+
+
+def test_runs_of_one_flow_share_its_recipients(url: str, runs: list[PostgresLedger]) -> None:
+    first, second = run_of(url, runs), run_of(url, runs)
+    assert first.runner != second.runner
+    assert first.claim(PHONES[:4]) == dict.fromkeys(PHONES[:4], True)
+    # the second run gets only those nobody holds, and a claim it holds is not "new" again
+    assert second.claim(PHONES[2:6]) == dict.fromkeys(PHONES[4:6], True)
+    assert second.claim(PHONES[4:6]) == {}
+    # another flow on the same database has recipients of its own
+    assert run_of(url, runs, "other").claim(PHONES[:2]) == dict.fromkeys(PHONES[:2], True)
+
+
+def test_a_live_runs_sending_rows_are_never_recovered(url: str, runs: list[PostgresLedger]) -> None:
+    first = run_of(url, runs)
+    first.claim(PHONES[:1])
+    writer = writer_of(url, first)
+    writer.commit(marks(PHONES[0]))
+    second = run_of(url, runs)
+    assert second.recover() == 0
+    assert second.take_over() == (0, set())
+    assert second.states() == {("a", PHONES[0]): "sending"}
+    writer.close()
+
+
+def test_a_killed_runs_recipients_are_taken_over(url: str, runs: list[PostgresLedger]) -> None:
+    """kill -9: the server drops its lock with its connection; the next runner to look fences
+    it, turns its in-flight marks uncertain and takes the recipients it had not got through."""
+    survivor = run_of(url, runs)
+    with doomed_run(url, claim=PHONES[:5], mark=PHONES[:2]) as doomed:
+        assert survivor.take_over() == (0, set())  # alive: nothing to take
+        assert survivor.claim(PHONES) == dict.fromkeys(PHONES[5:], True)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+    # the server notices the closed connection, and drops the lock, a moment later
+    wait_until(lambda: not _locked(url, survivor))
+    recovered, taken = survivor.take_over()
+    assert recovered == 2
+    assert taken == set(PHONES[:5])
+    assert set(survivor.states().values()) == {"uncertain"}
+    [(ended, fenced)] = query(
+        url, "SELECT ended_at IS NOT NULL, fenced FROM runners WHERE id <> %s", survivor.runner
+    )
+    assert (ended, fenced) == (True, True)
+    # taken once: what is taken is this run's now
+    assert survivor.take_over() == (0, set())
+    # a run after these finds those claims of a run that ended: not new (rows may exist)
+    survivor.close()
+    assert run_of(url, runs).claim(PHONES[:1]) == {PHONES[0]: False}
+
+
+def test_recipients_a_run_got_through_are_not_taken_over(
+    url: str, runs: list[PostgresLedger]
+) -> None:
+    """A run stopped (Ctrl-C, --limit) ends cleanly: what it served stays done; the rest is
+    taken over by a run still going, without waiting for a next run."""
+    first, second = run_of(url, runs), run_of(url, runs)
+    first.claim(PHONES[:4])
+    first.served(PHONES[:3])
+    first.close()
+    [(ended, fenced)] = query(
+        url, "SELECT ended_at IS NOT NULL, fenced FROM runners WHERE id = %s", first.runner
+    )
+    assert (ended, fenced) == (True, False)
+    assert second.take_over() == (0, {PHONES[3]})
+
+
+def test_a_fenced_runs_writer_writes_nothing(url: str, runs: list[PostgresLedger]) -> None:
+    """A run whose connection was lost long enough to be taken over must not write after the
+    run that took over: its writer refuses every batch from then on."""
+    doomed = run_of(url, runs)
+    doomed.claim(PHONES[:1])
+    writer = writer_of(url, doomed)
+    writer.commit(marks(PHONES[0]))
+    # its lock goes with its connection (a network cut, or kill -9 of the run alone)
+    assert doomed._reader is not None
+    doomed._reader.close()
+    survivor = run_of(url, runs)
+    assert survivor.take_over() == (1, {PHONES[0]})
+    late = Batch(outcomes=[Outcome("a", PHONES[0], "sent", message_id="wamid.late")])
+    with pytest.raises(LedgerError, match="another runner to take its recipients over"):
+        writer.commit(late)
+    assert survivor.states() == {("a", PHONES[0]): "uncertain"}
+    writer.close()
+
+
+def test_a_ledger_of_schema_1_is_migrated_and_its_sending_rows_recovered(url: str) -> None:
+    """Rows of an older flowrun hold no runner: a `sending` one is a dead run's."""
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(INITIAL.encode())
+        db.execute("UPDATE flowrun_schema SET version = 1")
+        db.execute(
+            "INSERT INTO messages (flow, step, recipient, state) VALUES ('f', 'a', %s, 'sending')",
+            (PHONES[0],),
+        )
+    with open_for_run(url, "f") as run:
+        assert run.recover() == 1
+        assert run.claim(PHONES[:1]) == {PHONES[0]: True}
+    assert query(url, "SELECT state FROM messages") == [("uncertain",)]
+
+
+def test_a_sqlite_run_serves_everyone(tmp_path: Path) -> None:
+    """The file admits one run: every recipient is its own, nothing is taken over."""
+    with SqliteLedger.for_run(tmp_path / "l.sqlite", "f") as run:
+        assert run.runner is None
+        assert run.claim(PHONES[:3]) == dict.fromkeys(PHONES[:3], True)
+        run.served(PHONES[:3])
+        assert run.take_over() == (0, set())
+
+
+def test_runs_registered_say_who_ran_where(url: str, runs: list[PostgresLedger]) -> None:
+    """An operator reads `runners` with psql: which host and process, since when."""
+    run = run_of(url, runs)
+    [(host, pid, ended)] = query(
+        url, "SELECT host, pid, ended_at FROM runners WHERE id = %s", run.runner
+    )
+    assert (host, pid, ended) == (os.uname().nodename, os.getpid(), None)
+
+
+# End to end: real flowrun processes sharing one campaign, against the sandbox over loopback.
+
+PEOPLE = 5000
+
+
+def _checkouts(folder: Path, base: str, concurrency: int) -> tuple[Path, Path]:
+    """The playbook in two folders, as two machines would hold it."""
+    write_flow(folder, base, TWO_STEPS, people=PEOPLE, concurrency=concurrency)
+    other = folder / "second-machine"
+    other.mkdir()
+    for name in ("flow.yaml", "people.csv"):
+        shutil.copy(folder / name, other / name)
+    return folder, other
+
+
+def _sent(out: str) -> int:
+    found = re.search(r"sent ([\d,]+), failed", out)
+    assert found, out
+    return int(found.group(1).replace(",", ""))
+
+
+@pytest.mark.slow
+def test_two_runners_at_once_send_every_message_exactly_once(
+    api: tuple[str, SandboxState], folder: Path, postgres: pg.Postgres
+) -> None:
+    base, state = api
+    url = postgres.fresh()
+    post(f"{base}/sandbox/faults", {"latency": 0.005})  # both run for a while, side by side
+    checkouts = _checkouts(folder, base, concurrency=8)
+    runners = [start(where, "--ledger", url) for where in checkouts]
+    results = [runner.communicate(timeout=300) for runner in runners]
+    for runner, (_out, err) in zip(runners, results, strict=True):
+        assert runner.returncode == 0, err
+    shares = [_sent(out) for out, _err in results]
+    assert sum(shares) == 2 * PEOPLE
+    assert min(shares) > 0, shares  # both worked
+    assert any("served by another run of this flow" in err for _out, err in results)
+    sent = delivered(state)
+    assert len(sent) == 2 * PEOPLE
+    assert max(sent.values()) == 1  # exactly once
+    assert set(rows(url).values()) == {"sent"}
+    assert postgres.password not in "".join(out + err for out, err in results)
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_runner_the_other_finishes_its_recipients(
+    api: tuple[str, SandboxState], folder: Path, postgres: pg.Postgres
+) -> None:
+    """The dead runner leaves at most its concurrency uncertain; the survivor serves the
+    recipients it had claimed and not got through; a re-run sends nothing twice."""
+    base, state = api
+    url = postgres.fresh()
+    concurrency = 8
+    post(f"{base}/sandbox/faults", {"latency": 0.01})
+    doomed_folder, survivor_folder = _checkouts(folder, base, concurrency)
+    doomed = start(doomed_folder, "--ledger", url)
+    survivor = start(survivor_folder, "--ledger", url)
+    wait_until(lambda: len(state.inbox) > 2000, 60)
+    writers = children(doomed.pid)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate(timeout=30)
+    assert doomed.returncode == -signal.SIGKILL  # it was still sending
+    gone(writers)
+    out, err = survivor.communicate(timeout=300)
+    assert survivor.returncode in (0, 1), err  # 1: the dead one's in-flight are uncertain
+    assert "Traceback" not in err
+    assert "of a run that ended before it got through them were served by this one" in err
+    ledger = rows(url)
+    uncertain = {key for key, what in ledger.items() if what == "uncertain"}
+    assert len(uncertain) <= concurrency
+    # the campaign is finished: every message sent, or in doubt, or held behind one in doubt
+    doubtful = {who for who, _step in uncertain}
+    for i in range(PEOPLE):
+        phone = f"1555010{i:04d}"
+        for step in ("a", "b"):
+            assert ledger.get((phone, step)) == "sent" or phone in doubtful, (phone, step)
+    sent = delivered(state)
+    assert max(sent.values()) == 1  # nothing reached the API twice
+    assert all(ledger[key] in ("sent", "uncertain") for key in sent)
+
+    again = start(folder, "--ledger", url)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode in (0, 1), err
+    assert max(delivered(state).values()) == 1
+    assert _sent(out) == 0  # what is uncertain waits for --retry-uncertain; the rest was sent
+    assert rows(url) == ledger
