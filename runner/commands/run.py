@@ -90,13 +90,10 @@ def run(flow_file: str, request: RunRequest) -> int:
                 click.echo(limit, err=True)
         ledger = stack.enter_context(contextlib.closing(open_for_run(chosen, plan.loaded.name)))
         _check_renamed(ledger, ledger.location, chosen=location is not None)
-        if is_postgres(chosen) and request.listen_port is not None:
-            raise FlowrunError(
-                "--listen records webhooks beside a run in a file ledger only for now; with a"
-                " PostgreSQL ledger run flowrun listen --ledger URL beside the runs"
-            )
+        # The receiver (--listen, --sandbox --follow) records in this run's ledger, a file or
+        # PostgreSQL: ledger.location names it without a password (runner/receiver/process.py)
         if request.use_sandbox and request.follow:
-            _live_sandbox(stack, target, path, request.listen_port)
+            _live_sandbox(stack, target, ledger.location, request.listen_port)
         elif request.follow and request.listen_port is None:
             click.echo(
                 f"flowrun: following without --listen: customers' messages are heard only if a"
@@ -106,7 +103,7 @@ def run(flow_file: str, request: RunRequest) -> int:
         elif request.listen_port is not None:
             from runner.receiver.process import listening
 
-            stack.enter_context(listening(path, request.listen_port))
+            stack.enter_context(listening(ledger.location, request.listen_port))
         started = now()
         total = checked.survey.messages
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -125,7 +122,7 @@ def run(flow_file: str, request: RunRequest) -> int:
             from runner.receiver.process import await_statuses
 
             # (an interrupted run stops now: waiting is for a run that finished)
-            await_statuses(path, plan.loaded.name, started)
+            await_statuses(ledger, started)
     _print_summary(flow_file, summary, ledger.location)
     return summary.exit_code
 
@@ -161,7 +158,7 @@ def _ledger_location(option: str | None, elsewhere: bool) -> str | None:
 
 
 def _live_sandbox(
-    stack: contextlib.ExitStack, target: ApiTarget, ledger: Path, port: int | None
+    stack: contextlib.ExitStack, target: ApiTarget, ledger: str, port: int | None
 ) -> None:
     """`--sandbox --follow`: a receiver beside the run (on --listen's port, else a free one),
     and the sandbox's customers answering to it, so a flow's branches play out end to end."""

@@ -3,6 +3,8 @@ that what `plan` says of a recipient is what a run reads of them."""
 
 from __future__ import annotations
 
+from .records import SETTLED_RANK
+
 # step → its row and its message's delivery status (StepRecord's fields, in order)
 HISTORY = (
     "SELECT m.step, m.state, m.body_hash, m.message_id, m.last_attempt,"
@@ -25,4 +27,12 @@ PREFERENCES_OF = (
 HEARD = (
     "SELECT 1 FROM inbound WHERE business = ?"
     " UNION ALL SELECT 1 FROM preferences WHERE business = ? LIMIT 1"
+)
+# How many of a flow's messages sent since a time have no final status yet (read, played,
+# deleted or failed: SETTLED_RANK), for a run with --listen that waits for them
+# (runner/receiver/process.py, await_statuses)
+UNSETTLED = (
+    "SELECT count(*) FROM messages AS m LEFT JOIN statuses AS s ON s.message_id = m.message_id"
+    " WHERE m.flow = ? AND m.state = 'sent' AND m.last_attempt >= ?"
+    f" AND coalesce(s.rank, 0) < {SETTLED_RANK:d}"
 )

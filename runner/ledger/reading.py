@@ -1,4 +1,4 @@
-"""Reading a ledger for people and tools: `flowrun report`, and a run waiting for statuses.
+"""Reading a ledger for people and tools: `flowrun report`, `plan`, `preview`.
 
 Opened read-only (`mode=ro`), so a report can run while a campaign is sending and the
 receiver is recording; it never migrates or creates anything in the file. Every query that
@@ -199,13 +199,6 @@ class LedgerReader:
         query = f"SELECT s.error_code, s.error_title, count(*) {_JOIN} {where} GROUP BY 1, 2"
         rows = [(code, title, count) for code, title, count in self._query(query, args)]
         return sorted(rows, key=lambda row: -row[2])
-
-    def unsettled(self, flow: str, since: str, settled_rank: int) -> int:
-        """Messages sent since `since` whose webhooks have not yet said anything final."""
-        where, args = self._where(flow, "m.state = 'sent'", "m.last_attempt >= ?")
-        query = f"SELECT count(*) {_JOIN} {where} AND coalesce(s.rank, 0) < ?"
-        count: int = self._query(query, (*args, since, settled_rank))[0][0]
-        return count
 
     def waiting(self, flow: str | None) -> list[Count]:
         """Messages that wait, per step and reason (`state` here is the reason, error_title:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .queries import HEARD, HISTORY, INBOUND_OF, PREFERENCES_OF
+from .queries import HEARD, HISTORY, INBOUND_OF, PREFERENCES_OF, UNSETTLED
 from .records import Inbound, Preference, State, StepRecord
 
 
@@ -48,6 +48,12 @@ class Reads:
             (received, business),
         )
         return [(customer, message_id, at) for customer, message_id, at in rows]
+
+    def unsettled(self, since: str) -> int:
+        """How many of this flow's messages sent at or after `since` have no final status yet:
+        what a run with --listen waits for (runner/receiver/process.py, await_statuses), on the
+        run's own connection, which sees what its receiver commits."""
+        return int(self._read(UNSETTLED, (self.flow, since))[0][0])
 
     def states(self) -> dict[tuple[str, str], State]:
         """(step, recipient) → state of every message of this flow."""

@@ -12,6 +12,9 @@ Two pipes tie it to the run:
   receiver ignores it and stays for the statuses of the messages the run still finishes.
 
 Run as `python -m runner.receiver.process LEDGER PORT READY_FD`; only `listening` starts it.
+LEDGER is a file, or a postgresql:// URL without its password: a command line is readable by
+everyone (`ps`), so the password goes in the child's environment as PGPASSWORD
+(runner/ledger/locations.py), as for the run's ledger writer.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from runner.errors import EXIT_INVALID, FlowrunError
-from runner.ledger import SETTLED_RANK, LedgerReader
+from runner.ledger import is_postgres
+from runner.ledger.locations import child_environment, remember
 
 START_WITHIN = 10.0  # seconds for the receiver to take its port
 GRACE = 10.0  # seconds a run with --listen waits for the last messages' statuses
@@ -37,13 +42,16 @@ _STOPPING = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def listening(ledger: Path, port: int, secret: str | None = None) -> Iterator[None]:
-    """A receiver for `ledger` on 127.0.0.1:`port`, from before the first message to after
-    the run; a port it cannot take is a FlowrunError before anything is sent. `secret`: the
-    app secret to check signatures with, instead of WA_APP_SECRET (the sandbox's own)."""
+def listening(location: str | Path, port: int, secret: str | None = None) -> Iterator[None]:
+    """A receiver for the ledger at `location` (a file, or a postgresql:// URL: the run's
+    `ledger.location`) on 127.0.0.1:`port`, from before the first message to after the run; a
+    port it cannot take is a FlowrunError before anything is sent. `secret`: the app secret to
+    check signatures with, instead of WA_APP_SECRET (the sandbox's own)."""
     ready, ready_for_child = os.pipe()
-    command = [sys.executable, "-m", "runner.receiver.process", str(ledger), str(port)]
-    env = {**os.environ, "WA_APP_SECRET": secret} if secret is not None else None
+    ledger, env = _child_ledger(location)
+    command = [sys.executable, "-m", "runner.receiver.process", ledger, str(port)]
+    if secret is not None:
+        env = {**(env or os.environ), "WA_APP_SECRET": secret}
     try:
         listener = subprocess.Popen(
             [*command, str(ready_for_child)],
@@ -70,6 +78,16 @@ def listening(ledger: Path, port: int, secret: str | None = None) -> Iterator[No
             listener.wait()
 
 
+def _child_ledger(location: str | Path) -> tuple[str, dict[str, str] | None]:
+    """The ledger as the child's command line names it, and the child's environment (None:
+    this one's): a URL loses its password, which goes in PGPASSWORD (module docstring). A
+    URL given with its password is taken too: it is remembered, never passed on."""
+    if not is_postgres(location):
+        return str(location), None
+    shown = remember(str(location))
+    return shown, child_environment(shown)
+
+
 def _wait_until_ready(listener: subprocess.Popen[bytes], ready: int, port: int) -> None:
     said = b""
     deadline = time.monotonic() + START_WITHIN
@@ -88,17 +106,26 @@ def _wait_until_ready(listener: subprocess.Popen[bytes], ready: int, port: int) 
         raise FlowrunError(f"--listen {port}: {reason}; nothing was sent")
 
 
-def await_statuses(ledger: Path, flow: str, since: str) -> None:
-    """Until every message sent since `since` has its final status (read, failed, deleted) or
-    GRACE seconds pass; later ones need a `flowrun listen` left running. Ctrl-C or SIGTERM
-    ends the wait (the run then says what it sent, and its receiver stops with it)."""
+class Settling(Protocol):
+    """What `await_statuses` reads: the run's own store, SQLite or PostgreSQL
+    (runner/ledger/reads.py, `Reads.unsettled`)."""
+
+    def unsettled(self, since: str) -> int: ...
+
+
+def await_statuses(ledger: Settling, since: str) -> None:
+    """Until every message of the run's flow sent since `since` has its final status (read,
+    failed, deleted) or GRACE seconds pass; later ones need a `flowrun listen` left running.
+    Read on the run's own ledger connection, which sees what the receiver commits (as
+    --follow does). Ctrl-C or SIGTERM ends the wait (the run then says what it sent, and its
+    receiver stops with it)."""
     deadline = time.monotonic() + GRACE
-    with _interruptible() as interrupted, LedgerReader(ledger) as reader:
+    with _interruptible() as interrupted:
         while time.monotonic() < deadline:
             if interrupted():
                 print("flowrun: stopped waiting for statuses", file=sys.stderr)
                 return
-            if reader.unsettled(flow, since, SETTLED_RANK) == 0:
+            if ledger.unsettled(since) == 0:
                 return
             time.sleep(0.1)
 
@@ -124,7 +151,8 @@ def main() -> None:
     from runner.receiver.server import Receiver, serve
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    ledger, port, ready_fd = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    # a file, or a URL without its password (PGPASSWORD brings it: `listening`)
+    ledger, port, ready_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     secret = os.environ.get("WA_APP_SECRET") or None
     with os.fdopen(ready_fd, "wb", buffering=0) as answer:
 
