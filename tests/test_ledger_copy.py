@@ -30,6 +30,7 @@ from runner.ledger import (
     State,
     Status,
     Uploaded,
+    open_for_run,
     shown,
 )
 from runner.ledger.copy import copy_ledger
@@ -160,6 +161,22 @@ def test_a_destination_holding_rows_is_refused_and_left_alone(
     with pytest.raises(LedgerError, match=r"already holds rows \(statuses 1\)"):
         copy_ledger(url, str(other))
     assert sqlite_dump(other)["messages"] == []
+
+
+def test_a_copy_into_a_ledger_a_run_is_using_is_refused(
+    tmp_path: Path, postgres: pg.Postgres
+) -> None:
+    """A run on a new PostgreSQL ledger trusts that a recipient nobody claimed has no rows; a
+    history copied in under it would be sent again. Once the run ends, the copy goes in."""
+    source = tmp_path / "laptop.sqlite"
+    filled_ledger(source, people=2)
+    url = postgres.fresh()
+    running = pytest.raises(LedgerError, match="a flowrun is running on this ledger")
+    with open_for_run(url, "f"), running:
+        copy_ledger(str(source), url)
+    assert pg_dump(url)["messages"] == []
+    copy_ledger(str(source), url)
+    assert len(pg_dump(url)["messages"]) == len(sqlite_dump(source)["messages"])
 
 
 def test_sources_are_only_read_and_an_older_sqlite_ledger_is_migrated_in_a_copy(

@@ -7,6 +7,10 @@ in UTC, which sorts as time (records.now). The version lives in a table of its o
 the transaction that bumps the version, under an advisory lock so that two
 runners starting at once migrate once.
 
+Schema 2 adds what SQLite's never needs, since a file takes one run: `runners` (who runs the
+flow, from where, until when) and `claims` (which runner serves which recipient), and the
+runner of each `sending` mark (`messages.runner`); postgres.py says how runs share a campaign.
+
 The tables are created in the connection's current schema (`public` unless the URL says
 `?options=-csearch_path%3DNAME`), so one database may hold several ledgers, and a database
 holding a `messages` table that is not flowrun's is refused rather than written into.

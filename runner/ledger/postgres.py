@@ -326,12 +326,15 @@ class PostgresLedger(Reads):
         written. COPY FROM STDIN streams the rows (the fastest way in:
         https://www.postgresql.org/docs/current/populate.html#POPULATE-COPY-FROM); the tables
         are locked against other writers first, so two copies at once cannot both find the
-        ledger empty."""
+        ledger empty. A run going on the ledger refuses it too: it trusts that a recipient nobody
+        claimed has no rows (module docstring), which a copy under it would make false."""
         db = self._writes()
         written: dict[str, int] = {}
         with self._writing(), db.transaction(), db.cursor() as cursor:
-            cursor.execute(f"LOCK TABLE {', '.join(TABLES)} IN SHARE ROW EXCLUSIVE MODE")
+            locked = ", ".join([*TABLES, "runners"])
+            cursor.execute(f"LOCK TABLE {locked} IN SHARE ROW EXCLUSIVE MODE")
             refuse_filled(self.shown, _held(cursor))
+            self._refuse_runs(cursor)
             for table, batches in tables:
                 written[table] = 0
                 copy_in = f"COPY {table} ({', '.join(TABLES[table])}) FROM STDIN"
@@ -341,6 +344,18 @@ class PostgresLedger(Reads):
                             copy.write_row(row)
                         written[table] += len(batch)
         return written
+
+    def _refuse_runs(self, cursor: psycopg.Cursor[tuple[Any, ...]]) -> None:
+        schema = cursor.execute("SELECT current_schema()").fetchone()
+        space = runner_space(str(schema[0] if schema else ""))
+        row = cursor.execute(
+            f"SELECT count(*) FROM runners WHERE ended_at IS NULL AND id IN ({_LIVE})", (space,)
+        ).fetchone()
+        if row and row[0]:
+            raise LedgerError(
+                f"{self.shown}: a flowrun is running on this ledger; nothing was copied: copy"
+                " into a ledger no run uses"
+            )
 
     # Plumbing
 
