@@ -49,7 +49,17 @@ from .conversation import (
 from .dialect import ApiFailure, Dialect, LoginFailed, Verdict
 from .durations import said
 from .errors import FlowrunError
-from .ledger import GroupCommit, Inbound, Outcome, Preference, RunLedger, State, StepRecord, now
+from .ledger import (
+    GroupCommit,
+    Inbound,
+    LedgerError,
+    Outcome,
+    Preference,
+    RunLedger,
+    State,
+    StepRecord,
+    now,
+)
 from .media import LocalMedia, MediaError, read_checked
 from .pacing import Pacer, Ticker
 from .plan import Plan
@@ -76,6 +86,7 @@ FOLLOW_POLL = 0.25  # seconds between two looks at the ledger for customers' new
 # per batch; a runner killed leaves at most this many (and those in progress) to take over.
 CLAIM_BATCH = 200
 TAKE_OVER_EVERY = 10.0  # seconds between two looks, while following, for a dead run's recipients
+SHARE_EVERY = 2.0  # seconds between two counts of the runs sharing the flow's rate
 LOOK_BACK = timedelta(seconds=5)  # a receiver's row may commit after a later-stamped one
 # The reasons a step is not sent yet, or no more (the ledger's error_title of its row)
 WINDOW_WAIT = WAITS_WINDOW  # waits for the customer to write: their window is closed
@@ -258,6 +269,8 @@ class Executor:
             self.ledger.location, self.ledger.flow, self.ledger.runner
         )
         self._install_signals()
+        shared = self.ledger.runner is not None
+        sharing = asyncio.create_task(self._share_rate()) if shared else None
         try:
             await self._login()
             await self._serve_all(self._claimed(self._recipients()))
@@ -265,6 +278,8 @@ class Executor:
             if self.options.follow and not self._stopping:
                 await self._follow(_started)
         finally:
+            if sharing is not None:
+                sharing.cancel()
             self.ticker.close()
             await self.commits.close()
             self._tell_served()
@@ -310,6 +325,18 @@ class Executor:
                 self.summary.elsewhere += 1  # a live run of the flow serves them
             else:
                 yield recipient, new
+
+    async def _share_rate(self) -> None:
+        """The flow's rate is the phone number's, whichever run sends: with other runs of the
+        flow going (a shared ledger), this one keeps its part of it, counted anew every
+        SHARE_EVERY seconds as runs start and end."""
+        while True:
+            try:
+                self.pacer.share(self.ledger.running())
+            except LedgerError as exc:  # the database is gone: the run stops, as on a commit
+                self._stop(exc)
+                return
+            await asyncio.sleep(SHARE_EVERY)
 
     def _tell_served(self) -> None:
         """Tell the ledger who got through, so that nobody takes them over should this run

@@ -28,6 +28,8 @@ class Pacer:
     def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic) -> None:
         self.ceiling = rate  # None: no limit unless the API asks for one
         self.rate = rate
+        self._full = rate  # the flow's rate, for all the runs that share its campaign
+        self._runs = 1
         self.throttles = 0
         self._clock = clock
         self._next = 0.0
@@ -35,6 +37,19 @@ class Pacer:
         self._changed = clock()
         self._sent = 0  # requests since `_counting_since`: the rate the API refused
         self._counting_since = clock()
+
+    def share(self, runs: int) -> None:
+        """`runs` runs of the flow share its campaign (a PostgreSQL ledger): the API's rate is
+        the phone number's, so each keeps its part of the flow's rate (a rate lowered by the
+        API's "too fast" keeps its proportion)."""
+        runs = max(runs, 1)
+        if self._full is None or runs == self._runs:
+            return
+        factor = self._runs / runs
+        self._runs = runs
+        self.ceiling = self._full / runs
+        if self.rate is not None:
+            self.rate = min(self.rate * factor, self.ceiling)
 
     def delay(self) -> float:
         """Take the next slot: how long to wait before sending (0 to go now)."""

@@ -30,6 +30,21 @@ def test_slots_are_spaced_by_the_rate() -> None:
     assert pacer.delay() == pytest.approx(0.01)
 
 
+def test_runs_sharing_a_campaign_share_its_rate() -> None:
+    """The API's limit is the phone number's: two runs of a flow at 100/s each would be 200."""
+    now = [10.0]
+    pacer = Pacer(100.0, clock=lambda: now[0])
+    pacer.share(2)
+    assert [pacer.take() for _ in range(3)] == pytest.approx([10.0, 10.02, 10.04])
+    pacer.throttled(0.0)  # the API said "too fast" all the same: 25/s
+    pacer.share(1)  # the other run ended: this one's rate doubles, still halved by the API
+    assert pacer.rate == pytest.approx(50.0)
+    assert pacer.ceiling == pytest.approx(100.0)
+    unlimited = Pacer(None, clock=lambda: now[0])
+    unlimited.share(4)
+    assert unlimited.rate is None
+
+
 def test_waits_due_in_one_tick_end_together_never_before_it() -> None:
     async def scenario() -> None:
         now = [10.0]

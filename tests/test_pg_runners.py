@@ -15,13 +15,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from runner.executor import SHARE_EVERY
 from runner.ledger import (
     Batch,
     LedgerError,
@@ -129,6 +132,16 @@ def test_runs_of_one_flow_share_its_recipients(url: str, runs: list[PostgresLedg
     assert run_of(url, runs, "other").claim(PHONES[:2]) == dict.fromkeys(PHONES[:2], True)
 
 
+def test_runs_alive_are_counted_to_share_the_rate(url: str, runs: list[PostgresLedger]) -> None:
+    first = run_of(url, runs)
+    assert first.running() == 1
+    second = run_of(url, runs)
+    run_of(url, runs, "other flow")
+    assert first.running() == second.running() == 2
+    second.close()
+    assert first.running() == 1
+
+
 def test_a_live_runs_sending_rows_are_never_recovered(url: str, runs: list[PostgresLedger]) -> None:
     first = run_of(url, runs)
     first.claim(PHONES[:1])
@@ -221,6 +234,7 @@ def test_a_sqlite_run_serves_everyone(tmp_path: Path) -> None:
     """The file admits one run: every recipient is its own, nothing is taken over."""
     with SqliteLedger.for_run(tmp_path / "l.sqlite", "f") as run:
         assert run.runner is None
+        assert run.running() == 1
         assert run.claim(PHONES[:3]) == dict.fromkeys(PHONES[:3], True)
         run.served(PHONES[:3])
         assert run.take_over() == (0, set())
@@ -240,9 +254,19 @@ def test_runs_registered_say_who_ran_where(url: str, runs: list[PostgresLedger])
 PEOPLE = 5000
 
 
-def _checkouts(folder: Path, base: str, concurrency: int) -> tuple[Path, Path]:
+ONE_STEP = "  - name: a\n    text: {body: 'one {{ recipient.name }}'}\n"
+
+
+def _checkouts(
+    folder: Path,
+    base: str,
+    concurrency: int,
+    people: int = PEOPLE,
+    steps: str = TWO_STEPS,
+    **settings: str,
+) -> tuple[Path, Path]:
     """The playbook in two folders, as two machines would hold it."""
-    write_flow(folder, base, TWO_STEPS, people=PEOPLE, concurrency=concurrency)
+    write_flow(folder, base, steps, people=people, concurrency=concurrency, **settings)
     other = folder / "second-machine"
     other.mkdir()
     for name in ("flow.yaml", "people.csv"):
@@ -321,3 +345,38 @@ def test_kill_9_of_one_runner_the_other_finishes_its_recipients(
     assert max(delivered(state).values()) == 1
     assert _sent(out) == 0  # what is uncertain waits for --retry-uncertain; the rest was sent
     assert rows(url) == ledger
+
+
+@pytest.mark.slow
+def test_two_runners_keep_the_flows_rate_together(
+    api: tuple[str, SandboxState], folder: Path, postgres: pg.Postgres
+) -> None:
+    """The API's rate limit is the phone number's: two runs of a flow at `rate: 200/s` send
+    200 a second between them, not 400. Measured at the sandbox while both run and know of
+    each other (the second from its start, the first within SHARE_EVERY of it); a slow
+    machine can only lower the rate, so the bound never fails for noise."""
+    base, state = api
+    url = postgres.fresh()
+    people = 2000
+    checkouts = _checkouts(folder, base, 8, people=people, rate="200/s", steps=ONE_STEP)
+    wall_minus_monotonic = time.time() - time.monotonic()
+    first = start(checkouts[0], "--ledger", url)
+    wait_until(lambda: len(state.inbox) > 0, 30)
+    second = start(checkouts[1], "--ledger", url)
+    for runner in (first, second):
+        _out, err = runner.communicate(timeout=120)
+        assert runner.returncode == 0, err
+    assert len(delivered(state)) == people
+
+    def monotonic(stamp: str) -> float:
+        return datetime.fromisoformat(stamp).timestamp() - wall_minus_monotonic
+
+    [(joined, first_end)] = query(
+        url, "SELECT max(started_at), min(ended_at) FROM runners WHERE ended_at IS NOT NULL"
+    )
+    both = (monotonic(joined) + SHARE_EVERY + 0.1, monotonic(first_end) - 0.1)
+    arrivals = [at for at in state.received if both[0] <= at <= both[1]]
+    seconds = both[1] - both[0]
+    assert seconds >= 1.0, "the runs did not run side by side long enough to measure"
+    rate = len(arrivals) / seconds
+    assert rate <= 200 * 1.15, f"{rate:.0f} msg/s between two runs of a flow at 200/s"

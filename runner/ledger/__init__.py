@@ -94,6 +94,9 @@ class RunLedger(Protocol):
         """Those of these recipients this run serves now (the rest are another live run's):
         phone → whether nobody ever claimed them before (so nothing of theirs is on record)."""
 
+    def running(self) -> int:
+        """Runs of the flow alive now, this one included (they share its rate)."""
+
     def served(self, recipients: Sequence[str]) -> None:
         """These got through this run: another run need not take them over."""
 

@@ -251,6 +251,20 @@ class PostgresLedger(Reads):
             rows = self._writes().execute(_CLAIM, (self.flow, self.runner, unique))
             return {phone: bool(new) for phone, new in rows.fetchall()}
 
+    def running(self) -> int:
+        """How many runs of the flow are alive now, this one included: they share its rate."""
+        with self._writing():
+            row = (
+                self._writes()
+                .execute(
+                    "SELECT count(*) FROM runners WHERE flow = %s AND ended_at IS NULL"
+                    f" AND id IN ({_LIVE})",
+                    (self.flow, self._space),
+                )
+                .fetchone()
+            )
+        return int(row[0]) if row else 1
+
     def served(self, recipients: Sequence[str]) -> None:
         """These recipients got through this run: nobody needs to take them over."""
         if recipients:

@@ -168,6 +168,10 @@ class SqliteLedger(Reads):
         """Every recipient is this run's: the file admits one run (postgres.py shares)."""
         return dict.fromkeys(recipients, True)
 
+    def running(self) -> int:
+        """This run alone."""
+        return 1
+
     def served(self, recipients: Sequence[str]) -> None:
         """Nothing to say: no other runner could take them over."""
 
