@@ -261,12 +261,13 @@ def _checkouts(
     folder: Path,
     base: str,
     concurrency: int,
+    *,
     people: int = PEOPLE,
     steps: str = TWO_STEPS,
-    **settings: str,
+    rate: str = "100000/s",
 ) -> tuple[Path, Path]:
     """The playbook in two folders, as two machines would hold it."""
-    write_flow(folder, base, steps, people=people, concurrency=concurrency, **settings)
+    write_flow(folder, base, steps, people=people, concurrency=concurrency, rate=rate)
     other = folder / "second-machine"
     other.mkdir()
     for name in ("flow.yaml", "people.csv"):
