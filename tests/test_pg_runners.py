@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -38,7 +39,15 @@ from runner.ledger.pg_schema import INITIAL
 from runner.ledger.postgres import runner_space
 from runner.sandbox import SandboxState
 from tests import pg
-from tests.sandbox_helpers import children, post, start, wait_until, write_flow
+from tests.sandbox_helpers import (
+    APP_SECRET,
+    children,
+    listening,
+    post,
+    start,
+    wait_until,
+    write_flow,
+)
 from tests.test_hardening import TWO_STEPS, gone
 from tests.test_pg_ledger import delivered, rows
 
@@ -381,3 +390,59 @@ def test_two_runners_keep_the_flows_rate_together(
     assert seconds >= 1.0, "the runs did not run side by side long enough to measure"
     rate = len(arrivals) / seconds
     assert rate <= 200 * 1.15, f"{rate:.0f} msg/s between two runs of a flow at 200/s"
+
+
+@pytest.mark.slow
+def test_a_follower_takes_over_the_waiting_recipients_of_one_that_died(
+    api: tuple[str, SandboxState], folder: Path, postgres: pg.Postgres
+) -> None:
+    """Two `--follow` runs hold a campaign's waiting recipients between them (two hosts, for
+    the day one fails); kill -9 one, and the other serves its recipients as they write."""
+    base, state = api
+    url = postgres.fresh()
+    post(f"{base}/sandbox/window", {"everyone_wrote": None, "window_errors": "sync"})
+    steps = (
+        "  - name: hello\n    template: {name: hello_world, language: en_US}\n"
+        "  - name: note\n    text: {body: thanks}\n"
+    )
+    write_flow(folder, base, steps, people=400, kind="cloud", window="check", rate="100/s")
+    with listening(url) as port:
+        post(f"{base}/sandbox/webhook", {"url": f"http://127.0.0.1:{port}/", "secret": APP_SECRET})
+        doomed = start(folder, "--ledger", url, "--follow")
+        survivor = start(folder, "--ledger", url, "--follow")
+        try:
+            wait_until(lambda: len(state.inbox) == 400, 60)  # every hello; every note waits
+            wait_until(lambda: len(_waiting(url)) == 400)
+            holders = _holders(url)
+            assert len(set(holders.values())) == 2  # both took a share
+            runner = _runner_of(url, doomed.pid)
+            theirs = sorted(p for p, who in holders.items() if who == runner)
+            doomed.send_signal(signal.SIGKILL)
+            doomed.communicate(timeout=30)
+            post(f"{base}/sandbox/inbound", {"from": theirs[0], "text": "hi"})
+            # taken over within TAKE_OVER_EVERY (10 s), then served as they wrote
+            wait_until(lambda: rows(url).get((theirs[0], "note")) == "sent", 40)
+        finally:
+            survivor.terminate()
+            _out, err = survivor.communicate(timeout=30)
+    assert "of a run that ended before it got through them" in err
+    assert max(delivered_to(state).values()) == 1
+
+
+def _waiting(url: str) -> list[tuple[Any, ...]]:
+    return query(url, "SELECT recipient FROM messages WHERE state = 'waiting'")
+
+
+def _holders(url: str) -> dict[str, int]:
+    return {
+        phone: int(runner) for phone, runner in query(url, "SELECT recipient, runner FROM claims")
+    }
+
+
+def _runner_of(url: str, pid: int) -> int:
+    [(runner,)] = query(url, "SELECT id FROM runners WHERE pid = %s", pid)
+    return int(runner)
+
+
+def delivered_to(state: SandboxState) -> Counter[tuple[str, str]]:
+    return Counter((m["to"], m.get("type", "")) for m in state.inbox)
