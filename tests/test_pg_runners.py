@@ -252,6 +252,9 @@ def test_a_sqlite_run_serves_everyone(tmp_path: Path) -> None:
 def test_runs_registered_say_who_ran_where(url: str, runs: list[PostgresLedger]) -> None:
     """An operator reads `runners` with psql: which host and process, since when."""
     run = run_of(url, runs)
+    assert run._reader is not None
+    keepalive = run._reader.execute("SHOW tcp_keepalives_idle").fetchone()
+    assert keepalive == ("30",)  # a vanished machine is found out within a minute
     [(host, pid, ended)] = query(
         url, "SELECT host, pid, ended_at FROM runners WHERE id = %s", run.runner
     )

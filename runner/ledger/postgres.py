@@ -17,7 +17,12 @@ share its recipients instead of refusing each other (a SQLite file still takes o
   The server drops the lock the moment the run's connection ends, kill -9 included, so
   `pg_locks` says exactly which runners are alive, with no lease to wait out and no clock to
   trust (https://www.postgresql.org/docs/current/explicit-locking.html#ADVISORY-LOCKS,
-  https://www.postgresql.org/docs/current/view-pg-locks.html).
+  https://www.postgresql.org/docs/current/view-pg-locks.html). A machine that vanishes
+  without closing its connection (power, network) is found out by the server's TCP
+  keepalives, which the run's lock connection sets to about a minute (LOCK_KEEPALIVES:
+  https://www.postgresql.org/docs/current/runtime-config-connection.html).
+- **One rate.** The flow's rate is the phone number's: each run keeps its part of it
+  (`running` counts the runs alive; executor.py asks every few seconds).
 - **Who serves whom.** A runner claims recipients in batches (`claim`: one INSERT ... ON
   CONFLICT per batch) before serving them; a recipient whose claim is held by a live runner
   is that runner's. Claims stay after a run (`served` says it got through its recipient), so
@@ -63,6 +68,12 @@ from .rows import TIMES, inbound_row, outcome_row, preference_row, status_row
 from .schema import TABLES
 
 CONNECT_TIMEOUT = 10  # seconds: a database that does not answer is an error, not a hang
+# The server probes a silent run's lock connection after 30 s, every 10 s, 3 times: a vanished
+# machine's run is known dead (its lock dropped) within a minute, not the kernel's two hours.
+LOCK_KEEPALIVES = (
+    "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10;"
+    " SET tcp_keepalives_count = 3"
+)
 
 _MARK = (
     "INSERT INTO messages (flow, step, recipient, state, attempts, first_attempt,"
@@ -391,6 +402,7 @@ class PostgresLedger(Reads):
         row = db.execute("SELECT nextval(pg_get_serial_sequence('runners', 'id'))").fetchone()
         assert row is not None
         self.runner = int(row[0])
+        self._reader.execute(LOCK_KEEPALIVES)
         self._reader.execute(
             "SELECT pg_advisory_lock(%s::integer, %s::integer)", (self._space, self.runner)
         )
