@@ -71,8 +71,7 @@ CONNECT_TIMEOUT = 10  # seconds: a database that does not answer is an error, no
 # The server probes a silent run's lock connection after 30 s, every 10 s, 3 times: a vanished
 # machine's run is known dead (its lock dropped) within a minute, not the kernel's two hours.
 LOCK_KEEPALIVES = (
-    "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10;"
-    " SET tcp_keepalives_count = 3"
+    "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3"
 )
 
 _MARK = (
