@@ -21,6 +21,12 @@ from tests import pg
 from tests.sandbox_helpers import APP_SECRET, listening, post, start, wait_until, write_flow
 from tests.test_hardening import TWO_STEPS, kill_mid_run
 
+# A template opens; the free-form note waits for the customer to write (their window).
+HELLO_THEN_NOTE = (
+    "  - name: hello\n    template: {name: hello_world, language: en_US}\n"
+    "  - name: note\n    text: {body: thanks}\n"
+)
+
 
 def rows(url: str) -> dict[tuple[str, str], str]:
     """(recipient, step) → state, read with a connection of the test's own."""
@@ -120,11 +126,7 @@ def test_customers_heard_through_flowrun_listen_on_postgresql(
     base, state = api
     url = postgres.fresh()
     post(f"{base}/sandbox/window", {"everyone_wrote": None, "window_errors": "sync"})
-    steps = (
-        "  - name: hello\n    template: {name: hello_world, language: en_US}\n"
-        "  - name: note\n    text: {body: thanks}\n"
-    )
-    write_flow(folder, base, steps, people=2, kind="cloud", window="check")
+    write_flow(folder, base, HELLO_THEN_NOTE, people=2, kind="cloud", window="check")
     with listening(url) as port:
         post(f"{base}/sandbox/webhook", {"url": f"http://127.0.0.1:{port}/", "secret": APP_SECRET})
         first = start(folder, "--ledger", url)

@@ -49,7 +49,7 @@ from tests.sandbox_helpers import (
     write_flow,
 )
 from tests.test_hardening import TWO_STEPS, gone
-from tests.test_pg_ledger import delivered, rows
+from tests.test_pg_ledger import HELLO_THEN_NOTE, delivered, rows
 
 PHONES = [f"1555010{n:04d}" for n in range(8)]
 
@@ -404,11 +404,9 @@ def test_a_follower_takes_over_the_waiting_recipients_of_one_that_died(
     base, state = api
     url = postgres.fresh()
     post(f"{base}/sandbox/window", {"everyone_wrote": None, "window_errors": "sync"})
-    steps = (
-        "  - name: hello\n    template: {name: hello_world, language: en_US}\n"
-        "  - name: note\n    text: {body: thanks}\n"
+    write_flow(
+        folder, base, HELLO_THEN_NOTE, people=400, kind="cloud", window="check", rate="100/s"
     )
-    write_flow(folder, base, steps, people=400, kind="cloud", window="check", rate="100/s")
     with listening(url) as port:
         post(f"{base}/sandbox/webhook", {"url": f"http://127.0.0.1:{port}/", "secret": APP_SECRET})
         doomed = start(folder, "--ledger", url, "--follow")
