@@ -30,6 +30,20 @@ class Progress:
         self._last = self.started  # nothing to show in the first moments
         self._shown = False
 
+    @classmethod
+    def of_run(
+        cls, messages: int, recipients: int, *, limit: int | None, only: str | None
+    ) -> Progress:
+        """For a run over the survey's `messages` to `recipients`, or a part of them: --only
+        serves one recipient, --limit N the first N (at the flow's average per recipient)."""
+        serves = recipients
+        if only is not None:
+            serves = min(1, recipients)
+        elif limit is not None:
+            serves = min(limit, recipients)
+        share = messages * serves / recipients if recipients else 0.0
+        return cls(round(share), recipients=serves)
+
     def update(self, summary: Any, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last < self.interval:

@@ -151,3 +151,11 @@ def test_a_resumed_run_counts_what_is_due_and_says_what_was_sent_before(tmp_path
         r"sent 10,714/10,714, failed 0, [\d,]+ msg/s \(9,286 sent before\)\n",
         line_of(Counts(sent=10_714, already=9_286), 20_000, tmp_path),
     )
+
+
+def test_a_run_over_part_of_the_recipients_counts_its_part() -> None:
+    """--limit 10 of 100,000 recipients showed 'sent 20/200,000'; --only one recipient too."""
+    assert Progress.of_run(200_000, 100_000, limit=10, only=None).total == 20
+    assert Progress.of_run(200_000, 100_000, limit=None, only="15550100001").total == 2
+    assert Progress.of_run(200_000, 100_000, limit=500_000, only=None).total == 200_000
+    assert Progress.of_run(0, 0, limit=None, only=None).total == 0

@@ -253,7 +253,7 @@ async def _execute(
     proxies: bool,
 ) -> Summary:
     assert target.base_url is not None
-    progress = Progress(total, recipients=recipients)
+    progress = Progress.of_run(total, recipients, limit=options.limit, only=options.only)
     transport = HttpTransport(
         target.base_url, target.token, plan.flow.api.timeout, options.concurrency, proxies=proxies
     )
