@@ -12,6 +12,8 @@ one would, so the tests see that it is never printed or written.
 
 Durability settings are off (fsync, full_page_writes): the tests kill flowrun, never the
 server or the machine, and an fsync per commit on a shared disk is what makes a test slow.
+`running(..., durable=True)` keeps the server's defaults (both on) instead: bench/paced_bench.py
+measures what a durable ledger costs, beside a SQLite ledger that fsyncs every commit.
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ class Postgres:
             admin.execute(f"CREATE SCHEMA {name}")
         return f"{self.url()}?options=-csearch_path%3D{name}"
 
+    def postmaster(self) -> int:
+        """The server's main process id (the first line of postmaster.pid): its backends
+        are its children, so its /proc entry leads to all of the server's CPU."""
+        return int((self.folder / "data" / "postmaster.pid").read_text().split()[0])
+
     def fresh_database(self) -> str:
         """A new, empty database (its `public` schema holds the ledger), as a CI job's
         service container would offer."""
@@ -97,8 +104,9 @@ def _as_server_user(command: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def running(bin_dir: Path) -> Iterator[Postgres]:
-    """initdb, start, yield, stop -m immediate, remove the folder."""
+def running(bin_dir: Path, *, durable: bool = False) -> Iterator[Postgres]:
+    """initdb, start, yield, stop -m immediate, remove the folder. `durable`: fsync and
+    full_page_writes keep the server's defaults (on), rather than off (module docstring)."""
     started = time.monotonic()
     folder = Path(tempfile.mkdtemp(prefix="flowrun-pg-"))
     password = secrets.token_hex(12)
@@ -118,8 +126,10 @@ def running(bin_dir: Path) -> Iterator[Postgres]:
         port = _free_port()
         settings = (
             f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={folder}"
-            " -c fsync=off -c full_page_writes=off -c shared_buffers=32MB -c max_connections=60"
+            " -c shared_buffers=32MB -c max_connections=60"
         )
+        if not durable:
+            settings += " -c fsync=off -c full_page_writes=off"
         _run(
             bin_dir / "pg_ctl", "start", "-D", str(data), "-w", "-t", "60",
             "-l", str(folder / "log"), "-o", settings,
