@@ -190,7 +190,8 @@ def validate(flows: tuple[str, ...], offline: bool, strict: bool) -> None:
 @click.option(
     "--ledger",
     "ledger_path",
-    help="Ledger whose customers' messages and opt-outs count (default: the FLOW's).",
+    help="Ledger whose customers' messages and opt-outs count: a file or a postgresql:// URL"
+    " (default: FLOWRUN_LEDGER, else the FLOW's).",
 )
 @click.option(
     "--only", multiple=True, metavar="PHONE", help="Show this recipient's bodies (repeatable)."
@@ -225,7 +226,8 @@ def plan(
 @click.option(
     "--ledger",
     "ledger_path",
-    help="Ledger whose customers' messages and opt-outs count (default: the FLOW's).",
+    help="Ledger whose customers' messages and opt-outs count: a file or a postgresql:// URL"
+    " (default: FLOWRUN_LEDGER, else the FLOW's).",
 )
 @click.option("--sandbox", "use_sandbox", is_flag=True, help="The FLOW's sandbox ledger.")
 def preview(
@@ -248,7 +250,11 @@ def preview(
 
 @cli.command()
 @click.argument("flow", required=False, type=click.Path(dir_okay=False))
-@click.option("--ledger", "ledger_path", help="Ledger file (default: the FLOW's).")
+@click.option(
+    "--ledger",
+    "ledger_path",
+    help="Ledger file or postgresql:// URL (default: FLOWRUN_LEDGER, else the FLOW's).",
+)
 @click.option("--sandbox", "use_sandbox", is_flag=True, help="The FLOW's sandbox ledger.")
 @click.option("--csv", "fmt", flag_value="csv", help="Every message row as CSV.")
 @click.option("--jsonl", "fmt", flag_value="jsonl", help="Every message row as JSON lines.")
@@ -296,7 +302,11 @@ def sandbox(port: int) -> None:
 
 @cli.command()
 @click.argument("flow", required=False, type=click.Path(dir_okay=False))
-@click.option("--ledger", "ledger_path", help="Ledger file (default: the FLOW's).")
+@click.option(
+    "--ledger",
+    "ledger_path",
+    help="Ledger file or postgresql:// URL (default: FLOWRUN_LEDGER, else the FLOW's).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8481, show_default=True, help="Port to listen on.")
 def listen(flow: str | None, ledger_path: str | None, host: str, port: int) -> None:
@@ -312,7 +322,11 @@ def listen(flow: str | None, ledger_path: str | None, host: str, port: int) -> N
 
 @cli.command()
 @click.argument("flow", type=click.Path(dir_okay=False))
-@click.option("--ledger", "ledger_path", help="Ledger file (default: the FLOW's).")
+@click.option(
+    "--ledger",
+    "ledger_path",
+    help="Ledger file or postgresql:// URL (default: FLOWRUN_LEDGER, else the FLOW's).",
+)
 @click.option("--sandbox", "use_sandbox", is_flag=True, help="The FLOW's sandbox ledger.")
 @click.option(
     "--import",

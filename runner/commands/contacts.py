@@ -19,14 +19,14 @@ from runner import clock
 from runner import dialect as dialects
 from runner.contacts import IMPORTED, Contact, Keywords
 from runner.errors import EXIT_OK, FlowInvalid, FlowrunError, Location, Problem, Problems
-from runner.ledger import Preference, SqliteLedger
+from runner.ledger import Preference, is_postgres, open_for_customers
 from runner.loader import load_flow
 from runner.plan import Plan, compile_plan
 from runner.recipients import CsvError, normalize_phone, read_csv, with_phone
 from runner.target import api_target
 from runner.untrusted import printable
 
-from .checking import ledger_for
+from .ledger_choice import location_of, named
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,19 +40,20 @@ class ContactsRequest:
 def contacts(flow_file: str, request: ContactsRequest) -> int:
     plan = compile_plan(load_flow(flow_file))
     business = _business(plan, request.use_sandbox)
-    path, _ = ledger_for(flow_file, request.ledger_path, request.use_sandbox)
+    location = location_of(plan.loaded.path, request.ledger_path, sandbox=request.use_sandbox)
+    name = named(location)
     if request.import_file is not None:
         phones = _read_opt_outs(request.import_file)
-        with SqliteLedger.for_customers(path) as ledger:
+        with open_for_customers(location) as ledger:
             at = clock.now().isoformat(timespec="seconds")
             ledger.record_webhooks([Preference(business, p, at, "stop", IMPORTED) for p in phones])
-        click.echo(f"{request.import_file}: {len(phones):,} opt-out(s) added to {path}")
+        click.echo(f"{request.import_file}: {len(phones):,} opt-out(s) added to {name}")
         return EXIT_OK
-    if not path.is_file():
-        raise FlowrunError(f"{path}: no ledger here; run the flow first, or name one with --ledger")
+    if not is_postgres(location) and not Path(location).is_file():
+        raise FlowrunError(f"{name}: no ledger here; run the flow first, or name one with --ledger")
     settings = plan.flow.settings
     words = Keywords.from_settings(settings.opt_out_keywords, settings.resume_keywords)
-    with SqliteLedger.for_customers(path) as ledger:
+    with open_for_customers(location) as ledger:
         listed = []
         for customer in ledger.customers_heard(business):
             contact = Contact.of(*ledger.heard_from(business, customer), words)

@@ -17,6 +17,7 @@ from pathlib import Path
 from runner.dialect import Dialect
 from runner.plan import Plan
 
+from .ledger_choice import readable
 from .outlook import outlook
 
 
@@ -39,10 +40,12 @@ def over_limit(plan: Plan, business_initiated: int) -> str | None:
     )
 
 
-def before_run(plan: Plan, dialect: Dialect, ledger: Path, now: datetime) -> str | None:
-    """A run's warning, before it sends: read as `plan` reads it, and only when the flow has
-    more recipients than its limit (otherwise it cannot be over it: no extra pass)."""
+def before_run(plan: Plan, dialect: Dialect, ledger: str | Path, now: datetime) -> str | None:
+    """A run's warning, before it sends: read as `plan` reads it (a PostgreSQL ledger from a
+    snapshot: ledger_choice.py), and only when the flow has more recipients than its limit
+    (otherwise it cannot be over it: no extra pass, no copy)."""
     limit = messaging_limit(plan)
     if limit is None or sum(1 for _ in plan.recipients()) <= limit:
         return None
-    return over_limit(plan, outlook(plan, dialect, ledger, now).business_initiated)
+    with readable(ledger) as (path, _name):
+        return over_limit(plan, outlook(plan, dialect, path, now).business_initiated)

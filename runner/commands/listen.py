@@ -11,16 +11,18 @@ from runner.errors import EXIT_OK
 from runner.ledger import is_postgres
 
 from .checking import ledger_for
+from .ledger_choice import chosen
 
 
 def listen(flow_file: str | None, ledger_path: str | None, host: str, port: int) -> int:
     from runner.receiver import Receiver, serve
 
     location: str | Path
-    if ledger_path is not None and is_postgres(ledger_path):
-        location = ledger_path  # (shown without its password: the receiver's banner)
+    chosen_location = chosen(ledger_path)  # (--ledger, else FLOWRUN_LEDGER)
+    if chosen_location is not None and is_postgres(chosen_location):
+        location = chosen_location  # (shown without its password: the receiver's banner)
     else:
-        location, _ = ledger_for(flow_file, ledger_path, use_sandbox=False)
+        location, _ = ledger_for(flow_file, chosen_location, use_sandbox=False)
     secret = os.environ.get("WA_APP_SECRET") or None
     receiver = Receiver(location, secret, os.environ.get("WA_VERIFY_TOKEN") or None)
     try:

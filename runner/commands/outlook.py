@@ -126,7 +126,7 @@ class StepCounts:
 class Outlook:
     """A run now, counted: per step, and the window's sources."""
 
-    ledger: Path
+    ledger: str  # its name for people (a PostgreSQL ledger's URL without the password)
     ledger_found: bool
     trusted: bool  # settings.window: open
     at: datetime  # now, as the clock says (FLOWRUN_NOW moves it)
@@ -204,12 +204,14 @@ def outlook(
     sample: int = 0,
     *,
     quiet: QuietHours | None = None,
+    shown_as: str | None = None,
 ) -> Outlook:
     """Every recipient's steps, each given its fate as a run now would decide it (the ledger
     is read per recipient only if it holds anything of this flow, or any customer of this
     number was heard: a first run's plan reads nothing per recipient)."""
     settings = plan.flow.settings
-    found = Outlook(ledger, ledger.is_file(), settings.window == "open", now)
+    name = shown_as or str(ledger)
+    found = Outlook(name, ledger.is_file(), settings.window == "open", now)
     found.steps = {step.key: StepCounts() for step in plan.steps}
     renderer = Renderer(plan)
     opens = quiet or quiet_hours(plan)

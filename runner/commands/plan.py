@@ -14,7 +14,6 @@ from runner import clock
 from runner.conversation import WAITS_ANSWER, WAITS_EVENT, WAITS_QUIET, WAITS_TIME, WAITS_WINDOW
 from runner.dialect import Dialect
 from runner.errors import EXIT_OK, FlowrunError
-from runner.ledger import default_path
 from runner.marketing import PlusOne, dialect_for
 from runner.pacing import run_pace
 from runner.recipients import normalize_phone
@@ -22,6 +21,7 @@ from runner.render import Item, Skipped, Waiting
 from runner.template_lock import body_texts, lock_path, words
 
 from .checking import Checked, check
+from .ledger_choice import location_of, readable
 from .limits import over_limit
 from .outlook import HELD, MARKETING, STOPPED, Fate, Outlook, due_in, outlook
 from .preview import conversations, pick
@@ -55,11 +55,34 @@ def plan(
     plus_one = PlusOne.beside(Path(flow_file))  # +1 numbers a marketing template goes to
     checked = check(flow_file, sample, on_message=plus_one.collect)
     loaded = checked.plan.loaded
-    ledger = Path(ledger_path) if ledger_path else default_path(loaded.path, use_sandbox)
+    location = location_of(loaded.path, ledger_path, sandbox=use_sandbox)
+    with readable(location) as (ledger, name):
+        return _plan(
+            checked,
+            flow_file,
+            ledger=ledger,
+            name=name,
+            sample=sample,
+            only=only,
+            plus_one=plus_one,
+        )
+
+
+def _plan(
+    checked: Checked,
+    flow_file: str,
+    *,
+    ledger: Path,
+    name: str,
+    sample: int,
+    only: Sequence[str],
+    plus_one: PlusOne,
+) -> int:
+    loaded = checked.plan.loaded
     dialect = dialect_for(checked.plan, checked.target)
     moment = clock.now()
     chosen = pick(checked.plan, flow_file, only, sample) if only else []
-    now = outlook(checked.plan, dialect, ledger, moment, sample)
+    now = outlook(checked.plan, dialect, ledger, moment, sample, shown_as=name)
     for problem in plus_one.problems(checked.plan):
         click.echo(problem.format(), err=True)
     limit = over_limit(checked.plan, now.business_initiated)

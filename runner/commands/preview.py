@@ -39,7 +39,7 @@ from runner.contacts import Contact
 from runner.conversation import WAITS_WINDOW, Window
 from runner.dialect import Dialect
 from runner.errors import EXIT_OK, FlowrunError
-from runner.ledger import LedgerReader, default_path
+from runner.ledger import LedgerReader
 from runner.media import LocalMedia
 from runner.plan import AfterPlan, Plan
 from runner.recipients import Recipient, normalize_phone
@@ -48,6 +48,7 @@ from runner.template_lock import body_texts, lock_path, shown, words
 from runner.timeline import Timeline
 
 from .checking import check
+from .ledger_choice import location_of, readable
 from .outlook import Fate, Known, quiet_hours, timeline
 
 # A local image bigger than this is shown as a card, not inlined: a page of a few recipients
@@ -568,16 +569,13 @@ def preview(flow_file: str, request: PreviewRequest) -> int:
     checked = check(flow_file)
     plan = checked.plan
     recipients = pick(plan, flow_file, request.only, request.sample)
-    ledger = (
-        Path(request.ledger_path)
-        if request.ledger_path
-        else default_path(plan.loaded.path, request.use_sandbox)
-    )
+    location = location_of(plan.loaded.path, request.ledger_path, sandbox=request.use_sandbox)
     now = clock.now()
-    found = conversations(plan, dialects.build(checked.target), ledger, recipients, now)
+    with readable(location) as (ledger, name):
+        found = conversations(plan, dialects.build(checked.target), ledger, recipients, now)
+        source = f"ledger {name}" if ledger.is_file() else "no ledger yet: nobody wrote"
     texts = body_texts(lock_path(plan.loaded.path))
     chats = [_chat(conversation, now, texts) for conversation in found]
-    source = f"ledger {ledger}" if ledger.is_file() else "no ledger yet: nobody wrote"
     html = page(plan.loaded.name, flow_file, chats, now, source)
     output = (
         Path(request.output) if request.output else plan.loaded.path.with_suffix(".preview.html")

@@ -38,12 +38,13 @@ import click
 from runner import models
 from runner.contacts import IMPORTED, Keywords, keyword
 from runner.errors import EXIT_OK, FlowrunError
-from runner.ledger import LedgerReader, default_path, is_postgres, shown
-from runner.ledger.copy import sqlite_snapshot
+from runner.ledger import LedgerReader, default_path, is_postgres
 from runner.ledger.reading import Count, Heard
 from runner.loader import LoadedFlow, load_flow
 from runner.recipients import CsvError, parse_phone, read_csv, with_phone
 from runner.untrusted import printable, spreadsheet_cell
+
+from .ledger_choice import chosen, readable
 
 STATES = ("sent", "failed", "skipped", "uncertain", "sending", "waiting")
 DELIVERY_KINDS = ("sent", "delivered", "read", "failed", "waiting")
@@ -81,23 +82,22 @@ def report(
 def _readable(
     loaded: LoadedFlow | None, ledger_path: str | None, use_sandbox: bool
 ) -> Iterator[tuple[Path, str]]:
-    """The ledger file to read and how to name it: a PostgreSQL ledger is read from a
-    temporary SQLite copy of it (runner/ledger/copy.py `sqlite_snapshot` says why), and named
-    by its URL without the password."""
-    if ledger_path is not None and is_postgres(ledger_path):
-        with sqlite_snapshot(ledger_path) as path:
-            yield path, shown(ledger_path)
-        return
-    path = _ledger(loaded, ledger_path, use_sandbox)
-    yield path, str(path)
+    """The ledger file to read and how to name it (a PostgreSQL ledger from a temporary
+    snapshot, named without its password: ledger_choice.py)."""
+    with readable(_ledger(loaded, ledger_path, use_sandbox)) as (path, name):
+        if not path.is_file():  # (a PostgreSQL database nobody wrote a ledger into yet)
+            raise FlowrunError(f"{name}: no ledger here yet; run the flow first")
+        yield path, name
 
 
-def _ledger(loaded: LoadedFlow | None, ledger_path: str | None, use_sandbox: bool) -> Path:
-    """The ledger to read: --ledger, else the FLOW's (its sandbox one with --sandbox). A FLOW
-    only tried on the sandbox (`flowrun FLOW --sandbox`, as the README's first steps do) has
-    only a sandbox ledger: that one is read, and said so, rather than "no ledger here"."""
-    if ledger_path is not None:
-        return Path(ledger_path)
+def _ledger(loaded: LoadedFlow | None, ledger_path: str | None, use_sandbox: bool) -> str | Path:
+    """The ledger to read: --ledger, else FLOWRUN_LEDGER, else the FLOW's (its sandbox one
+    with --sandbox). A FLOW only tried on the sandbox (`flowrun FLOW --sandbox`, as the
+    README's first steps do) has only a sandbox ledger: that one is read, and said so, rather
+    than "no ledger here"."""
+    location = chosen(ledger_path, elsewhere=use_sandbox)
+    if location is not None:
+        return location if is_postgres(location) else Path(location)
     if loaded is None:
         raise FlowrunError("name a FLOW or a --ledger PATH")
     real, sandbox = default_path(loaded.path, False), default_path(loaded.path, True)

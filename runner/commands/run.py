@@ -30,6 +30,7 @@ from runner.template_lock import lock_path, read_entries
 from runner.transport import HttpTransport
 
 from .checking import check
+from .ledger_choice import chosen as chosen_ledger
 from .limits import before_run
 
 
@@ -79,15 +80,14 @@ def run(flow_file: str, request: RunRequest) -> int:
         # Sent elsewhere than the flow's API (a sandbox, by --base-url): a ledger of its own,
         # as --sandbox keeps, so that trying a flow never marks a real message as sent.
         elsewhere = request.use_sandbox or request.base_url is not None
-        location = _ledger_location(request.ledger_path, elsewhere)
+        location = chosen_ledger(request.ledger_path, elsewhere=elsewhere)
         path = Path(location) if location else default_path(plan.loaded.path, elsewhere)
         chosen = location or path
         if not elsewhere:
             _refuse_a_fresh_ledger_in_ci(chosen, request.new_ledger)
-        if not is_postgres(chosen):  # (the messaging limit reads a file ledger, before the lock)
-            limit = before_run(plan, dialect, path, clock.now())
-            if limit is not None:
-                click.echo(limit, err=True)
+        limit = before_run(plan, dialect, chosen, clock.now())  # (before the run's lock)
+        if limit is not None:
+            click.echo(limit, err=True)
         ledger = stack.enter_context(contextlib.closing(open_for_run(chosen, plan.loaded.name)))
         _check_renamed(ledger, ledger.location, chosen=location is not None)
         # The receiver (--listen, --sandbox --follow) records in this run's ledger, a file or
@@ -144,17 +144,6 @@ def _refuse_a_fresh_ledger_in_ci(location: str | Path, meant: bool) -> None:
         " see README, 'Running from CI and cron'), or pass --new-ledger if this is the"
         " campaign's first run"
     )
-
-
-def _ledger_location(option: str | None, elsewhere: bool) -> str | None:
-    """--ledger, else FLOWRUN_LEDGER (a CI secret: a postgresql:// URL, or a path), else None
-    (the default file beside the flow). FLOWRUN_LEDGER is the flow's real ledger, so a run
-    sent elsewhere (--sandbox, --base-url) keeps its own unless --ledger says otherwise."""
-    if option:
-        return option
-    if elsewhere:
-        return None
-    return os.environ.get("FLOWRUN_LEDGER") or None
 
 
 def _live_sandbox(

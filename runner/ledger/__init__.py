@@ -64,6 +64,7 @@ __all__ = [
     "default_path",
     "is_postgres",
     "now",
+    "open_for_customers",
     "open_for_run",
     "open_for_writing",
     "shown",
@@ -152,6 +153,13 @@ def open_for_run(location: str | Path, flow: str) -> Store:
     if is_postgres(location):
         return PostgresLedger.for_run(str(location), flow)
     return SqliteLedger.for_run(Path(location), flow)
+
+
+def open_for_customers(location: str | Path) -> Store:
+    """What customers said, to read and to add to (`flowrun contacts`), beside any run."""
+    if is_postgres(location):
+        return PostgresLedger.for_customers(str(location))
+    return SqliteLedger.for_customers(Path(location))
 
 
 def open_for_writing(location: str, flow: str = "", runner: int | None = None) -> LedgerWrites:

@@ -94,8 +94,15 @@ def sqlite_snapshot(url: str) -> Iterator[Path]:
     dialect would save that second and have to be kept equal to the first forever."""
     with tempfile.TemporaryDirectory(prefix="flowrun-report-") as folder:
         path = Path(folder) / "ledger.sqlite"
-        copy_ledger(url, str(path))
+        try:
+            copy_ledger(url, str(path))
+        except EmptyLedger:
+            path.unlink(missing_ok=True)  # no ledger yet: nobody wrote (as a missing file)
         yield path
+
+
+class EmptyLedger(LedgerError):
+    """A database (or schema) no flowrun has written a ledger into yet."""
 
 
 def open_source(location: str) -> Source:
@@ -197,10 +204,12 @@ class PostgresSource:
         assert self._db is not None
         found = self._db.execute("SELECT to_regclass('flowrun_schema') IS NOT NULL").fetchone()
         if not (found and found[0]):
-            raise LedgerError(f"{self.location}: not a flowrun ledger (nothing to copy)")
+            raise EmptyLedger(f"{self.location}: not a flowrun ledger (nothing to copy)")
         row = self._db.execute("SELECT max(version) FROM flowrun_schema").fetchone()
         version = int(row[0]) if row and row[0] is not None else 0
-        if version != PG_VERSION:
+        # TABLES' columns are the same in every version so far (schema 2 added tables and a
+        # column of its own): an older ledger copies as it is
+        if not 1 <= version <= PG_VERSION:
             raise LedgerError(
                 f"{self.location}: ledger schema {version}, this flowrun knows {PG_VERSION};"
                 " copy it with the flowrun that wrote it"
