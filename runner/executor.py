@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -250,6 +251,8 @@ class Executor:
         self._waits: dict[str, str] = {}  # phone → what their waiting step waits for, now
         self._following = False  # past the first pass of a --follow run
         self._got_through: list[str] = []  # served since the last claim: the ledger is told
+        # orphans of ended runs looked for already: (phone, the run that held them)
+        self._looked_for: set[tuple[str, int]] = set()
         self.summary.trusted_window = self._trust_window
 
     def window(self) -> int:
@@ -281,9 +284,11 @@ class Executor:
             if sharing is not None:
                 sharing.cancel()
             self.ticker.close()
-            await self.commits.close()
-            self._tell_served()
-            self._remove_signals()
+            try:
+                await self.commits.close()
+            finally:
+                self._tell_served()
+                self._remove_signals()
             self.summary.seconds = time.monotonic() - started
             self.summary.waiting = dict(collections.Counter(self._waits.values()))
             self.summary.throttled = self.pacer.throttles
@@ -303,7 +308,9 @@ class Executor:
 
         await asyncio.gather(*(server() for _ in range(self.window())))
 
-    def _claimed(self, recipients: Iterator[Recipient]) -> Iterator[tuple[Recipient, bool]]:
+    def _claimed(
+        self, recipients: Iterator[Recipient], *, taking_over: bool = False
+    ) -> Iterator[tuple[Recipient, bool]]:
         """The recipients this run serves, with whether nobody ever claimed them (nothing of
         theirs is on record): claimed from the ledger CLAIM_BATCH at a time, since other runs
         of the flow may share it and serve the rest (ledger/postgres.py)."""
@@ -311,20 +318,21 @@ class Executor:
         for recipient in recipients:
             batch.append(recipient)
             if len(batch) == CLAIM_BATCH:
-                yield from self._claim(batch)
+                yield from self._claim(batch, taking_over)
                 batch = []
         if batch:
-            yield from self._claim(batch)
+            yield from self._claim(batch, taking_over)
 
-    def _claim(self, batch: list[Recipient]) -> Iterator[tuple[Recipient, bool]]:
+    def _claim(self, batch: list[Recipient], taking_over: bool) -> Iterator[tuple[Recipient, bool]]:
         self._tell_served()
         mine = self.ledger.claim([recipient.phone for recipient in batch])
         for recipient in batch:
             new = mine.get(recipient.phone)
-            if new is None:
-                self.summary.elsewhere += 1  # a live run of the flow serves them
-            else:
+            if new is not None:
+                self.summary.taken_over += taking_over
                 yield recipient, new
+            elif not taking_over:
+                self.summary.elsewhere += 1  # a live run of the flow serves them
 
     async def _share_rate(self) -> None:
         """The flow's rate is the phone number's, whichever run sends: with other runs of the
@@ -340,29 +348,37 @@ class Executor:
 
     def _tell_served(self) -> None:
         """Tell the ledger who got through, so that nobody takes them over should this run
-        die (a hint: a recipient taken over needlessly only costs a look at their rows)."""
+        die. A hint: a recipient taken over needlessly only costs a look at their rows, so a
+        ledger that cannot take it now is no reason to stop the run."""
         if self._got_through:
             got_through, self._got_through = self._got_through, []
-            self.ledger.served(got_through)
+            with contextlib.suppress(LedgerError):
+                self.ledger.served(got_through)
 
     async def _take_over(self) -> None:
         """Serve the recipients of runs of the flow that ended (killed, stopped) before they
         got through them, so that the campaign finishes with the runs still going. Their
-        in-flight messages are uncertain, as after any crash."""
-        if self._stopping:
+        in-flight messages are uncertain, as after any crash. Each orphan is looked for once:
+        one that is not this run's (another CSV, --only) costs no pass over the CSV again.
+        A ledger no other run shares (a file: `runner` None) has nothing to take over, and
+        its `recover` would take this run's own marks for a dead run's."""
+        if self._stopping or self.ledger.runner is None:
             return
-        recovered, phones = self.ledger.take_over()
-        self.summary.recovered += recovered
-        if not phones:
+        self.summary.recovered += self.ledger.recover()
+        found = self.ledger.orphans() - self._looked_for
+        if not found:
             return
+        self._looked_for |= found
+        orphans = {phone for phone, _held_by in found}
         self._history = True  # another run wrote rows of theirs
-        self.summary.taken_over += len(phones)
         self.progress.line(
-            f"flowrun: serving {len(phones):,} recipient(s) of a run that ended before it got"
-            " through them"
+            f"flowrun: {len(orphans):,} recipient(s) of a run that ended before it got through"
+            " them: this run serves those that are its own"
         )
-        left = (recipient for recipient in self._recipients() if recipient.phone in phones)
-        await self._serve_all((recipient, False) for recipient in left)
+        # claimed as in the pass: only this run's recipients (its CSV, --only, --limit), and
+        # only those no live run has claimed meanwhile
+        left = (recipient for recipient in self._recipients() if recipient.phone in orphans)
+        await self._serve_all(self._claimed(left, taking_over=True))
 
     async def _follow(self, since: datetime) -> None:
         """`--follow`: after the pass, serve a waiting recipient again as soon as they write
@@ -370,6 +386,7 @@ class Executor:
         their wait expires; until nothing waits, or Ctrl-C."""
         self._history = True  # this run wrote rows: always read them now
         self._following = True
+        self.ledger.following()  # (it leaves the flow's rate to runs still in their pass)
         arrivals = _Arrivals(since - LOOK_BACK)
         statuses = _Arrivals(since - LOOK_BACK)  # a read wakes a step waiting for it
         serving: dict[str, asyncio.Task[None]] = {}
@@ -454,7 +471,9 @@ class Executor:
             return
         if deadline is not None and self.options.follow:
             self._waiting[recipient.phone] = (recipient, deadline)
-        elif not self._stopping:
+        elif deadline is None and not self._stopping:
+            # (one who waits is not through: a follower beside this run takes them over
+            # once it ends, and serves them as they write)
             self._got_through.append(recipient.phone)
 
     async def _serve(self, recipient: Recipient, new: bool = False) -> datetime | None:

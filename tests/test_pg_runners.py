@@ -15,9 +15,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from runner.executor import SHARE_EVERY
+from runner.executor import SHARE_EVERY, TAKE_OVER_EVERY
 from runner.ledger import (
     Batch,
     LedgerError,
@@ -36,7 +37,7 @@ from runner.ledger import (
     open_for_run,
 )
 from runner.ledger.pg_schema import INITIAL
-from runner.ledger.postgres import runner_space
+from runner.ledger.postgres import older_run_key, runner_space
 from runner.sandbox import SandboxState
 from tests import pg
 from tests.sandbox_helpers import (
@@ -87,11 +88,18 @@ def writer_of(url: str, run: PostgresLedger) -> PostgresLedger:
 
 def _locked(url: str, survivor: PostgresLedger) -> bool:
     """Whether a runner other than `survivor` still holds its lock."""
+    assert survivor.runner is not None
+    return _locked_but(url, survivor.runner)
+
+
+def _locked_but(url: str, runner: int) -> bool:
+    """Whether a runner other than `runner` holds its lock (the server drops a dead one's a
+    moment after its connection closes)."""
     held = query(
         url,
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
         " AND objid::bigint <> %s AND classid::bigint = %s",
-        survivor.runner,
+        runner,
         runner_space(query(url, "SELECT current_schema()")[0][0]),
     )
     return bool(held[0][0])
@@ -102,22 +110,24 @@ def marks(*phones: str, step: str = "a") -> Batch:
 
 
 @contextlib.contextmanager
-def doomed_run(url: str, claim: list[str], mark: list[str]) -> Iterator[subprocess.Popen[str]]:
+def doomed_run(
+    url: str, claim: list[str], mark: list[str], flow: str = "f"
+) -> Iterator[subprocess.Popen[str]]:
     """A run in a process of its own: it claims `claim`, marks `mark` through its writer's
     connection, says `ready`, and waits to be killed."""
     script = (
         "import sys, time\n"
         "from runner.ledger import Batch, Mark, PostgresLedger, open_for_run\n"
         "url, claim, mark = sys.argv[1], sys.argv[2].split(','), sys.argv[3].split(',')\n"
-        "run = open_for_run(url, 'f')\n"
+        "run = open_for_run(url, sys.argv[4])\n"
         "run.claim(claim)\n"
-        "writer = PostgresLedger.for_writer(url, 'f', run.runner)\n"
+        "writer = PostgresLedger.for_writer(url, sys.argv[4], run.runner)\n"
         "writer.commit(Batch(marks=[Mark('a', p, 'h') for p in mark if p]))\n"
         "print('ready', flush=True)\n"
         "time.sleep(600)\n"
     )
     process = subprocess.Popen(
-        [sys.executable, "-c", script, url, ",".join(claim), ",".join(mark)],
+        [sys.executable, "-c", script, url, ",".join(claim), ",".join(mark), flow],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -147,6 +157,9 @@ def test_runs_alive_are_counted_to_share_the_rate(url: str, runs: list[PostgresL
     second = run_of(url, runs)
     run_of(url, runs, "other flow")
     assert first.running() == second.running() == 2
+    # a follower sends little: the runs in their pass keep the rate; it shares theirs
+    second.following()
+    assert (first.running(), second.running()) == (1, 2)
     second.close()
     assert first.running() == 1
 
@@ -158,7 +171,7 @@ def test_a_live_runs_sending_rows_are_never_recovered(url: str, runs: list[Postg
     writer.commit(marks(PHONES[0]))
     second = run_of(url, runs)
     assert second.recover() == 0
-    assert second.take_over() == (0, set())
+    assert second.orphans() == set()
     assert second.states() == {("a", PHONES[0]): "sending"}
     writer.close()
 
@@ -168,22 +181,22 @@ def test_a_killed_runs_recipients_are_taken_over(url: str, runs: list[PostgresLe
     it, turns its in-flight marks uncertain and takes the recipients it had not got through."""
     survivor = run_of(url, runs)
     with doomed_run(url, claim=PHONES[:5], mark=PHONES[:2]) as doomed:
-        assert survivor.take_over() == (0, set())  # alive: nothing to take
+        assert (survivor.recover(), survivor.orphans()) == (0, set())  # alive: nothing to take
         assert survivor.claim(PHONES) == dict.fromkeys(PHONES[5:], True)
         doomed.send_signal(signal.SIGKILL)
         doomed.wait()
     # the server notices the closed connection, and drops the lock, a moment later
     wait_until(lambda: not _locked(url, survivor))
-    recovered, taken = survivor.take_over()
-    assert recovered == 2
-    assert taken == set(PHONES[:5])
+    assert survivor.recover() == 2
+    assert {phone for phone, _run in survivor.orphans()} == set(PHONES[:5])
+    assert survivor.claim(PHONES[:5]) == dict.fromkeys(PHONES[:5], False)  # (rows may exist)
     assert set(survivor.states().values()) == {"uncertain"}
     [(ended, fenced)] = query(
         url, "SELECT ended_at IS NOT NULL, fenced FROM runners WHERE id <> %s", survivor.runner
     )
     assert (ended, fenced) == (True, True)
     # taken once: what is taken is this run's now
-    assert survivor.take_over() == (0, set())
+    assert (survivor.recover(), survivor.orphans()) == (0, set())
     # a run after these finds those claims of a run that ended: not new (rows may exist)
     survivor.close()
     assert run_of(url, runs).claim(PHONES[:1]) == {PHONES[0]: False}
@@ -197,12 +210,13 @@ def test_recipients_a_run_got_through_are_not_taken_over(
     first, second = run_of(url, runs), run_of(url, runs)
     first.claim(PHONES[:4])
     first.served(PHONES[:3])
+    assert second.recover() == 0  # (at its start: it sees the first one alive)
     first.close()
     [(ended, fenced)] = query(
         url, "SELECT ended_at IS NOT NULL, fenced FROM runners WHERE id = %s", first.runner
     )
     assert (ended, fenced) == (True, False)
-    assert second.take_over() == (0, {PHONES[3]})
+    assert second.orphans() == {(PHONES[3], first.runner)}
 
 
 def test_a_fenced_runs_writer_writes_nothing(url: str, runs: list[PostgresLedger]) -> None:
@@ -216,7 +230,8 @@ def test_a_fenced_runs_writer_writes_nothing(url: str, runs: list[PostgresLedger
     assert doomed._reader is not None
     doomed._reader.close()
     survivor = run_of(url, runs)
-    assert survivor.take_over() == (1, {PHONES[0]})
+    assert survivor.recover() == 1
+    assert survivor.claim(PHONES[:1]) == {PHONES[0]: False}
     late = Batch(outcomes=[Outcome("a", PHONES[0], "sent", message_id="wamid.late")])
     with pytest.raises(LedgerError, match="another runner to take its recipients over"):
         writer.commit(late)
@@ -246,7 +261,7 @@ def test_a_sqlite_run_serves_everyone(tmp_path: Path) -> None:
         assert run.running() == 1
         assert run.claim(PHONES[:3]) == dict.fromkeys(PHONES[:3], True)
         run.served(PHONES[:3])
-        assert run.take_over() == (0, set())
+        assert run.orphans() == set()
 
 
 def test_runs_registered_say_who_ran_where(url: str, runs: list[PostgresLedger]) -> None:
@@ -430,6 +445,14 @@ def test_a_follower_takes_over_the_waiting_recipients_of_one_that_died(
     assert max(delivered_to(state).values()) == 1
 
 
+def _state(url: str, phone: str, step: str) -> str | None:
+    """A message's state, None before the run created the tables."""
+    try:
+        return rows(url).get((phone, step))
+    except psycopg.errors.UndefinedTable:
+        return None
+
+
 def _waiting(url: str) -> list[tuple[Any, ...]]:
     return query(url, "SELECT recipient FROM messages WHERE state = 'waiting'")
 
@@ -447,3 +470,144 @@ def _runner_of(url: str, pid: int) -> int:
 
 def delivered_to(state: SandboxState) -> Counter[tuple[str, str]]:
     return Counter((m["to"], m.get("type", "")) for m in state.inbox)
+
+
+# Races found in review: each of these failed on an earlier version of the store.
+
+
+def _waits_for_a_lock(url: str, ledger: PostgresLedger) -> bool:
+    assert ledger._db is not None
+    pid = ledger._db.info.backend_pid
+    rows = query(url, "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", pid)
+    return bool(rows) and rows[0][0] == "Lock"
+
+
+def _in_thread(call: Callable[[], object]) -> tuple[threading.Thread, dict[str, object]]:
+    out: dict[str, object] = {}
+
+    def go() -> None:
+        try:
+            out["value"] = call()
+        except Exception as exc:  # (the test says which)
+            out["error"] = exc
+
+    thread = threading.Thread(target=go)
+    thread.start()
+    return thread, out
+
+
+def test_a_live_runs_claim_is_never_taken(url: str, runs: list[PostgresLedger]) -> None:
+    """B's claim takes its snapshot, then waits for a row lock (here held by T). Meanwhile C
+    starts (its `runners` row is newer than B's snapshot) and claims X from a run that ended.
+    When B reaches X, READ COMMITTED checks its WHERE again on X's newest version (held by C),
+    but a subquery still sees B's snapshot, where C does not exist: a test for "no live
+    runner holds it" took X from live C, and both served X. A claim now needs positive
+    evidence that its holder ended."""
+    w, x = PHONES[0], PHONES[1]
+    ended = run_of(url, runs)
+    ended.claim([w, x])
+    ended.close()
+    b = run_of(url, runs)
+    with psycopg.connect(url) as t:  # (not autocommit: T holds W's row until it commits)
+        t.execute("SELECT 1 FROM claims WHERE recipient = %s FOR UPDATE", (w,))
+        thread, out = _in_thread(lambda: b.claim([w, x]))
+        wait_until(lambda: _waits_for_a_lock(url, b) or not thread.is_alive())
+        c = run_of(url, runs)  # a run starting now, on another machine
+        c_serves_x = x in c.claim([x])
+        t.commit()
+    thread.join(10)
+    assert "error" not in out, out
+    b_claimed = out["value"]
+    assert isinstance(b_claimed, dict)
+    holder = query(url, "SELECT runner FROM claims WHERE recipient = %s", x)[0][0]
+    assert (x in b_claimed, c_serves_x) in ((True, False), (False, True))  # exactly one
+    assert holder == (b.runner if x in b_claimed else c.runner)
+
+
+def test_claims_and_served_never_deadlock(url: str, runs: list[PostgresLedger]) -> None:
+    """`claim` locks its batch in phone order; `served` (one implicit transaction: executemany
+    pipelines) locked in the order recipients got through, and the two deadlocked (T only
+    stretches the interleaving): the run died with "deadlock detected"."""
+    a, b, c = PHONES[0], PHONES[1], PHONES[2]
+    holder = run_of(url, runs)
+    holder.claim([a, b, c])
+    other = run_of(url, runs)
+    with psycopg.connect(url) as t:
+        t.execute("SELECT 1 FROM claims WHERE recipient = %s FOR UPDATE", (c,))
+        first, out = _in_thread(lambda: holder.served([b, c, a]))
+        wait_until(lambda: _waits_for_a_lock(url, holder) or not first.is_alive())
+        second, out2 = _in_thread(lambda: other.claim([a, b]))
+        wait_until(lambda: _waits_for_a_lock(url, other) or not second.is_alive())
+        t.commit()
+    first.join(20)
+    second.join(20)
+    assert [o["error"] for o in (out, out2) if "error" in o] == []
+
+
+def test_a_run_of_the_flowrun_before_runners_is_never_run_beside(
+    url: str, runs: list[PostgresLedger]
+) -> None:
+    """The flowrun before several runners held the flow's run lock exclusively and knows no
+    claims: a run of this one beside it would turn its live `sending` rows uncertain and serve
+    its recipients too. Each refuses to start beside the other."""
+    schema = query(url, "SELECT current_schema()")[0][0]
+    key = older_run_key(schema, "f")
+    with psycopg.connect(url, autocommit=True) as older:  # an older run, going
+        older.execute("SELECT pg_advisory_lock(%s)", (key,))
+        with pytest.raises(LedgerError, match="a run of an older flowrun is going on flow 'f'"):
+            run_of(url, runs)
+        run_of(url, runs, "another flow").close()  # other flows are not held
+        older.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    run_of(url, runs)
+    with psycopg.connect(url, autocommit=True) as older:  # an older run, starting now
+        taken = older.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        assert taken == (False,)
+
+
+def test_the_lock_space_is_the_schema_of_the_tables(
+    postgres: pg.Postgres, runs: list[PostgresLedger]
+) -> None:
+    """With the default search_path ("$user", public), a schema named after the user, created
+    after the ledger, becomes current_schema() while the tables stay in public: a run that
+    derived its lock namespace from current_schema() looked for live runners elsewhere, found
+    none, and fenced a live run."""
+    url = postgres.fresh_database()
+    first = run_of(url, runs)
+    first.claim(PHONES[:2])
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{pg.USER}"')
+    second = run_of(url, runs)  # the same URL, the same tables
+    second.recover()
+    [(fenced,)] = query(url, "SELECT fenced FROM runners WHERE id = %s", first.runner)
+    assert not fenced
+
+
+@pytest.mark.slow
+def test_a_run_for_one_recipient_does_not_hold_a_dead_runs_recipients(
+    api: tuple[str, SandboxState], folder: Path, postgres: pg.Postgres
+) -> None:
+    """A killed run held 5 recipients. An `--only` run (a test send, kept going by --follow
+    while its one recipient waits) took all 5 over after its pass, served none (not its
+    own), and held them while it followed: a full run beside it sent them nothing. It takes
+    over only its own recipients now."""
+    base, state = api
+    url = postgres.fresh()
+    post(f"{base}/sandbox/window", {"everyone_wrote": None, "window_errors": "sync"})
+    write_flow(folder, base, HELLO_THEN_NOTE, people=8, kind="cloud", window="check")
+    only = start(folder, "--ledger", url, "--only", "+1 555 010 0007", "--follow")
+    try:
+        wait_until(lambda: _state(url, PHONES[7], "note") == "waiting", 30)
+        with doomed_run(url, claim=PHONES[:5], mark=[], flow="t") as doomed:
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait()
+        # the follower's next look for orphans (every TAKE_OVER_EVERY) finds the 5
+        wait_until(lambda: not _locked_but(url, _runner_of(url, only.pid)), 20)
+        time.sleep(TAKE_OVER_EVERY + 1)
+        full = start(folder, "--ledger", url)
+        _out, err = full.communicate(timeout=60)
+        assert full.returncode == 0, err
+        hellos = {to for to, kind in delivered_to(state) if kind == "template"}
+        assert hellos == set(PHONES), err
+    finally:
+        only.terminate()
+        only.communicate(timeout=30)

@@ -101,9 +101,13 @@ class RunLedger(Protocol):
     def served(self, recipients: Sequence[str]) -> None:
         """These got through this run: another run need not take them over."""
 
-    def take_over(self) -> tuple[int, set[str]]:
-        """The recipients of runs that ended without getting through them (and how many of
-        their `sending` rows became uncertain), to serve now."""
+    def orphans(self) -> set[tuple[str, int]]:
+        """Recipients of runs that ended since this one started, before getting through
+        them, with the run that held each (`recover` first): this run claims those that are
+        its own."""
+
+    def following(self) -> None:
+        """This run is past its pass, following: it leaves the flow's rate to passing runs."""
 
     def recipient_states(self, recipient: str) -> dict[str, tuple[State, str | None]]: ...
 

@@ -98,7 +98,8 @@ CREATE TABLE runners (
     pid integer NOT NULL,
     started_at text NOT NULL,
     ended_at text,
-    fenced boolean NOT NULL DEFAULT false
+    fenced boolean NOT NULL DEFAULT false,
+    following boolean NOT NULL DEFAULT false
 );
 CREATE INDEX runners_running ON runners (flow) WHERE ended_at IS NULL;
 CREATE TABLE claims (
@@ -106,6 +107,7 @@ CREATE TABLE claims (
     recipient text NOT NULL,
     runner integer NOT NULL,
     served boolean NOT NULL DEFAULT false,
+    generation integer NOT NULL DEFAULT 0,
     PRIMARY KEY (flow, recipient)
 );
 CREATE INDEX claims_unserved ON claims (flow, runner) WHERE NOT served;

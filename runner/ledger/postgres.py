@@ -43,6 +43,7 @@ its URL without the password (locations.py).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import zlib
@@ -136,24 +137,31 @@ _FENCE = (
 # `sending` rows of runners that ended (or are unknown: rows of an older flowrun, or copied)
 _RECOVER = (
     "UPDATE messages SET state = 'uncertain' WHERE flow = %s AND state = 'sending'"
-    " AND (runner IS NULL OR NOT EXISTS (SELECT 1 FROM runners AS r"
-    " WHERE r.id = messages.runner AND r.ended_at IS NULL))"
+    " AND (runner IS NULL OR EXISTS (SELECT 1 FROM runners AS r"
+    " WHERE r.id = messages.runner AND r.ended_at IS NOT NULL))"
 )
 # A batch of recipients for this runner: new ones, and those of runners that ended. Sorted, so
-# that two runners claiming overlapping batches lock rows in one order (no deadlock). `xmax =
-# 0` tells a row inserted from one updated by ON CONFLICT
-# (https://www.postgresql.org/docs/current/ddl-system-columns.html).
+# that every statement that locks claims locks them in one order (no deadlock). A claim is
+# taken only on positive evidence that its runner ended: under READ COMMITTED a row changed
+# while the statement waited is checked again in its newest version, but a subquery still sees
+# the statement's snapshot, where a runner that started since does not exist; "no live runner
+# holds it" would then be true of a live one
+# (https://www.postgresql.org/docs/current/transaction-iso.html#XACT-READ-COMMITTED).
+# `generation` 0: inserted now, nobody ever held it.
 _CLAIM = """
 INSERT INTO claims (flow, recipient, runner)
 SELECT %s, phone, %s FROM unnest(%s::text[]) AS phone ORDER BY phone
-ON CONFLICT (flow, recipient) DO UPDATE SET runner = excluded.runner, served = false
-WHERE NOT EXISTS (SELECT 1 FROM runners AS r WHERE r.id = claims.runner AND r.ended_at IS NULL)
-RETURNING recipient, claims.xmax = 0
+ON CONFLICT (flow, recipient) DO UPDATE
+SET runner = excluded.runner, served = false, generation = claims.generation + 1
+WHERE EXISTS (SELECT 1 FROM runners AS r WHERE r.id = claims.runner AND r.ended_at IS NOT NULL)
+RETURNING recipient, generation = 0
 """
-_TAKE_OVER = (
-    "UPDATE claims SET runner = %s WHERE flow = %s AND NOT served AND runner <> %s"
-    " AND NOT EXISTS (SELECT 1 FROM runners AS r WHERE r.id = claims.runner"
-    " AND r.ended_at IS NULL) RETURNING recipient"
+# Recipients a watched runner (alive at this run's start, or started since) held when it ended
+# without getting through them: the claims `claim` then takes (read only here)
+_ORPHANS = (
+    "SELECT c.recipient, c.runner FROM claims AS c JOIN runners AS r ON r.id = c.runner"
+    " WHERE c.flow = %s AND NOT c.served AND r.ended_at IS NOT NULL"
+    " AND (r.id = ANY(%s) OR r.id > %s)"
 )
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -177,6 +185,9 @@ class PostgresLedger(Reads):
         self.runner = runner
         self._space = 0  # the advisory lock namespace of this ledger's runners
         self._registered = False  # a run's: says when it ends (close)
+        # the runners seen alive by this run (`recover`): their claims are this run's to take
+        # over should they end (`orphans`); those that start later are watched too
+        self._watched: set[int] = set()
         self._url = url
         self.shown = locations.remember(url)
         self._db: Connection | None = None
@@ -185,10 +196,12 @@ class PostgresLedger(Reads):
             self._db = self._connect()
             # durable before acknowledged, whatever the server's default (module docstring)
             self._db.execute("SET synchronous_commit = on")
-            migrate(self._db, self.shown)
             if reads or lock:
                 # reads (and the run's lock) on a connection of their own
                 self._reader = self._connect()
+            if lock:
+                self._exclude_older_runs()
+            migrate(self._db, self.shown)
             if lock:
                 self._register()
         except psycopg.Error as exc:
@@ -250,6 +263,12 @@ class PostgresLedger(Reads):
         with self._writing(), db.transaction():
             db.execute(_FENCE, (now(), self.flow, self.runner or 0, self._space))
             cursor = db.execute(_RECOVER, (self.flow,))
+            if self._registered:
+                alive = db.execute(
+                    "SELECT id FROM runners WHERE flow = %s AND ended_at IS NULL AND id <> %s",
+                    (self.flow, self.runner),
+                )
+                self._watched.update(runner for (runner,) in alive.fetchall())
         return cursor.rowcount
 
     def claim(self, recipients: Sequence[str]) -> dict[str, bool]:
@@ -262,18 +281,15 @@ class PostgresLedger(Reads):
             return {phone: bool(new) for phone, new in rows.fetchall()}
 
     def running(self) -> int:
-        """How many runs of the flow are alive now, this one included: they share its rate."""
+        """How many runs of the flow share its rate now, this one included: those alive and
+        still in their pass (a follower sends little: `following`)."""
+        query = (
+            "SELECT count(*) FROM runners WHERE flow = %s AND ended_at IS NULL"
+            f" AND (id = %s OR NOT following) AND id IN ({_LIVE})"
+        )
         with self._writing():
-            row = (
-                self._writes()
-                .execute(
-                    "SELECT count(*) FROM runners WHERE flow = %s AND ended_at IS NULL"
-                    f" AND id IN ({_LIVE})",
-                    (self.flow, self._space),
-                )
-                .fetchone()
-            )
-        return int(row[0]) if row else 1
+            row = self._writes().execute(query, (self.flow, self.runner, self._space)).fetchone()
+        return max(int(row[0]) if row else 1, 1)
 
     def served(self, recipients: Sequence[str]) -> None:
         """These recipients got through this run: nobody needs to take them over. One
@@ -286,17 +302,28 @@ class PostgresLedger(Reads):
                 cursor.executemany(
                     "UPDATE claims SET served = true"
                     " WHERE flow = %s AND recipient = %s AND runner = %s",
-                    [(self.flow, phone, self.runner) for phone in recipients],
+                    [(self.flow, phone, self.runner) for phone in sorted(recipients)],
                 )
 
-    def take_over(self) -> tuple[int, set[str]]:
-        """After a pass: fence the runners that died meanwhile (`recover`: how many of their
-        rows became uncertain), and take the recipients runners that ended did not get
-        through. Their rows say what is left to do."""
-        recovered = self.recover()
+    def orphans(self) -> set[tuple[str, int]]:
+        """Recipients of runs of the flow that ended (killed, stopped) since this one started,
+        before they got through them: this run claims them (`claim`) if they are its own
+        (its CSV, its --only or --limit), with the run that held each. Call `recover` first:
+        it fences the dead."""
+        if not self._registered:
+            return set()
         with self._writing():
-            rows = self._writes().execute(_TAKE_OVER, (self.runner, self.flow, self.runner))
-            return recovered, {phone for (phone,) in rows.fetchall()}
+            watched = sorted(self._watched)
+            rows = self._writes().execute(_ORPHANS, (self.flow, watched, self.runner))
+            return {(phone, int(runner)) for phone, runner in rows.fetchall()}
+
+    def following(self) -> None:
+        """This run is past its pass, serving only recipients who wait (`--follow`): it
+        sends little, so the runs still passing keep the flow's rate for themselves."""
+        with self._writing():
+            self._writes().execute(
+                "UPDATE runners SET following = true WHERE id = %s", (self.runner,)
+            )
 
     def commit(self, batch: Batch) -> None:
         """Marks, outcomes and uploads in one durable transaction (the run's group commit)."""
@@ -374,8 +401,7 @@ class PostgresLedger(Reads):
         return written
 
     def _refuse_runs(self, cursor: psycopg.Cursor[tuple[Any, ...]]) -> None:
-        schema = cursor.execute("SELECT current_schema()").fetchone()
-        space = runner_space(str(schema[0] if schema else ""))
+        space = runner_space(_schema_of_runners(cursor))
         row = cursor.execute(
             f"SELECT count(*) FROM runners WHERE ended_at IS NULL AND id IN ({_LIVE})", (space,)
         ).fetchone()
@@ -400,8 +426,7 @@ class PostgresLedger(Reads):
         the id is in `runners`, so no other runner ever sees it there unlocked."""
         assert self._reader is not None
         db = self._writes()
-        schema = self._reader.execute("SELECT current_schema()").fetchone()
-        self._space = runner_space(str(schema[0] if schema else ""))
+        self._space = runner_space(_schema_of_runners(db))
         row = db.execute("SELECT nextval(pg_get_serial_sequence('runners', 'id'))").fetchone()
         assert row is not None
         self.runner = int(row[0])
@@ -414,6 +439,22 @@ class PostgresLedger(Reads):
             (self.runner, self.flow, socket.gethostname(), os.getpid(), now()),
         )
         self._registered = True
+
+    def _exclude_older_runs(self) -> None:
+        """A run of the flowrun before several runners (PostgreSQL schema 1) holds the flow's
+        run lock exclusively, and knows nothing of claims: every run of this one holds it
+        shared, so that neither starts beside the other (a database is upgraded while a
+        `--follow` of the older flowrun goes on, or one cron host is upgraded before
+        another)."""
+        assert self._reader is not None
+        schema = self._reader.execute("SELECT current_schema()").fetchone()
+        key = older_run_key(str(schema[0] if schema else ""), self.flow)
+        taken = self._reader.execute("SELECT pg_try_advisory_lock_shared(%s)", (key,)).fetchone()
+        if not (taken and taken[0]):
+            raise LedgerError(
+                f"{self.shown}: a run of an older flowrun is going on flow {self.flow!r}; wait"
+                " for it to finish (or stop it), and upgrade flowrun wherever it runs"
+            )
 
     def _check_fence(self, cursor: psycopg.Cursor[tuple[Any, ...]]) -> None:
         """A run's writer writes only while its runner is not fenced; the share lock on its
@@ -460,6 +501,24 @@ def _held(cursor: psycopg.Cursor[tuple[Any, ...]]) -> dict[str, int]:
         row = cursor.execute(f"SELECT count(*) FROM {table}").fetchone()
         counts[table] = int(row[0]) if row else 0
     return {table: n for table, n in counts.items() if n}
+
+
+def older_run_key(schema: str, flow: str) -> int:
+    """The flow's run lock of the flowrun before several runners (its pg_try_advisory_lock
+    bigint, keyed by the schema and the flow)."""
+    digest = hashlib.sha256(f"flowrun run\0{schema}\0{flow}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _schema_of_runners(db: Connection | psycopg.Cursor[tuple[Any, ...]]) -> str:
+    """The schema the `runners` table is in: the lock namespace must follow the tables, not
+    the search path's first schema (one named after the user, created later, would change
+    `current_schema()` while the tables stay in `public`)."""
+    row = db.execute(
+        "SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = 'runners'::regclass"
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def runner_space(schema: str) -> int:

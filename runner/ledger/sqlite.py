@@ -175,9 +175,12 @@ class SqliteLedger(Reads):
     def served(self, recipients: Sequence[str]) -> None:
         """Nothing to say: no other runner could take them over."""
 
-    def take_over(self) -> tuple[int, set[str]]:
+    def orphans(self) -> set[tuple[str, int]]:
         """No other runner: nothing to take over."""
-        return 0, set()
+        return set()
+
+    def following(self) -> None:
+        """No other runner to leave the rate to."""
 
     def commit(self, batch: Batch) -> None:
         """Marks, outcomes and uploads in one durable transaction (the run's group commit)."""
