@@ -127,8 +127,11 @@ def test_answers_between_marks_do_not_each_cost_a_commit(tmp_path: Path) -> None
 
         try:
             marking = asyncio.ensure_future(commits.mark("a", "15550100001", "h1"))
-            await asyncio.sleep(0)  # the mark joins a batch and its pump starts
-            await asyncio.sleep(0)  # the pump hands the batch to the writer
+            # the mark joins a batch, and its pump hands it to the writer (however many turns
+            # of the loop that takes on a busy machine: two sleep(0)s were not always enough)
+            batches = commits._batches
+            while not marking.done() and (batches._pump is None or batches._pending):
+                await asyncio.sleep(0)
             commits.record(Outcome("a", "15550100002", "sent", "wamid.2", 200))
             await marking
             await asyncio.sleep(0.2)
