@@ -22,15 +22,21 @@ share its recipients instead of refusing each other (a SQLite file still takes o
   keepalives, which the run's lock connection sets to about a minute (LOCK_KEEPALIVES:
   https://www.postgresql.org/docs/current/runtime-config-connection.html).
 - **One rate.** The flow's rate is the phone number's: each run keeps its part of it
-  (`running` counts the runs alive; executor.py asks every few seconds).
+  (`running` counts the runs alive and in their pass; a follower, which sends little, leaves
+  the rate to them; executor.py asks every few seconds).
+- **The flowrun before runners** held the flow's run lock exclusively and knows no claims:
+  every run holds that lock shared (`_exclude_older_runs`), so neither starts beside the
+  other.
 - **Who serves whom.** A runner claims recipients in batches (`claim`: one INSERT ... ON
   CONFLICT per batch) before serving them; a recipient whose claim is held by a live runner
   is that runner's. Claims stay after a run (`served` says it got through its recipient), so
   a claim that is new proves nobody ever wrote anything of that recipient in this flow: a first
   run keeps skipping its history read per recipient.
-- **A runner that died.** The first runner to notice (`recover`, at the start of a run, and
-  `take_over` after its pass) fences it (`ended_at`, `fenced`), turns its `sending` rows (every
-  mark holds its runner's id) into `uncertain`, and takes its unserved claims. The fence is what
+- **A runner that died.** The first runner to notice (`recover`, at the start of a run, after
+  its pass, and every few seconds while following) fences it (`ended_at`, `fenced`) and turns
+  its `sending` rows (every mark holds its runner's id) into `uncertain`; the recipients it
+  had not got through (`orphans`) are claimed again, by the runs whose recipients they are
+  (`claim` takes a claim only on positive evidence that its holder ended). The fence is what
   makes this safe whatever the timing: every commit of a run's writer first takes a share lock
   on its own `runners` row and refuses to write once it is fenced, and fencing takes that row's
   lock, so a late batch from the dead run (its writer outlives it for a moment) either
