@@ -94,6 +94,20 @@ def flowrun(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+def run_flowrun(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`flowrun ARGS` in `folder` as a process of its own, to its end (the sandbox's token in
+    its environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=folder,
+        env={**os.environ, "WA_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def query(folder: Path, sql: str) -> list[tuple[Any, ...]]:
     """Read the flow's ledger as a person would, with its own connection, closed after."""
     with contextlib.closing(sqlite3.connect(folder / "flow.ledger.sqlite")) as db:

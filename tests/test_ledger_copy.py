@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,7 @@ from runner.ledger.copy import copy_ledger
 from runner.ledger.schema import TABLES, VERSION
 from runner.sandbox import SandboxState
 from tests import pg
-from tests.sandbox_helpers import start, write_flow
+from tests.sandbox_helpers import run_flowrun, start, write_flow
 from tests.test_hardening import TWO_STEPS
 from tests.test_ledger import legacy_ledger
 
@@ -213,7 +211,7 @@ def test_a_run_after_copying_its_ledger_to_postgresql_sends_nothing_again(
     assert len(state.inbox) == 200
 
     url = postgres.fresh()
-    copying = flowrun(folder, "ledger", "copy", "flow.ledger.sqlite", url)
+    copying = run_flowrun(folder, "ledger", "copy", "flow.ledger.sqlite", url)
     assert copying.returncode == 0, copying.stderr
     assert f"copied flow.ledger.sqlite -> {shown(url)}" in copying.stdout
     assert "messages 200," in copying.stdout
@@ -226,25 +224,14 @@ def test_a_run_after_copying_its_ledger_to_postgresql_sends_nothing_again(
     assert len(state.inbox) == 200
 
     # the report reads the PostgreSQL ledger as it reads the file it came from
-    on_file = flowrun(folder, "report", "flow.yaml")
-    on_pg = flowrun(folder, "report", "flow.yaml", "--ledger", url)
+    on_file = run_flowrun(folder, "report", "flow.yaml")
+    on_pg = run_flowrun(folder, "report", "flow.yaml", "--ledger", url)
     assert on_pg.returncode == 0, on_pg.stderr
     assert on_pg.stdout.splitlines()[0] == f"ledger: {shown(url)}"
     assert on_pg.stdout.splitlines()[1:] == on_file.stdout.splitlines()[1:]
     assert "sent" in on_pg.stdout
     assert postgres.password not in on_pg.stdout + on_pg.stderr
-    rows_pg = flowrun(folder, "report", "flow.yaml", "--ledger", url, "--csv")
-    rows_file = flowrun(folder, "report", "flow.yaml", "--csv")
+    rows_pg = run_flowrun(folder, "report", "flow.yaml", "--ledger", url, "--csv")
+    rows_file = run_flowrun(folder, "report", "flow.yaml", "--csv")
     assert rows_pg.stdout == rows_file.stdout
     assert len(rows_pg.stdout.splitlines()) == 201
-
-
-def flowrun(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )

@@ -5,7 +5,6 @@ still due). Real flowrun processes, the session's real PostgreSQL (tests/pg.py).
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -15,22 +14,10 @@ import psycopg
 import pytest
 
 from runner.ledger import shown
-from runner.sandbox import TOKEN, SandboxState
+from runner.sandbox import SandboxState
 from tests import pg
-from tests.sandbox_helpers import free_port, start, write_flow
+from tests.sandbox_helpers import free_port, run_flowrun, start, write_flow
 from tests.test_hardening import TWO_STEPS
-
-
-def flowrun(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=folder,
-        env={**os.environ, "WA_TOKEN": TOKEN},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def due_now(done: subprocess.CompletedProcess[str]) -> int:
@@ -49,40 +36,40 @@ def test_commands_read_the_ledger_flowrun_ledger_names(
     url = postgres.fresh()
     monkeypatch.setenv("FLOWRUN_LEDGER", url)
     write_flow(folder, base, TWO_STEPS, people=20)
-    assert due_now(flowrun(folder, "plan", "flow.yaml")) == 40  # nothing sent yet
+    assert due_now(run_flowrun(folder, "plan", "flow.yaml")) == 40  # nothing sent yet
     run = start(folder)
     out, err = run.communicate(timeout=120)
     assert run.returncode == 0, err
     assert "sent 40, failed 0" in out
     said = []
     for command in (["plan", "flow.yaml"], ["flow.yaml", "--dry-run"]):
-        done = flowrun(folder, *command)
+        done = run_flowrun(folder, *command)
         assert done.returncode == 0, done.stderr
         assert due_now(done) == 0, command  # the database's history, not a new file
         said.append(done.stdout + done.stderr)
-    report = flowrun(folder, "report", "flow.yaml")
+    report = run_flowrun(folder, "report", "flow.yaml")
     assert report.returncode == 0, report.stderr
     assert shown(url) in report.stdout
     assert re.search(r"\bt/a +20 +0 ", report.stdout), report.stdout
     assert re.search(r"\bt/b +20 +0 ", report.stdout), report.stdout
-    preview = flowrun(folder, "preview", "flow.yaml", "-o", "p.html")
+    preview = run_flowrun(folder, "preview", "flow.yaml", "-o", "p.html")
     assert preview.returncode == 0, preview.stderr
     assert f"ledger {shown(url)}" in (folder / "p.html").read_text("utf-8")
     # a business's own opt-out list goes into the database, and is listed from it
     (folder / "stop.csv").write_text("phone\n+1 555 010 0003\n", "utf-8")
-    imported = flowrun(folder, "contacts", "flow.yaml", "--import", "stop.csv")
+    imported = run_flowrun(folder, "contacts", "flow.yaml", "--import", "stop.csv")
     assert imported.returncode == 0, imported.stderr
     assert f"1 opt-out(s) added to {shown(url)}" in imported.stdout
     with psycopg.connect(url) as db:
         assert db.execute("SELECT customer FROM preferences").fetchall() == [("15550100003",)]
-    listed = flowrun(folder, "contacts", "flow.yaml")
+    listed = run_flowrun(folder, "contacts", "flow.yaml")
     assert listed.returncode == 0, listed.stderr
     assert "15550100003" in listed.stdout
     said += [report.stdout, report.stderr, preview.stdout, imported.stdout, listed.stdout]
     assert not any(postgres.password in text for text in said)
     assert not list(folder.glob("*.sqlite*"))  # no command wrote or read a file beside the flow
     # the sandbox keeps its own ledger: a try never reads the campaign's
-    assert due_now(flowrun(folder, "flow.yaml", "--sandbox", "--dry-run")) == 40
+    assert due_now(run_flowrun(folder, "flow.yaml", "--sandbox", "--dry-run")) == 40
 
 
 def test_a_run_on_postgresql_warns_over_the_messaging_limit(
