@@ -6,11 +6,9 @@ Each test runs real `flowrun` processes against the sandbox over loopback, with 
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.sandbox import TOKEN, SandboxState, running
+from runner.sandbox import SandboxState, running
 from tests.conftest import audience_wrote
 from tests.sandbox_helpers import (
     children,
@@ -28,6 +26,7 @@ from tests.sandbox_helpers import (
     login_flow,
     post,
     query,
+    run_flowrun,
     start,
     wait_until,
     write_flow,
@@ -217,15 +216,7 @@ def outputs_of(folder: Path, *commands: list[str]) -> str:
             if not command or command[0].startswith("-")
             else [command[0], "flow.yaml", *command[1:]]
         )
-        process = subprocess.run(
-            [sys.executable, "-m", "runner", *args],
-            cwd=folder,
-            env={**os.environ, "WA_TOKEN": TOKEN},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        process = run_flowrun(folder, *args)
         printed += [process.stdout, process.stderr]
     stored = [path.read_bytes().decode("latin-1") for path in folder.glob("flow.ledger.sqlite*")]
     return "\n".join(printed + stored)
