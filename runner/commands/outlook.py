@@ -215,7 +215,7 @@ def outlook(
     found.steps = {step.key: StepCounts() for step in plan.steps}
     renderer = Renderer(plan)
     opens = quiet or quiet_hours(plan)
-    with _reader(ledger) as reader:
+    with ledger_reader(ledger) as reader:
         known = Known.read(reader, plan, dialect)
         for recipient in plan.recipients():
             contact, inbound, history, window = known.of(recipient)
@@ -381,7 +381,7 @@ def _span(left: timedelta) -> str:
 
 
 @contextlib.contextmanager
-def _reader(path: Path) -> Iterator[LedgerReader | None]:
+def ledger_reader(path: Path) -> Iterator[LedgerReader | None]:
     """The ledger, read-only; None if there is none yet (nobody wrote: not an error)."""
     if not path.is_file():
         yield None
@@ -408,7 +408,7 @@ def unreachable(plan: Plan, dialect: Dialect, ledger: Path, now: datetime) -> li
     since = now - WINDOW
     if any(r.wrote is not None and r.wrote > since for r in plan.recipients()):
         return []
-    with _reader(ledger) as reader:
+    with ledger_reader(ledger) as reader:
         wrote = reader.wrote_since(dialect.business, since.isoformat()) if reader else set()
     if wrote and any(r.phone in wrote for r in plan.recipients()):
         return []

@@ -18,7 +18,6 @@ style but the page's own (by its hash), so even a value that slipped through cou
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -39,7 +38,6 @@ from runner.contacts import Contact
 from runner.conversation import WAITS_WINDOW, Window
 from runner.dialect import Dialect
 from runner.errors import EXIT_OK, FlowrunError
-from runner.ledger import LedgerReader
 from runner.media import LocalMedia
 from runner.plan import AfterPlan, Plan
 from runner.recipients import Recipient, normalize_phone
@@ -49,7 +47,7 @@ from runner.timeline import Timeline
 
 from .checking import check
 from .ledger_choice import location_of, readable
-from .outlook import Fate, Known, quiet_hours, timeline
+from .outlook import Fate, Known, ledger_reader, quiet_hours, timeline
 
 # A local image bigger than this is shown as a card, not inlined: a page of a few recipients
 # stays a few megabytes at most (WhatsApp takes images up to 5 MB, stickers up to 100 KB).
@@ -122,7 +120,7 @@ def conversations(
     decided by its `timeline` (after:, answers, the window, quiet hours, earlier runs)."""
     quiet = quiet_hours(plan)
     found = []
-    with _reader(ledger) as reader:
+    with ledger_reader(ledger) as reader:
         known = Known.read(reader, plan, dialect)
         for recipient in recipients:
             contact, inbound, history, window = known.of(recipient)
@@ -149,15 +147,6 @@ def _steps(items: Sequence[Item], fates: Sequence[Fate]) -> tuple[Step, ...]:
         shown = fate.message if fate.state == "due" and fate.message is not None else item
         steps.append(Step(shown, fate, behind))
     return tuple(steps)
-
-
-@contextlib.contextmanager
-def _reader(path: Path) -> Iterator[LedgerReader | None]:
-    if not path.is_file():
-        yield None
-        return
-    with LedgerReader(path) as reader:
-        yield reader
 
 
 # --- a template step's words ------------------------------------------------------------------
